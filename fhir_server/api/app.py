@@ -1,0 +1,321 @@
+"""The FastAPI application: FHIR REST routes mapped onto the interactions."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..config import Settings
+from ..errors import FhirError, Issue
+from ..model import jsonio
+from ..rest import history as history_mod
+from ..rest import interactions as ix
+from ..rest.capabilities import capability_statement
+from ..rest.operations import OperationCall, dispatch
+from ..rest.projection import project, validate_summary
+from ..storage.database import Database
+from . import http
+
+log = logging.getLogger("fhir_server")
+
+PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/fhir+json", "application/json")
+WRITE_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _body(request: Request, settings: Settings) -> bytes:
+    body = await request.body()
+    if len(body) > settings.max_body_bytes:
+        raise FhirError.of(413, "too-costly", f"The request body is larger than {settings.max_body_bytes} bytes")
+    return body
+
+
+def _parse_resource_body(request: Request, body: bytes) -> ix.ParsedResource:
+    ctype = _content_type(request)
+    if ctype and ctype not in WRITE_TYPES:
+        raise FhirError.of(415, "not-supported", f"Content-Type '{ctype}' is not supported: send application/fhir+json")
+    return ix.ParsedResource.from_bytes(body)
+
+
+def _query(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in http.FORMAT_PARAMS]
+
+
+def _check_type_segment(res_type: str) -> None:
+    if not res_type[:1].isupper():
+        raise FhirError.of(404, "not-found", f"Unknown path segment '{res_type}': not a resource type")
+    ix.check_type(res_type)
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+    settings = settings or Settings()
+    db = db or Database(settings.resolved_database_url())
+    app = FastAPI(title="FHIR R4 server", docs_url="/docs", openapi_url="/openapi.json")
+    app.state.settings = settings
+    app.state.db = db
+    base = settings.base_path.rstrip("/")
+
+    # ------------------------------------------------------------------ plumbing
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = request.state.request_id
+        return response
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, exc: FhirError):
+        return http.error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return http.error_response(request, FhirError.of(400, "invalid", f"Invalid request: {exc.errors()}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        return http.error_response(request, FhirError.of(exc.status_code, code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        rid = getattr(request.state, "request_id", "?")
+        log.exception("unexpected error in request %s", rid)
+        return http.error_response(
+            request, FhirError.of(500, "exception", f"Internal error (request id {rid}); the failure was logged and nothing was written")
+        )
+
+    def ctx(request: Request):
+        return http.make_context(request, base)
+
+    async def in_write(fn, *args):
+        def run():
+            with db.write() as conn:
+                return fn(conn, *args)
+
+        return await run_in_threadpool(run)
+
+    async def in_read(fn, *args):
+        def run():
+            with db.read() as conn:
+                return fn(conn, *args)
+
+        return await run_in_threadpool(run)
+
+    # ------------------------------------------------------------------ system level
+
+    @app.get(base + "/metadata")
+    async def metadata(request: Request):
+        c = ctx(request)
+        return http.fhir_response(request, capability_statement(c.base_url))
+
+    @app.get(base + "/_history")
+    async def system_history(request: Request):
+        c = ctx(request)
+        body = await in_read(history_mod.history, c, None, None, _query(request))
+        return http.fhir_response(request, body)
+
+    @app.post(base)
+    @app.post(base + "/")
+    async def system_bundle(request: Request):
+        from ..rest.bundles import process_bundle
+
+        c = ctx(request)
+        body = await _body(request, settings)
+        parsed = _parse_resource_body(request, body)
+        out = await run_in_threadpool(process_bundle, db, c, parsed, settings)
+        return http.outcome_response(request, out)
+
+    @app.get(base)
+    @app.get(base + "/")
+    async def system_search(request: Request):
+        from ..search.engine import SearchRequest, execute_search
+
+        c = ctx(request)
+        req = SearchRequest(None, _query(request), c.base_url, c.lenient)
+        body = await in_read(lambda conn: execute_search(conn, req))
+        return http.fhir_response(request, body)
+
+    async def run_operation(request: Request, name: str, res_type: str | None, res_id: str | None):
+        c = ctx(request)
+        body = await _body(request, settings) if request.method in ("POST", "PUT") else b""
+        call = OperationCall(
+            name=name[1:],
+            method=request.method,
+            ctx=c,
+            db=db,
+            settings=settings,
+            res_type=res_type,
+            res_id=res_id,
+            params=_query(request),
+            body=body,
+            headers={k.lower(): v for k, v in request.headers.items()},
+        )
+        result = await run_in_threadpool(dispatch, call)
+        if isinstance(result, Response):
+            return result
+        return http.outcome_response(request, result)
+
+    # ------------------------------------------------------------------ type level
+
+    @app.api_route(base + "/{res_type}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def type_level(request: Request, res_type: str):
+        if res_type.startswith("$"):
+            return await run_operation(request, res_type, None, None)
+        _check_type_segment(res_type)
+        c = ctx(request)
+        method = request.method
+        if method == "GET":
+            return await _search(request, c, res_type, _query(request))
+        body = await _body(request, settings)
+        if method == "POST":
+            parsed = _parse_resource_body(request, body)
+            out = await in_write(ix.create, c, res_type, parsed, request.headers.get("if-none-exist"))
+            return http.outcome_response(request, out)
+        query = request.url.query
+        query = "&".join(p for p in query.split("&") if p and not p.startswith(("_format=", "_pretty=")))
+        if method == "PUT":
+            parsed = _parse_resource_body(request, body)
+            out = await in_write(ix.conditional_update, c, res_type, query, parsed, request.headers.get("if-match"))
+        elif method == "PATCH":
+            patch_body = _patch_body(request, body)
+            out = await in_write(ix.conditional_patch, c, res_type, query, patch_body, _content_type(request), request.headers.get("if-match"))
+        else:
+            out = await in_write(ix.conditional_delete, c, res_type, query)
+        return http.outcome_response(request, out)
+
+    async def _search(request: Request, c, res_type: str, params: list[tuple[str, str]], compartment=None):
+        from ..search.engine import SearchRequest, execute_search
+
+        req = SearchRequest(res_type, params, c.base_url, c.lenient, compartment)
+        body = await in_read(lambda conn: execute_search(conn, req))
+        return http.fhir_response(request, body)
+
+    @app.post(base + "/{res_type}/_search")
+    async def post_search(request: Request, res_type: str):
+        _check_type_segment(res_type)
+        c = ctx(request)
+        ctype = _content_type(request)
+        if ctype != "application/x-www-form-urlencoded":
+            raise FhirError.of(415, "not-supported", "POST _search takes an application/x-www-form-urlencoded body")
+        form = await request.form()
+        params = _query(request) + [(k, str(v)) for k, v in form.multi_items() if k not in http.FORMAT_PARAMS]
+        return await _search(request, c, res_type, params)
+
+    @app.get(base + "/{res_type}/_history")
+    async def type_history(request: Request, res_type: str):
+        _check_type_segment(res_type)
+        c = ctx(request)
+        body = await in_read(history_mod.history, c, res_type, None, _query(request))
+        return http.fhir_response(request, body)
+
+    # ------------------------------------------------------------------ instance level
+
+    @app.api_route(base + "/{res_type}/{res_id}", methods=["GET", "PUT", "PATCH", "DELETE", "POST"])
+    async def instance_level(request: Request, res_type: str, res_id: str):
+        if res_id.startswith("$"):
+            _check_type_segment(res_type)
+            return await run_operation(request, res_id, res_type, None)
+        _check_type_segment(res_type)
+        c = ctx(request)
+        method = request.method
+        if method == "GET":
+            return await _read(request, c, res_type, res_id)
+        if method == "POST":
+            raise FhirError.of(405, "not-supported", "POST to a resource instance is not a FHIR interaction; use PUT to update")
+        if method == "DELETE":
+            out = await in_write(ix.delete, c, res_type, res_id, request.headers.get("if-match"))
+            return http.outcome_response(request, out)
+        body = await _body(request, settings)
+        if method == "PUT":
+            parsed = _parse_resource_body(request, body)
+            out = await in_write(ix.update, c, res_type, res_id, parsed, request.headers.get("if-match"))
+        else:
+            patch_body = _patch_body(request, body)
+            out = await in_write(ix.patch, c, res_type, res_id, patch_body, _content_type(request), request.headers.get("if-match"))
+        return http.outcome_response(request, out)
+
+    async def _read(request: Request, c, res_type: str, res_id: str):
+        summary = validate_summary(request.query_params.get("_summary"))
+        elements = request.query_params.get("_elements")
+        out = await in_read(ix.read, c, res_type, res_id)
+        return _conditional_read_response(request, out, summary, elements)
+
+    @app.get(base + "/{res_type}/{res_id}/_history")
+    async def instance_history(request: Request, res_type: str, res_id: str):
+        _check_type_segment(res_type)
+        c = ctx(request)
+        body = await in_read(history_mod.history, c, res_type, res_id, _query(request))
+        return http.fhir_response(request, body)
+
+    @app.get(base + "/{res_type}/{res_id}/_history/{vid}")
+    async def vread(request: Request, res_type: str, res_id: str, vid: str):
+        _check_type_segment(res_type)
+        c = ctx(request)
+        out = await in_read(ix.vread, c, res_type, res_id, vid)
+        summary = validate_summary(request.query_params.get("_summary"))
+        return _conditional_read_response(request, out, summary, request.query_params.get("_elements"))
+
+    @app.api_route(base + "/{res_type}/{res_id}/{third}", methods=["GET", "POST", "DELETE"])
+    async def instance_third(request: Request, res_type: str, res_id: str, third: str):
+        _check_type_segment(res_type)
+        if third.startswith("$"):
+            return await run_operation(request, third, res_type, res_id)
+        if request.method != "GET":
+            raise FhirError.of(405, "not-supported", f"{request.method} is not supported on {request.url.path}")
+        _check_type_segment(third)
+        c = ctx(request)
+        return await _search(request, c, third, _query(request), compartment=(res_type, res_id))
+
+    return app
+
+
+def _patch_body(request: Request, body: bytes) -> Any:
+    ctype = _content_type(request)
+    if ctype not in PATCH_TYPES:
+        raise FhirError.of(
+            415,
+            "not-supported",
+            f"Content-Type '{ctype}' is not a supported patch format: use application/json-patch+json, application/merge-patch+json or a FHIRPath Patch Parameters resource",
+        )
+    if not body.strip():
+        raise FhirError.of(400, "structure", "The patch body is empty")
+    return jsonio.parse_preserving(body)
+
+
+def _conditional_read_response(request: Request, out, summary: str | None, elements: str | None) -> Response:
+    inm = request.headers.get("if-none-match")
+    if inm and out.etag and inm.strip() in (out.etag, out.etag[2:], "*"):
+        return Response(status_code=304, headers={"ETag": out.etag, "Last-Modified": out.last_modified})
+    ims = request.headers.get("if-modified-since")
+    if ims and out.last_modified:
+        try:
+            if parsedate_to_datetime(out.last_modified) <= parsedate_to_datetime(ims):
+                return Response(status_code=304, headers={"ETag": out.etag, "Last-Modified": out.last_modified})
+        except (TypeError, ValueError):
+            pass
+    if summary or elements:
+        resource = jsonio.parse_preserving(out.body)
+        out.body = jsonio.dumps(project(resource, summary, elements.split(",") if elements else None))
+    return http.outcome_response(request, out)
+
+
+def app_factory() -> FastAPI:
+    """Entry point for `uvicorn --factory` (one app per worker process)."""
+    from ..bootstrap import build_app
+
+    return build_app()
+
+
+__all__ = ["create_app", "Issue"]

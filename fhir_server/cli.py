@@ -1,0 +1,69 @@
+"""The `fhir-server` command: serve, load, migrate, and HL7 v2 tools."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+app = typer.Typer(help="FHIR R4 interoperability server", no_args_is_help=True)
+hl7 = typer.Typer(help="HL7 v2 interface tools", no_args_is_help=True)
+app.add_typer(hl7, name="hl7")
+
+
+def _settings(database_url: str | None):
+    from .config import Settings
+
+    if database_url:
+        os.environ["FHIR_SERVER_DATABASE_URL"] = database_url
+    return Settings()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+    port: int = typer.Option(8080, help="HTTP port; the FHIR base is http://HOST:PORT/fhir"),
+    workers: int = typer.Option(1, help="Worker processes"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL", help="SQLAlchemy URL; default: SQLite under ./data/"),
+    mllp_port: int = typer.Option(0, envvar="FHIR_SERVER_MLLP_PORT", help="Listen for HL7 v2 over MLLP on this port (0 = off)"),
+    log_level: str = typer.Option("info"),
+):
+    """Start the server (migrating the database first)."""
+    import uvicorn
+
+    from .storage.database import Database
+    from .storage.migrate import upgrade
+
+    settings = _settings(database_url)
+    if mllp_port:
+        os.environ["FHIR_SERVER_MLLP_PORT"] = str(mllp_port)
+    logging.basicConfig(level=log_level.upper())
+    db = Database(settings.resolved_database_url())
+    upgrade(db.engine)
+    db.dispose()
+    typer.echo(f"FHIR base: http://{host}:{port}{settings.base_path}")
+    uvicorn.run(
+        "fhir_server.api.app:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+@app.command()
+def migrate(database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL")):
+    """Bring the database schema up to date."""
+    from .storage.database import Database
+    from .storage.migrate import upgrade
+
+    settings = _settings(database_url)
+    upgrade(Database(settings.resolved_database_url()).engine)
+    typer.echo("database is up to date")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,1 @@
+"""Durable background jobs: state in the database, leases, resumable cursors."""

@@ -1,0 +1,19 @@
+"""The one place that wires optional modules into the generic engine."""
+
+from __future__ import annotations
+
+from .config import Settings
+
+
+def install(settings: Settings) -> None:
+    """Each import registers its rules, subscribers or $operations."""
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        module = importlib.import_module(name)
+        setup = getattr(module, "setup", None)
+        if setup:
+            setup(settings)
+
+
+PLUGIN_MODULES: list[str] = []

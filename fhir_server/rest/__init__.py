@@ -1,0 +1,1 @@
+"""REST-layer helpers (patch formats, request handling)."""

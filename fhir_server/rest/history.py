@@ -1,0 +1,99 @@
+"""History at instance, type and system level, paged by an opaque keyset cursor."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy import Connection
+
+from ..errors import FhirError
+from ..model import jsonio
+from ..security.authz import AccessRequest, authorize
+from ..storage import repository as repo
+from .context import RequestContext
+from .interactions import check_type, fhir_instant, http_date, parse_instant
+
+DEFAULT_COUNT = 50
+MAX_COUNT = 1000
+_KNOWN = {"_since", "_at", "_count", "_page", "_format", "_pretty", "_list"}
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"s": seq})).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> int:
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return int(data["s"])
+    except Exception:
+        raise FhirError.of(400, "invalid", "Invalid or expired _page cursor", "_page") from None
+
+
+def history(
+    conn: Connection,
+    ctx: RequestContext,
+    res_type: str | None,
+    res_id: str | None,
+    params: list[tuple[str, str]],
+) -> bytes:
+    if res_type:
+        check_type(res_type)
+    level = "instance" if res_id else "type" if res_type else "system"
+    authorize(ctx.principal, AccessRequest(f"history-{level}", res_type, res_id))
+    args = dict(params)
+    for name, _ in params:
+        if name not in _KNOWN and not ctx.lenient:
+            raise FhirError.of(400, "not-supported", f"Parameter '{name}' is not supported for history", name)
+    since = parse_instant(args["_since"], "_since") if "_since" in args else None
+    at = parse_instant(args["_at"], "_at") if "_at" in args else None
+    try:
+        count = min(int(args.get("_count", DEFAULT_COUNT)), MAX_COUNT)
+        if count < 0:
+            raise ValueError
+    except ValueError:
+        raise FhirError.of(400, "invalid", f"Invalid _count '{args.get('_count')}': a non-negative integer is required", "_count") from None
+    before = _decode_cursor(args["_page"]) if "_page" in args else None
+
+    if res_id:
+        current = repo.read_current(conn, res_type, res_id)
+        if current is None:
+            raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
+
+    rows = repo.history_rows(conn, res_type, res_id, since, at, before, count + 1) if count else []
+    has_next = len(rows) > count
+    rows = rows[:count]
+    total = repo.count_history(conn, res_type, res_id, since) if at is None else None
+
+    path = "/".join(p for p in (res_type, res_id, "_history") if p)
+    self_params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
+    links = [{"relation": "self", "url": f"{ctx.base_url}/{path}" + (f"?{urlencode(self_params)}" if self_params else "")}]
+    if has_next:
+        nxt = [(k, v) for k, v in self_params if k != "_page"] + [("_page", _encode_cursor(rows[-1][0]))]
+        links.append({"relation": "next", "url": f"{ctx.base_url}/{path}?{urlencode(nxt)}"})
+
+    entries = []
+    for seq, rtype, rid, vid, updated, method, deleted, content in rows:
+        updated = repo._utc(updated)
+        entry: dict = {"fullUrl": f"{ctx.base_url}/{rtype}/{rid}"}
+        if not deleted and content is not None:
+            entry["resource"] = orjson.Fragment(bytes(content))
+        url = f"{rtype}/{rid}" if method != "POST" else rtype
+        entry["request"] = {"method": method, "url": url}
+        entry["response"] = {
+            "status": "201 Created" if method == "POST" else "204 No Content" if deleted else "200 OK",
+            "etag": f'W/"{vid}"',
+            "lastModified": fhir_instant(updated),
+        }
+        entries.append(entry)
+    bundle: dict = {"resourceType": "Bundle", "type": "history"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    bundle["entry"] = entries
+    return jsonio.dumps(bundle)
+
+
+__all__ = ["history", "http_date"]

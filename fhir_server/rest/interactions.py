@@ -1,0 +1,399 @@
+"""The FHIR RESTful interactions on one database connection.
+
+Each function takes the Connection of an open transaction, so the same code
+serves a single HTTP request and every entry of a transaction Bundle. Nothing
+here knows about HTTP beyond status numbers and header values.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import Connection
+
+from .. import events
+from ..errors import FhirError, Issue, operation_outcome
+from ..model import jsonio
+from ..security.authz import AccessRequest, authorize
+from ..storage import repository as repo
+from . import rules
+from .context import Outcome, RequestContext
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@dataclass
+class ParsedResource:
+    """A resource body parsed twice: `plain` (floats) to validate and index,
+    `preserving` (exact decimals) to store."""
+
+    plain: dict
+    preserving: dict
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> "ParsedResource":
+        if not body or not body.strip():
+            raise FhirError.of(400, "structure", "The request body is empty; a FHIR resource in JSON is required")
+        preserving = jsonio.parse_preserving(body)
+        return cls.from_preserving(preserving)
+
+    @classmethod
+    def from_preserving(cls, preserving: Any) -> "ParsedResource":
+        if not isinstance(preserving, dict):
+            raise FhirError.of(400, "structure", "The body must be a JSON object (a FHIR resource)")
+        return cls(jsonio.to_plain(preserving), preserving)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def now_utc() -> datetime:
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
+
+
+def fhir_instant(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def http_date(dt: datetime) -> str:
+    return format_datetime(dt.astimezone(timezone.utc), usegmt=True)
+
+
+def parse_instant(value: str, name: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise FhirError.of(400, "invalid", f"Invalid {name} value '{value}': expected a FHIR instant such as 2024-05-01T10:00:00Z", name) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def parse_etag(value: str | None) -> int | None:
+    """`W/"3"` or `"3"` or `3` -> 3."""
+    if value is None:
+        return None
+    m = re.fullmatch(r'\s*(?:W/)?"?(\d+)"?\s*', value)
+    if not m:
+        raise FhirError.of(400, "invalid", f"Invalid ETag '{value}': expected W/\"<versionId>\"")
+    return int(m.group(1))
+
+
+def check_type(res_type: str) -> None:
+    from ..model.definitions import resource_types
+
+    if res_type not in resource_types():
+        raise FhirError.of(404, "not-supported", f"Resource type '{res_type}' is not supported by this server")
+
+
+def check_id(res_id: str) -> None:
+    if not ID_RE.match(res_id):
+        raise FhirError.of(400, "invalid", f"Invalid resource id '{res_id}': 1-64 of A-Z a-z 0-9 - .")
+
+
+def _validate(res_type: str, parsed: ParsedResource) -> None:
+    from ..model.validation import validate_resource
+
+    issues = validate_resource(parsed.plain, res_type)
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    if errors:
+        raise FhirError(400, errors)
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    query = query.lstrip("?")
+    return [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)]
+
+
+def _find(conn: Connection, res_type: str, query: str, limit: int = 2) -> list[tuple[int, str]]:
+    from ..search.engine import find_matches
+
+    pairs = _query_pairs(query)
+    if not pairs:
+        raise FhirError.of(400, "invalid", "A conditional interaction needs search criteria")
+    return find_matches(conn, res_type, pairs, limit=limit)
+
+
+def _criteria_key(query: str) -> str:
+    return "&".join(f"{k}={v}" for k, v in sorted(_query_pairs(query)))
+
+
+def _outcome_for(stored: repo.StoredResource, status: int) -> Outcome:
+    return Outcome(
+        status=status,
+        body=stored.content,
+        res_type=stored.res_type,
+        res_id=stored.res_id,
+        version_id=stored.version_id,
+        last_modified=http_date(stored.last_updated),
+        last_updated=fhir_instant(stored.last_updated),
+    )
+
+
+def _finish_write(ctx: RequestContext, out: Outcome, message: str) -> Outcome:
+    """Apply `Prefer: return=...` to a successful write."""
+    out.headers["ETag"] = out.etag or ""
+    out.headers["Last-Modified"] = out.last_modified or ""
+    if out.status == 201 and out.location:
+        out.headers["Location"] = f"{ctx.base_url}/{out.location}"
+    if ctx.prefer_return == "minimal":
+        out.body = None
+    elif ctx.prefer_return == "OperationOutcome":
+        issues = [Issue("information", "informational", message)] + out.warnings
+        out.body = jsonio.dumps(operation_outcome(issues))
+    return out
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def _store(
+    conn: Connection,
+    ctx: RequestContext,
+    res_type: str,
+    res_id: str,
+    parsed: ParsedResource,
+    current: repo.StoredResource | None,
+    method: str,
+    warnings: list[Issue],
+) -> Outcome:
+    """Write a new version of (res_type, res_id): versions, indexes, events."""
+    from ..search.indexer import delete_index, index_resource
+
+    version_id = (current.version_id + 1) if current else 1
+    now = now_utc()
+    meta_extra = {"versionId": str(version_id), "lastUpdated": fhir_instant(now)}
+    for doc in (parsed.preserving, parsed.plain):
+        doc["id"] = res_id
+        meta = dict(doc.get("meta") or {})
+        meta.pop("versionId", None)
+        meta.pop("lastUpdated", None)
+        doc["meta"] = {**meta_extra, **meta}
+        # resourceType first, then id and meta, for readers' sake
+        reordered = {"resourceType": doc.pop("resourceType", res_type), "id": doc.pop("id"), "meta": doc.pop("meta")}
+        reordered.update(doc)
+        doc.clear()
+        doc.update(reordered)
+    content = jsonio.dumps(parsed.preserving)
+    http_method = {"create": "POST", "update": "PUT", "patch": "PATCH"}[method]
+    if current is None:
+        pk = repo.insert_resource(conn, res_type, res_id, version_id, now, content, http_method)
+    else:
+        pk = current.pk
+        repo.write_version(conn, pk, res_type, res_id, version_id, now, content, http_method)
+        delete_index(conn, pk)
+    index_resource(conn, pk, res_type, parsed.plain)
+    old = jsonio.parse_plain(current.content) if current is not None and current.content else None
+    events.emit(conn, events.ResourceChange(res_type, res_id, version_id, method, old, parsed.plain))
+    status = 201 if current is None or current.deleted else 200
+    return Outcome(
+        status=status,
+        body=content,
+        res_type=res_type,
+        res_id=res_id,
+        version_id=version_id,
+        last_modified=http_date(now),
+        last_updated=fhir_instant(now),
+        warnings=warnings,
+    )
+
+
+def _prepare_write(conn: Connection, ctx: RequestContext, interaction: str, res_type: str, res_id: str | None, parsed: ParsedResource) -> list[Issue]:
+    check_type(res_type)
+    _validate(res_type, parsed)
+    authorize(ctx.principal, AccessRequest(interaction, res_type, res_id, parsed.plain))
+    return rules.run(conn, res_type, res_id, parsed.plain)
+
+
+def create(
+    conn: Connection,
+    ctx: RequestContext,
+    res_type: str,
+    parsed: ParsedResource,
+    if_none_exist: str | None = None,
+    res_id: str | None = None,
+) -> Outcome:
+    """POST /Type (server-assigned id), with optional If-None-Exist."""
+    check_type(res_type)
+    if if_none_exist:
+        repo.lock_key(conn, "conditional-create", res_type, _criteria_key(if_none_exist))
+        matches = _find(conn, res_type, if_none_exist)
+        if len(matches) > 1:
+            raise FhirError.of(412, "multiple-matches", f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; the criteria must select at most one")
+        if matches:
+            stored = repo.read_current(conn, res_type, matches[0][1])
+            authorize(ctx.principal, AccessRequest("read", res_type, stored.res_id))
+            out = _outcome_for(stored, 200)
+            return _finish_write(ctx, out, f"A matching {res_type} exists already ({res_type}/{stored.res_id}); nothing created")
+    new_id = res_id or str(uuid.uuid4())
+    warnings = _prepare_write(conn, ctx, "create", res_type, new_id, parsed)
+    out = _store(conn, ctx, res_type, new_id, parsed, None, "create", warnings)
+    return _finish_write(ctx, out, f"Created {res_type}/{new_id}")
+
+
+def update(
+    conn: Connection,
+    ctx: RequestContext,
+    res_type: str,
+    res_id: str,
+    parsed: ParsedResource,
+    if_match: str | None = None,
+) -> Outcome:
+    """PUT /Type/id: a new version, or update-as-create with the client's id."""
+    check_type(res_type)
+    check_id(res_id)
+    body_id = parsed.plain.get("id")
+    if body_id is None:
+        raise FhirError.of(400, "required", "The resource in an update must carry its id", f"{res_type}.id")
+    if body_id != res_id:
+        raise FhirError.of(400, "invalid", f"The resource id '{body_id}' does not match the URL id '{res_id}'", f"{res_type}.id")
+    current = repo.read_current(conn, res_type, res_id, for_update=True)
+    expected = parse_etag(if_match)
+    if expected is not None:
+        have = current.version_id if current and not current.deleted else None
+        if have != expected:
+            raise FhirError.of(412, "conflict", f"Version conflict: If-Match asks for version {expected}, the current version is {have or 'none'}")
+    warnings = _prepare_write(conn, ctx, "update", res_type, res_id, parsed)
+    out = _store(conn, ctx, res_type, res_id, parsed, current, "update", warnings)
+    return _finish_write(ctx, out, f"Updated {res_type}/{res_id}" if out.status == 200 else f"Created {res_type}/{res_id}")
+
+
+def conditional_update(
+    conn: Connection, ctx: RequestContext, res_type: str, query: str, parsed: ParsedResource, if_match: str | None = None
+) -> Outcome:
+    """PUT /Type?criteria: 0 matches create, 1 updates, more is 412."""
+    check_type(res_type)
+    repo.lock_key(conn, "conditional-create", res_type, _criteria_key(query))
+    matches = _find(conn, res_type, query)
+    if len(matches) > 1:
+        raise FhirError.of(412, "multiple-matches", f"Conditional update '{query}' matched {len(matches)} resources")
+    body_id = parsed.plain.get("id")
+    if matches:
+        res_id = matches[0][1]
+        if body_id is not None and body_id != res_id:
+            raise FhirError.of(400, "invalid", f"The resource id '{body_id}' does not match the matched resource {res_type}/{res_id}", f"{res_type}.id")
+        parsed.plain["id"] = parsed.preserving["id"] = res_id
+        return update(conn, ctx, res_type, res_id, parsed, if_match)
+    if body_id is not None:
+        check_id(body_id)
+        if repo.read_current(conn, res_type, body_id) is not None:
+            return update(conn, ctx, res_type, body_id, parsed, if_match)
+    return create(conn, ctx, res_type, parsed, res_id=body_id)
+
+
+def patch(
+    conn: Connection,
+    ctx: RequestContext,
+    res_type: str,
+    res_id: str,
+    body: Any,
+    content_type: str,
+    if_match: str | None = None,
+) -> Outcome:
+    """PATCH /Type/id with JSON Patch, FHIRPath Patch or JSON merge patch."""
+    from .patch import apply_patch
+
+    check_type(res_type)
+    current = repo.read_current(conn, res_type, res_id, for_update=True)
+    if current is None:
+        raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
+    if current.deleted:
+        raise FhirError.of(410, "deleted", f"{res_type}/{res_id} has been deleted")
+    expected = parse_etag(if_match)
+    if expected is not None and expected != current.version_id:
+        raise FhirError.of(412, "conflict", f"Version conflict: If-Match asks for version {expected}, the current version is {current.version_id}")
+    patched = apply_patch(jsonio.parse_preserving(current.content), body, content_type)
+    if not isinstance(patched, dict):
+        raise FhirError.of(422, "processing", "The patch does not produce a resource")
+    if patched.get("resourceType") != res_type or patched.get("id") != res_id:
+        raise FhirError.of(422, "processing", "A patch may not change the resource's type or id")
+    parsed = ParsedResource.from_preserving(patched)
+    try:
+        warnings = _prepare_write(conn, ctx, "patch", res_type, res_id, parsed)
+    except FhirError as exc:
+        if exc.status == 400:  # the patched result is invalid: the patch is unprocessable
+            exc.status = 422
+        raise
+    out = _store(conn, ctx, res_type, res_id, parsed, current, "patch", warnings)
+    return _finish_write(ctx, out, f"Patched {res_type}/{res_id}")
+
+
+def conditional_patch(conn: Connection, ctx: RequestContext, res_type: str, query: str, body: Any, content_type: str, if_match: str | None = None) -> Outcome:
+    check_type(res_type)
+    matches = _find(conn, res_type, query)
+    if not matches:
+        raise FhirError.of(404, "not-found", f"Conditional patch '{query}' matched no {res_type}")
+    if len(matches) > 1:
+        raise FhirError.of(412, "multiple-matches", f"Conditional patch '{query}' matched {len(matches)} resources")
+    return patch(conn, ctx, res_type, matches[0][1], body, content_type, if_match)
+
+
+def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if_match: str | None = None) -> Outcome:
+    """DELETE /Type/id: a tombstone version; reads then answer 410."""
+    from ..search.indexer import delete_index
+
+    check_type(res_type)
+    authorize(ctx.principal, AccessRequest("delete", res_type, res_id))
+    current = repo.read_current(conn, res_type, res_id, for_update=True)
+    if current is None:
+        raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
+    expected = parse_etag(if_match)
+    if expected is not None and expected != current.version_id:
+        raise FhirError.of(412, "conflict", f"Version conflict: If-Match asks for version {expected}, the current version is {current.version_id}")
+    if current.deleted:
+        return Outcome(status=204, res_type=res_type, res_id=res_id, version_id=current.version_id, headers={"ETag": f'W/"{current.version_id}"'})
+    version_id = current.version_id + 1
+    now = now_utc()
+    repo.write_version(conn, current.pk, res_type, res_id, version_id, now, None, "DELETE")
+    delete_index(conn, current.pk)
+    events.emit(conn, events.ResourceChange(res_type, res_id, version_id, "delete", jsonio.parse_plain(current.content), None))
+    out = Outcome(status=200, res_type=res_type, res_id=res_id, version_id=version_id, last_modified=http_date(now))
+    out.headers["ETag"] = out.etag
+    out.body = jsonio.dumps(operation_outcome([Issue("information", "informational", f"Deleted {res_type}/{res_id}")]))
+    return out
+
+
+def conditional_delete(conn: Connection, ctx: RequestContext, res_type: str, query: str) -> Outcome:
+    check_type(res_type)
+    matches = _find(conn, res_type, query)
+    if len(matches) > 1:
+        raise FhirError.of(412, "multiple-matches", f"Conditional delete '{query}' matched {len(matches)} resources; only single deletes are supported")
+    if not matches:
+        return Outcome(status=204)
+    return delete(conn, ctx, res_type, matches[0][1])
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def read(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> Outcome:
+    check_type(res_type)
+    authorize(ctx.principal, AccessRequest("read", res_type, res_id))
+    stored = repo.read_current(conn, res_type, res_id)
+    if stored is None:
+        raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
+    if stored.deleted:
+        raise FhirError(
+            410,
+            [Issue("error", "deleted", f"{res_type}/{res_id} has been deleted")],
+            headers={"ETag": f'W/"{stored.version_id}"', "Last-Modified": http_date(stored.last_updated)},
+        )
+    return _outcome_for(stored, 200)
+
+
+def vread(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, version: str) -> Outcome:
+    check_type(res_type)
+    authorize(ctx.principal, AccessRequest("vread", res_type, res_id))
+    if not version.isdigit():
+        raise FhirError.of(404, "not-found", f"Version '{version}' of {res_type}/{res_id} is not known")
+    stored = repo.read_version(conn, res_type, res_id, int(version))
+    if stored is None:
+        raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
+    if stored.deleted:
+        raise FhirError(410, [Issue("error", "deleted", f"Version {version} of {res_type}/{res_id} is a deletion")])
+    return _outcome_for(stored, 200)

@@ -1,0 +1,61 @@
+"""Registry of $operations: each lives in a module of its own and registers here.
+
+An operation handler receives an OperationCall and returns an Outcome (or a
+ready HTTP Response for streaming operations such as export downloads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import FhirError
+from .capabilities import register_operation
+from .context import RequestContext
+
+
+@dataclass
+class OperationCall:
+    name: str  # without the $
+    method: str  # GET | POST | DELETE
+    ctx: RequestContext
+    db: Any  # fhir_server.storage.database.Database
+    settings: Any
+    res_type: str | None = None
+    res_id: str | None = None
+    params: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[OperationCall], Any]
+# (name, level) -> handler; level is "system", "type" or "instance".
+_handlers: dict[tuple[str, str], tuple[Handler, tuple[str, ...] | None]] = {}
+
+
+def operation(name: str, levels: tuple[str, ...], types: tuple[str, ...] | None = None, definition: str | None = None):
+    """Decorator: register `fn` as $name at the given levels (and types)."""
+
+    def wrap(fn: Handler) -> Handler:
+        for level in levels:
+            _handlers[(name, level)] = (fn, types)
+        url = definition or f"http://hl7.org/fhir/OperationDefinition/{name}"
+        if "system" in levels:
+            register_operation(name, url, None)
+        if types and ({"type", "instance"} & set(levels)):
+            register_operation(name, url, types)
+        return fn
+
+    return wrap
+
+
+def dispatch(call: OperationCall) -> Any:
+    level = "instance" if call.res_id else "type" if call.res_type else "system"
+    found = _handlers.get((call.name, level))
+    if not found:
+        where = f"{call.res_type or ''}{'/' + call.res_id if call.res_id else ''}"
+        raise FhirError.of(404 if level == "system" else 400, "not-supported", f"Operation ${call.name} is not supported at {level} level{' on ' + where if where else ''}")
+    fn, types = found
+    if types and call.res_type and call.res_type not in types:
+        raise FhirError.of(400, "not-supported", f"Operation ${call.name} is not supported on {call.res_type}")
+    return fn(call)

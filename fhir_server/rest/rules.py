@@ -1,0 +1,31 @@
+"""Write rules: business checks every create/update passes before it is stored.
+
+A rule sees the connection of the write (so it can look for duplicates), and
+either raises FhirError (422/409: nothing is written) or returns warnings.
+National-identifier validation and identity uniqueness are rules; consent and
+booking rules will be too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import Connection
+
+from ..errors import Issue
+
+WriteRule = Callable[[Connection, str, str | None, dict], list[Issue]]
+_rules: list[WriteRule] = []
+
+
+def register(rule: WriteRule) -> WriteRule:
+    if rule not in _rules:
+        _rules.append(rule)
+    return rule
+
+
+def run(conn: Connection, res_type: str, res_id: str | None, resource: dict) -> list[Issue]:
+    warnings: list[Issue] = []
+    for rule in _rules:
+        warnings.extend(rule(conn, res_type, res_id, resource))
+    return warnings

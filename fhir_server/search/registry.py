@@ -1,0 +1,130 @@
+"""Search parameters per resource type, loaded once from resources/search-parameters.json.
+
+The JSON is derived from the official R4 definitions by
+scripts/derive_search_parameters.py, so start-up never parses the 40 MB bundles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+RESOURCES_DIR = Path(__file__).resolve().parents[2] / "resources"
+
+# Resource-level parameters served from the resources table itself, not an index.
+COLUMN_PARAMS = {"_id", "_lastUpdated"}
+# Parameters with no usable expression that we do not index (special/unsupported).
+UNINDEXED = {"_query", "_text", "_content"}
+
+
+@dataclass(frozen=True)
+class Component:
+    code: str
+    type: str
+    expression: str
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    code: str
+    type: str
+    url: str
+    description: str
+    expression: str | None
+    targets: tuple[str, ...] = ()
+    components: tuple[Component, ...] = ()
+    base: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def indexed(self) -> bool:
+        """Whether write-time extraction produces rows for this parameter."""
+        return bool(self.expression) and self.code not in COLUMN_PARAMS and self.type != "special"
+
+
+@lru_cache(maxsize=1)
+def _doc() -> dict:
+    return json.loads((RESOURCES_DIR / "search-parameters.json").read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=1)
+def resource_types() -> frozenset[str]:
+    path = RESOURCES_DIR / "resource-types.json"
+    if path.exists():
+        return frozenset(json.loads(path.read_text()))
+    return frozenset(t for p in _doc()["params"] for t in p["base"] if t not in ("Resource", "DomainResource"))
+
+
+def is_resource_type(name: str) -> bool:
+    return name in resource_types()
+
+
+def _make(p: dict, res_type: str) -> SearchParam:
+    expr = (p.get("expr") or {}).get(res_type)
+    comps = tuple(Component(c["code"], c["type"], c["expression"]) for c in p.get("components", ()))
+    return SearchParam(
+        code=p["code"],
+        type=p["type"],
+        url=p["url"],
+        description=p.get("description", ""),
+        expression=expr,
+        targets=tuple(p.get("target", ())),
+        components=comps,
+        base=tuple(p["base"]),
+    )
+
+
+@lru_cache(maxsize=1)
+def _common() -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"Resource": [], "DomainResource": []}
+    for p in _doc()["params"]:
+        for b in p["base"]:
+            if b in out:
+                out[b].append(p)
+    return out
+
+
+@lru_cache(maxsize=None)
+def search_parameters_for(res_type: str) -> dict[str, SearchParam]:
+    """All parameters searchable on ``res_type``, the Resource-level ones included."""
+    result: dict[str, SearchParam] = {}
+    common = _common()
+    for p in common["Resource"]:
+        result[p["code"]] = _make(p, "Resource")
+    if res_type not in ("Bundle", "Binary", "Parameters"):
+        for p in common["DomainResource"]:
+            result[p["code"]] = _make(p, "DomainResource")
+    for p in _by_type().get(res_type, ()):
+        result[p["code"]] = _make(p, res_type)
+    return result
+
+
+@lru_cache(maxsize=1)
+def _by_type() -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for p in _doc()["params"]:
+        for b in p["base"]:
+            if b not in ("Resource", "DomainResource"):
+                out.setdefault(b, []).append(p)
+    return out
+
+
+def common_parameters() -> dict[str, SearchParam]:
+    """Parameters valid in a system-level search (no resource type)."""
+    return {p["code"]: _make(p, "Resource") for p in _common()["Resource"]}
+
+
+@lru_cache(maxsize=1)
+def patient_compartment() -> dict[str, tuple[str, ...]]:
+    """resource type -> the params that place it in a Patient compartment."""
+    data = json.loads((RESOURCES_DIR / "compartment-patient.json").read_text())
+    return {k: tuple(v) for k, v in data.items()}
+
+
+def summary_elements(res_type: str) -> list[str]:
+    return _doc().get("summary", {}).get(res_type, [])
+
+
+def mandatory_elements(res_type: str) -> list[str]:
+    return _doc().get("mandatory", {}).get(res_type, [])

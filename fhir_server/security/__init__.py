@@ -1,0 +1,1 @@
+"""Policy: who may do what. Every interaction passes `authorize` first."""

@@ -1,0 +1,42 @@
+"""Connections with the right transaction shape for reads and writes."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import Connection, Engine
+
+from .db import make_engine
+
+
+class Database:
+    """Owns the engine. Writes run in one transaction (SQLite: BEGIN IMMEDIATE,
+    so writers queue instead of failing to upgrade a lock); reads run in
+    autocommit, saving the BEGIN/ROLLBACK round trips on the hot path."""
+
+    def __init__(self, url: str | None = None, engine: Engine | None = None):
+        self.engine = engine or make_engine(url)
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.info["write"] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info["write"] = False
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._autocommit.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,191 @@
+"""Rows in, rows out: the only module that writes the resource tables.
+
+Functions take a SQLAlchemy Connection so that a caller (one REST interaction,
+or a whole transaction Bundle) decides the database transaction's extent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, func, select, text, update
+
+from .schema import resource_versions, resources
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    pk: int
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: bytes | None
+
+
+_COLS = (
+    resources.c.pk,
+    resources.c.res_type,
+    resources.c.res_id,
+    resources.c.version_id,
+    resources.c.last_updated,
+    resources.c.deleted,
+    resources.c.content,
+)
+
+
+def _row(r) -> StoredResource:
+    return StoredResource(r[0], r[1], r[2], r[3], _utc(r[4]), bool(r[5]), _bytes(r[6]))
+
+
+def _bytes(v) -> bytes | None:
+    return bytes(v) if v is not None else None
+
+
+def _utc(dt: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    from datetime import timezone
+
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def read_current(conn: Connection, res_type: str, res_id: str, for_update: bool = False) -> StoredResource | None:
+    stmt = select(*_COLS).where(resources.c.res_type == res_type, resources.c.res_id == res_id)
+    if for_update and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    r = conn.execute(stmt).first()
+    return _row(r) if r else None
+
+
+def read_by_pks(conn: Connection, pks: list[int]) -> list[StoredResource]:
+    out: list[StoredResource] = []
+    for i in range(0, len(pks), 500):
+        chunk = pks[i : i + 500]
+        out.extend(_row(r) for r in conn.execute(select(*_COLS).where(resources.c.pk.in_(chunk))))
+    return out
+
+
+def read_version(conn: Connection, res_type: str, res_id: str, version_id: int):
+    v = resource_versions.c
+    r = conn.execute(
+        select(v.res_pk, v.res_type, v.res_id, v.version_id, v.last_updated, v.deleted, v.content).where(
+            v.res_type == res_type, v.res_id == res_id, v.version_id == version_id
+        )
+    ).first()
+    return _row(r) if r else None
+
+
+def insert_resource(
+    conn: Connection, res_type: str, res_id: str, version_id: int, last_updated: datetime, content: bytes, method: str
+) -> int:
+    """Insert a brand-new logical resource with its first version; returns pk."""
+    pk = conn.execute(
+        resources.insert()
+        .values(
+            res_type=res_type,
+            res_id=res_id,
+            version_id=version_id,
+            last_updated=last_updated,
+            deleted=False,
+            content=content,
+        )
+        .returning(resources.c.pk)
+    ).scalar_one()
+    _insert_version(conn, pk, res_type, res_id, version_id, last_updated, content, method, False)
+    return pk
+
+
+def write_version(
+    conn: Connection,
+    pk: int,
+    res_type: str,
+    res_id: str,
+    version_id: int,
+    last_updated: datetime,
+    content: bytes | None,
+    method: str,
+) -> None:
+    """Make `version_id` the current version (content None = deletion tombstone)."""
+    deleted = content is None
+    conn.execute(
+        update(resources)
+        .where(resources.c.pk == pk)
+        .values(version_id=version_id, last_updated=last_updated, deleted=deleted, content=content)
+    )
+    _insert_version(conn, pk, res_type, res_id, version_id, last_updated, content, method, deleted)
+
+
+def _insert_version(conn, pk, res_type, res_id, version_id, last_updated, content, method, deleted) -> None:
+    conn.execute(
+        resource_versions.insert().values(
+            res_pk=pk,
+            res_type=res_type,
+            res_id=res_id,
+            version_id=version_id,
+            last_updated=last_updated,
+            method=method,
+            deleted=deleted,
+            content=content,
+        )
+    )
+
+
+def history_rows(
+    conn: Connection,
+    res_type: str | None,
+    res_id: str | None,
+    since: datetime | None,
+    at: datetime | None,
+    before_seq: int | None,
+    limit: int,
+):
+    """Versions newest first; keyset-paged on the global sequence number."""
+    v = resource_versions.c
+    stmt = select(v.seq, v.res_type, v.res_id, v.version_id, v.last_updated, v.method, v.deleted, v.content)
+    conds = []
+    if res_type:
+        conds.append(v.res_type == res_type)
+    if res_id:
+        conds.append(v.res_id == res_id)
+    if since:
+        conds.append(v.last_updated >= since)
+    if before_seq is not None:
+        conds.append(v.seq < before_seq)
+    if at:
+        # The version current at `at`: the newest version not after it, per resource.
+        latest = (
+            select(v.res_pk, func.max(v.version_id).label("vid"))
+            .where(v.last_updated <= at, *([v.res_type == res_type] if res_type else []))
+            .group_by(v.res_pk)
+            .subquery()
+        )
+        stmt = stmt.join(latest, and_(latest.c.res_pk == v.res_pk, latest.c.vid == v.version_id))
+    if conds:
+        stmt = stmt.where(*conds)
+    return conn.execute(stmt.order_by(v.seq.desc()).limit(limit)).all()
+
+
+def count_history(conn: Connection, res_type: str | None, res_id: str | None, since: datetime | None) -> int:
+    v = resource_versions.c
+    stmt = select(func.count()).select_from(resource_versions)
+    if res_type:
+        stmt = stmt.where(v.res_type == res_type)
+    if res_id:
+        stmt = stmt.where(v.res_id == res_id)
+    if since:
+        stmt = stmt.where(v.last_updated >= since)
+    return conn.execute(stmt).scalar_one()
+
+
+def lock_key(conn: Connection, *parts: str) -> None:
+    """Serialise concurrent writers that share a logical key (conditional create,
+    national identity). PostgreSQL: a transaction-scoped advisory lock. SQLite:
+    writers already hold the database's write lock (BEGIN IMMEDIATE)."""
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})

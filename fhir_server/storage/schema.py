@@ -1,0 +1,236 @@
+"""Database schema: resources, their versions, narrow search-index tables, jobs.
+
+One table holds the current version of every resource (the hot path for reads),
+one holds every version (history, vread). Search values are extracted at write
+time into one narrow table per search-parameter type, as HAPI does, so that a
+search is an index lookup on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# BigInteger primary keys autoincrement on PostgreSQL; on SQLite only INTEGER does.
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    # The JSON exactly as served (client text plus id/meta), UTF-8 bytes.
+    Column("content", LargeBinary, nullable=True),
+    UniqueConstraint("res_type", "res_id", name="uq_resources_type_id"),
+)
+Index("ix_resources_type_updated", resources.c.res_type, resources.c.last_updated, resources.c.pk)
+Index("ix_resources_updated", resources.c.last_updated, resources.c.pk)
+
+resource_versions = Table(
+    "resource_versions",
+    metadata,
+    # Global, monotonically increasing: orders system-level history and export.
+    Column("seq", PK, primary_key=True, autoincrement=True),
+    Column("res_pk", PK, ForeignKey("resources.pk"), nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("method", String(8), nullable=False),  # POST, PUT, PATCH, DELETE
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", LargeBinary, nullable=True),
+    UniqueConstraint("res_pk", "version_id", name="uq_versions_res_version"),
+)
+Index("ix_versions_type_id", resource_versions.c.res_type, resource_versions.c.res_id, resource_versions.c.version_id)
+Index("ix_versions_type_updated", resource_versions.c.res_type, resource_versions.c.last_updated)
+Index("ix_versions_updated", resource_versions.c.last_updated)
+
+
+def _index_table(name: str, *columns: Column, indexes: list[tuple[str, ...]]) -> Table:
+    """A narrow search-index table: one row per (resource, parameter, value)."""
+    table = Table(
+        name,
+        metadata,
+        Column("id", PK, primary_key=True, autoincrement=True),
+        Column("res_pk", PK, ForeignKey("resources.pk", ondelete="CASCADE"), nullable=False),
+        Column("res_type", String(64), nullable=False),
+        Column("param", String(128), nullable=False),
+        # Composite search: component rows of one value combination share a grp.
+        Column("grp", Integer, nullable=True),
+        *columns,
+    )
+    Index(f"ix_{name}_res", table.c.res_pk)
+    for cols in indexes:
+        Index(f"ix_{name}_{'_'.join(cols)}", table.c.res_type, table.c.param, *(table.c[c] for c in cols))
+    return table
+
+
+# string: value_norm is NFKD, accents stripped, casefolded (computed in Python).
+idx_string = _index_table(
+    "idx_string",
+    Column("value_norm", String(512), nullable=False),
+    Column("value_exact", Text, nullable=False),
+    indexes=[("value_norm",)],
+)
+
+# token: system may be NULL (no system), code may be NULL (e.g. text-only CodeableConcept).
+idx_token = _index_table(
+    "idx_token",
+    Column("system", String(512), nullable=True),
+    Column("code", String(512), nullable=True),
+    Column("text_norm", String(512), nullable=True),  # display/text for :text
+    Column("type_system", String(256), nullable=True),  # Identifier.type coding, for :of-type
+    Column("type_code", String(64), nullable=True),
+    indexes=[("code", "system"), ("system",)],
+)
+
+# date: every value is a UTC range [low, high) derived from its precision.
+idx_date = _index_table(
+    "idx_date",
+    Column("low", DateTime(timezone=True), nullable=True),  # NULL = open start
+    Column("high", DateTime(timezone=True), nullable=True),  # NULL = open end
+    indexes=[("low",), ("high",)],
+)
+
+# number: a value with its implicit precision range.
+idx_number = _index_table(
+    "idx_number",
+    Column("value", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    indexes=[("value",)],
+)
+
+# quantity: as sent, plus UCUM canonical form where known.
+idx_quantity = _index_table(
+    "idx_quantity",
+    Column("system", String(256), nullable=True),
+    Column("code", String(64), nullable=True),
+    Column("unit", String(64), nullable=True),
+    Column("value", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Column("canon_code", String(64), nullable=True),
+    Column("canon_value", Float, nullable=True),
+    indexes=[("code", "value"), ("canon_code", "canon_value")],
+)
+
+idx_uri = _index_table(
+    "idx_uri",
+    Column("uri", String(1024), nullable=False),
+    indexes=[("uri",)],
+)
+
+# reference: local references as (target_type, target_id); absolute/other as url.
+idx_reference = _index_table(
+    "idx_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", String(1024), nullable=True),
+    Column("ident_system", String(512), nullable=True),  # Reference.identifier for :identifier
+    Column("ident_value", String(512), nullable=True),
+    indexes=[("target_id", "target_type"), ("url",)],
+)
+
+# composite: each component's normalised value joined, one row per combination.
+idx_composite = _index_table(
+    "idx_composite",
+    Column("components", Text, nullable=False),  # JSON list of per-component index dicts
+    indexes=[],
+)
+
+INDEX_TABLES = {
+    "string": idx_string,
+    "token": idx_token,
+    "date": idx_date,
+    "number": idx_number,
+    "quantity": idx_quantity,
+    "uri": idx_uri,
+    "reference": idx_reference,
+    "composite": idx_composite,
+}
+
+# Durable background jobs ($export, $reindex, HL7 outbox delivery, ...).
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("state", String(16), nullable=False),  # queued, running, done, failed, cancelled
+    Column("params", Text, nullable=False),  # JSON
+    Column("cursor", Text, nullable=True),  # JSON, resumable position
+    Column("progress", Text, nullable=True),
+    Column("result", Text, nullable=True),  # JSON
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+)
+Index("ix_jobs_kind_state", jobs.c.kind, jobs.c.state)
+
+job_files = Table(
+    "job_files",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("res_type", String(64), nullable=True),
+    Column("count", Integer, nullable=False, default=0),
+    Column("path", Text, nullable=False),
+)
+
+# HL7 v2: every inbound message stored raw before it is applied.
+hl7_inbound = Table(
+    "hl7_inbound",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("received", DateTime(timezone=True), nullable=False),
+    Column("sender", String(256), nullable=False),
+    Column("control_id", String(64), nullable=False),
+    Column("message_type", String(32), nullable=True),
+    Column("raw", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # received, applied, error, rejected
+    Column("ack_code", String(4), nullable=True),
+    Column("ack", Text, nullable=True),
+    Column("error", Text, nullable=True),
+)
+Index("ix_hl7_inbound_sender_ctrl", hl7_inbound.c.sender, hl7_inbound.c.control_id)
+
+# HL7 v2: durable outbox, delivered in order per appointment with back-off.
+hl7_outbox = Table(
+    "hl7_outbox",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("destination", String(256), nullable=False),
+    Column("ordering_key", String(128), nullable=False),  # e.g. Appointment/123
+    Column("message", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, sent, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("sent", DateTime(timezone=True), nullable=True),
+)
+Index("ix_hl7_outbox_status_next", hl7_outbox.c.status, hl7_outbox.c.next_attempt)
