@@ -31,6 +31,9 @@ def build_app(settings: Settings | None = None, db: Database | None = None) -> F
     db = db or Database(settings.resolved_database_url())
     upgrade(db.engine)
     install_plugins(settings)
+    from . import plugins
+
+    plugins.on_database(db, settings)
     app = create_app(settings, db)
     from .jobs.runner import attach_background_workers
 

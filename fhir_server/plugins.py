@@ -16,4 +16,16 @@ def install(settings: Settings) -> None:
             setup(settings)
 
 
-PLUGIN_MODULES: list[str] = []
+def on_database(db, settings) -> None:
+    """After migrations: let plugins seed what they serve (NamingSystems, ...)."""
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        hook = getattr(importlib.import_module(name), "on_database", None)
+        if hook:
+            hook(db, settings)
+
+
+PLUGIN_MODULES: list[str] = [
+    "fhir_server.identifiers.rules",
+]

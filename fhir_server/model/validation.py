@@ -316,6 +316,8 @@ def model_issues(data: dict, resource_type: str, reported: set[str] | None = Non
             key = (issue.expression[0], issue.diagnostics)
             if key in seen or _covered(issue.expression[0], reported):
                 continue
+            if issue.code == "invalid" and any(r.startswith(key[0] + ".") for r in reported):
+                continue  # e.g. "One of field value is required" on a `_x` whose content the walk rejected
             seen.add(key)
             out.append(issue)
         return out
@@ -376,6 +378,7 @@ def validate_resource(data: Any, expected_type: str | None = None) -> list[Issue
                       f"Resource type '{rt}' does not match the expected type '{expected_type}'", ["resourceType"])]
     issues = walk(data, rt)
     reported = {i.expression[0] for i in issues if i.expression}
+    reported |= {p.replace("._", ".") for p in reported if "._" in p}  # model paths drop the "_" of `_x`
     model = model_issues(data, rt, reported, compat=issues.compat)
     issues = list(issues)
     issues.extend(model)

@@ -15,17 +15,17 @@ from sqlalchemy import Connection
 from ..errors import Issue
 
 WriteRule = Callable[[Connection, str, str | None, dict], list[Issue]]
-_rules: list[WriteRule] = []
+_rules: dict[str, WriteRule] = {}
 
 
-def register(rule: WriteRule) -> WriteRule:
-    if rule not in _rules:
-        _rules.append(rule)
+def register(rule: WriteRule, name: str | None = None) -> WriteRule:
+    """Install a rule; a rule registered again under the same name replaces it."""
+    _rules[name or rule.__name__] = rule
     return rule
 
 
 def run(conn: Connection, res_type: str, res_id: str | None, resource: dict) -> list[Issue]:
     warnings: list[Issue] = []
-    for rule in _rules:
+    for rule in list(_rules.values()):
         warnings.extend(rule(conn, res_type, res_id, resource))
     return warnings

@@ -60,6 +60,11 @@ def bad(msg: str, expr: str | None = None) -> FhirError:
     return FhirError.of(400, "invalid", msg, expr)
 
 
+def unsupported(msg: str, expr: str | None = None) -> FhirError:
+    """Unknown/unsupported parameter: the one kind of error Prefer: handling=lenient ignores."""
+    return FhirError.of(400, "not-supported", msg, expr)
+
+
 def live(r: FromClause) -> ColumnElement:
     return r.c.deleted == false()
 
@@ -97,7 +102,7 @@ def param_condition(ctx: QueryContext, res_type: str | None, name: str, value: s
     code, _, modifier = name.partition(":")
     sp = lookup_param(res_type, code)
     if sp is None:
-        raise bad(f"Unknown search parameter '{code}'" + (f" for resource type {res_type}" if res_type else ""), code)
+        raise unsupported(f"Unknown search parameter '{code}'" + (f" for resource type {res_type}" if res_type else ""), code)
     if code == "_id":
         return _id_condition(modifier, value, r)
     if code == "_lastUpdated":
@@ -108,14 +113,14 @@ def param_condition(ctx: QueryContext, res_type: str | None, name: str, value: s
         return or_(*(_date_cond(v, r.c.last_updated, r.c.last_updated, point=True, name=name)
                      for v in _values(value)))
     if sp.type == "special" or not sp.expression:
-        raise bad(f"Search parameter '{code}' is not supported", code)
+        raise unsupported(f"Search parameter '{code}' is not supported", code)
     if modifier and modifier != "missing" and sp.type == "reference" and registry.is_resource_type(modifier):
         return _index_condition(ctx, res_type, sp, "type:" + modifier, value, r)
     allowed = MODIFIERS.get(sp.type, {"missing"})
     if modifier and modifier not in allowed:
         raise bad(f"Modifier ':{modifier}' is not valid for {sp.type} parameter '{code}'", name)
     if modifier in UNSUPPORTED_MODIFIERS and sp.type in ("token", "reference"):
-        raise bad(f"Modifier ':{modifier}' on '{code}' is not supported yet", name)
+        raise unsupported(f"Modifier ':{modifier}' on '{code}' is not supported yet", name)
     return _index_condition(ctx, res_type, sp, modifier, value, r)
 
 
@@ -420,7 +425,7 @@ def _chain_condition(ctx: QueryContext, res_type: str | None, head: str, rest: s
     code, _, tmod = head.partition(":")
     sp = lookup_param(res_type, code)
     if sp is None:
-        raise bad(f"Unknown search parameter '{code}'" + (f" for resource type {res_type}" if res_type else ""), code)
+        raise unsupported(f"Unknown search parameter '{code}'" + (f" for resource type {res_type}" if res_type else ""), code)
     if sp.type != "reference":
         raise bad(f"'{code}' is not a reference parameter and cannot be chained", head)
     next_code = rest.split(".", 1)[0].split(":", 1)[0]
@@ -435,7 +440,7 @@ def _chain_condition(ctx: QueryContext, res_type: str | None, head: str, rest: s
             raise bad(f"Chain '{head}.{rest}' is ambiguous (targets {', '.join(targets)}); "
                       f"use '{code}:Type.{rest}'", head)
     if not targets:
-        raise bad(f"Unknown search parameter '{next_code}' in chain '{head}.{rest}'", head)
+        raise unsupported(f"Unknown search parameter '{next_code}' in chain '{head}.{rest}'", head)
     target = targets[0]
     r2 = resources.alias()
     sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings)

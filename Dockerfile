@@ -1,0 +1,19 @@
+# The same server as `make serve`, on PostgreSQL or the embedded SQLite file.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY fhir_server ./fhir_server
+COPY resources ./resources
+COPY mappings ./mappings
+COPY terminology ./terminology
+RUN pip install . && useradd --create-home --uid 10001 fhir && mkdir -p /app/data && chown fhir /app/data
+
+USER fhir
+EXPOSE 8080 2575
+# FHIR_SERVER_DATABASE_URL=postgresql+psycopg://user:pass@db/fhir selects PostgreSQL.
+CMD ["fhir-server", "serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -1,0 +1,491 @@
+"""Search execution: filters, keyset paging, includes, projection, Bundle assembly.
+
+Paging is by keyset, never OFFSET: the cursor carries the last row's sort keys
+and pk, so a page costs the same wherever it is and rows written between
+page requests neither duplicate nor skip rows already paged past. Stored
+resource bytes are embedded in the Bundle without re-parsing.
+
+Totals: ``_total=none`` omits it; otherwise (default, ``estimate`` and
+``accurate``) an exact COUNT is run, except that a first page which is also
+the last counts itself for free. ``_summary=count`` runs only the COUNT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
+from sqlalchemy.sql import FromClause
+
+from ..errors import FhirError
+from ..storage.schema import INDEX_TABLES, idx_reference, resources
+from . import registry
+from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
+from .values import to_utc
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+MAX_INCLUDE_ITERATIONS = 4
+IN_CHUNK = 500  # stay far below SQLite's/PostgreSQL's bind-parameter limits
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "Resource encoded in summary mode",
+}
+CONTROL_PARAMS = {"_count", "_sort", "_include", "_revinclude", "_total", "_summary", "_elements", "_cursor"}
+IGNORED_PARAMS = {"_format", "_pretty"}
+SUMMARY_VALUES = {"true", "false", "text", "data", "count"}
+
+
+@dataclass
+class SearchRequest:
+    res_type: str | None
+    params: list[tuple[str, str]]
+    base_url: str
+    lenient: bool = False
+    compartment: tuple[str, str] | None = None
+
+
+@dataclass
+class _Include:
+    src_type: str | None  # None = any ('*')
+    param: str | None  # None = every reference parameter
+    target: str | None
+    iterate: bool
+    reverse: bool
+
+
+@dataclass
+class _Plan:
+    conds: list[ColumnElement] = field(default_factory=list)
+    accepted: list[tuple[str, str]] = field(default_factory=list)  # for links, in request order
+    count: int = DEFAULT_COUNT
+    sort: list[tuple[str, bool]] = field(default_factory=list)  # (code, descending)
+    includes: list[_Include] = field(default_factory=list)
+    total: str = "accurate"
+    summary: str | None = None
+    elements: list[str] | None = None
+    cursor: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _is_ignorable(err: FhirError) -> bool:
+    return bool(err.issues) and err.issues[0].code == "not-supported"
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
+    plan = _Plan()
+    ctx = QueryContext(req.base_url)
+    res_type = req.res_type
+    if res_type is not None and not registry.is_resource_type(res_type):
+        raise FhirError.of(404, "not-found", f"Unknown resource type '{res_type}'")
+    plan.conds.append(live(r))
+    if res_type:
+        plan.conds.append(r.c.res_type == res_type)
+    if req.compartment:
+        plan.conds.append(compartment_condition(req.compartment[0], req.compartment[1], res_type, r))
+    for name, value in req.params:
+        try:
+            if name in IGNORED_PARAMS:
+                continue
+            base = name.split(":", 1)[0]
+            if base in CONTROL_PARAMS:
+                _control(plan, res_type, name, value)
+            elif name == "_type" and res_type is not None:
+                raise unsupported("'_type' is only valid in a system-level search", name)
+            elif res_type is None and not (name == "_type" or lookup_param(None, base.split(".", 1)[0])):
+                raise unsupported(f"Search parameter '{base}' is not supported in a system-level search", name)
+            else:
+                plan.conds.append(param_condition(ctx, res_type, name, value, r))
+        except FhirError as err:
+            if req.lenient and _is_ignorable(err):
+                plan.warnings.append(f"Ignored: {err.issues[0].diagnostics}")
+                continue
+            raise
+        if name != "_cursor":
+            plan.accepted.append((name, value))
+    return plan
+
+
+def _control(plan: _Plan, res_type: str | None, name: str, value: str) -> None:
+    base, _, modifier = name.partition(":")
+    if base == "_count":
+        try:
+            n = int(value)
+        except ValueError:
+            raise bad(f"_count must be a non-negative integer, got '{value}'", "_count") from None
+        if n < 0:
+            raise bad(f"_count must be a non-negative integer, got '{value}'", "_count")
+        plan.count = min(n, MAX_COUNT)
+    elif base == "_sort":
+        plan.sort = []
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            desc = item.startswith("-")
+            code = item[1:] if desc else item
+            _sort_param(res_type, code)  # validates
+            plan.sort.append((code, desc))
+    elif base in ("_include", "_revinclude"):
+        if modifier not in ("", "iterate", "recurse"):
+            raise bad(f"Unknown modifier ':{modifier}' on {base}", name)
+        plan.includes.append(_parse_include(value, bool(modifier), base == "_revinclude", res_type))
+    elif base == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise bad(f"_total must be none, estimate or accurate, got '{value}'", "_total")
+        plan.total = value
+    elif base == "_summary":
+        if value not in SUMMARY_VALUES:
+            raise bad(f"_summary must be one of {', '.join(sorted(SUMMARY_VALUES))}, got '{value}'", "_summary")
+        plan.summary = None if value == "false" else value
+    elif base == "_elements":
+        els = []
+        for e in value.split(","):
+            e = e.strip()
+            if "." in e:
+                e = e.split(".", 1)[1]
+            if e:
+                els.append(e)
+        plan.elements = els
+    elif base == "_cursor":
+        plan.cursor = value
+
+
+def _parse_include(value: str, iterate: bool, reverse: bool, res_type: str | None) -> _Include:
+    what = "_revinclude" if reverse else "_include"
+    if value == "*":
+        return _Include(None, None, None, iterate, reverse)
+    parts = value.split(":")
+    if len(parts) not in (2, 3):
+        raise bad(f"Invalid {what} '{value}': use Type:parameter[:targetType]", what)
+    src, param = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if not registry.is_resource_type(src):
+        raise bad(f"Unknown resource type '{src}' in {what}", what)
+    if target and not registry.is_resource_type(target):
+        raise bad(f"Unknown resource type '{target}' in {what}", what)
+    if param == "*":
+        return _Include(src, None, target, iterate, reverse)
+    sp = registry.search_parameters_for(src).get(param)
+    if sp is None or sp.type != "reference":
+        raise unsupported(f"'{param}' is not a reference parameter of {src} ({what})", what)
+    return _Include(src, param, target, iterate, reverse)
+
+
+def _sort_param(res_type: str | None, code: str) -> registry.SearchParam:
+    sp = lookup_param(res_type, code)
+    if sp is None:
+        raise unsupported(f"Unknown sort parameter '{code}'", "_sort")
+    if sp.code not in ("_id", "_lastUpdated") and (sp.type in ("composite", "special") or not sp.expression):
+        raise unsupported(f"Sorting by '{code}' is not supported", "_sort")
+    return sp
+
+
+def _sort_expr(res_type: str | None, code: str, desc: bool, r: FromClause) -> ColumnElement:
+    """One sort key: min (ascending) or max (descending) of the resource's indexed values."""
+    if code == "_id":
+        return r.c.res_id
+    if code == "_lastUpdated":
+        return r.c.last_updated
+    sp = _sort_param(res_type, code)
+    t = INDEX_TABLES[sp.type].alias()
+    col = {
+        "string": t.c.get("value_norm"),
+        "token": t.c.get("code"),
+        "date": t.c.get("low"),
+        "number": t.c.get("value"),
+        "quantity": t.c.get("value"),
+        "uri": t.c.get("uri"),
+        "reference": t.c.get("target_id"),
+    }[sp.type]
+    agg = func.max(col) if desc else func.min(col)
+    return select(agg).where(t.c.res_pk == r.c.pk, t.c.param == sp.code).scalar_subquery()
+
+
+# ---------------------------------------------------------------- cursors
+
+
+def _enc_val(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return {"t": to_utc(v).isoformat()}
+    return v
+
+
+def _dec_val(v: Any) -> Any:
+    if isinstance(v, dict) and "t" in v:
+        return datetime.fromisoformat(v["t"]).astimezone(timezone.utc)
+    return v
+
+
+def _encode_cursor(sig: str, keys: list, pk: int, direction: str) -> str:
+    raw = orjson.dumps({"s": sig, "k": [_enc_val(k) for k in keys], "pk": pk, "d": direction})
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode_cursor(text: str, sig: str, nkeys: int) -> tuple[list, int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = orjson.loads(raw)
+        keys = [_dec_val(k) for k in data["k"]]
+        pk, direction = int(data["pk"]), data["d"]
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        raise bad("Invalid paging cursor", "_cursor") from None
+    if data.get("s") != sig or len(keys) != nkeys or direction not in ("n", "p"):
+        raise bad("Paging cursor does not belong to this search (its _sort differs)", "_cursor")
+    return keys, pk, direction
+
+
+def _after(items: list[tuple[ColumnElement, bool, Any, bool]]) -> ColumnElement:
+    """Rows strictly after the given key tuple in the given order (lexicographic)."""
+    ors, eqs = [], []
+    for col, asc, last, nullable in items:
+        if nullable and last is None:
+            gt, eq = false(), col.is_(None)
+        else:
+            gt, eq = (col > last) if asc else (col < last), col == last
+        ors.append(and_(*eqs, gt) if eqs else gt)
+        eqs.append(eq)
+    return or_(*ors)
+
+
+# ---------------------------------------------------------------- execution
+
+
+def _chunks(seq: list, n: int = IN_CHUNK):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def execute_search(conn: Connection, req: SearchRequest) -> bytes:
+    """Run a search and return the complete searchset Bundle as JSON bytes."""
+    r = resources
+    plan = _plan(conn, req, r)
+    type_path = req.res_type or ""
+    if req.compartment:
+        type_path = f"{req.compartment[0]}/{req.compartment[1]}/{req.res_type}"
+    base = req.base_url.rstrip("/")
+    path_url = f"{base}/{type_path}" if type_path else base
+
+    def link(extra: list[tuple[str, str]] | None = None) -> str:
+        q = plan.accepted + (extra or [])
+        return f"{path_url}?{urlencode(q)}" if q else path_url
+
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")},
+        "type": "searchset",
+    }
+    count_q = select(func.count()).select_from(select(r.c.pk).where(*plan.conds).subquery())
+    if plan.summary == "count" or plan.count == 0:
+        bundle["total"] = conn.execute(count_q).scalar_one()
+        bundle["link"] = [{"relation": "self", "url": link([("_cursor", plan.cursor)] if plan.cursor else None)}]
+        _add_outcome(bundle, plan)
+        return orjson.dumps(bundle)
+
+    sort_exprs = [(_sort_expr(req.res_type, code, desc, r), desc) for code, desc in plan.sort]
+    sig = ",".join(("-" if d else "") + c for c, d in plan.sort)
+    cols = [r.c.pk, r.c.res_type, r.c.res_id, r.c.content]
+    cols += [e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs)]
+    inner = select(*cols).where(*plan.conds).subquery()
+
+    direction, last_keys, last_pk = "n", None, None
+    if plan.cursor:
+        last_keys, last_pk, direction = _decode_cursor(plan.cursor, sig, len(sort_exprs))
+    forward = direction == "n"
+    order, items = [], []
+    for i, (_, desc) in enumerate(sort_exprs):
+        col = inner.c[f"k{i}"]
+        flag = case((col.is_(None), 1), else_=0)
+        asc = not desc
+        order += [flag.asc() if forward else flag.desc(), (col.asc() if asc == forward else col.desc())]
+        if last_keys is not None:
+            lk = last_keys[i]
+            items.append((flag, forward, 1 if lk is None else 0, False))
+            items.append((col, asc == forward, lk, True))
+    order.append(inner.c.pk.asc() if forward else inner.c.pk.desc())
+    q = select(inner).order_by(*order).limit(plan.count + 1)
+    if last_keys is not None:
+        items.append((inner.c.pk, forward, last_pk, False))
+        q = q.where(_after(items))
+    rows = conn.execute(q).all()
+    more = len(rows) > plan.count
+    rows = rows[: plan.count]
+    if not forward:
+        rows.reverse()
+
+    def keys_of(row) -> list:
+        return [row._mapping[f"k{i}"] for i in range(len(sort_exprs))]
+
+    has_next = more if forward else bool(plan.cursor)
+    has_prev = bool(plan.cursor) if forward else more
+    if plan.total != "none":
+        if not plan.cursor and not more:
+            bundle["total"] = len(rows)
+        else:
+            bundle["total"] = conn.execute(count_q).scalar_one()
+    links = [{"relation": "self", "url": link([("_cursor", plan.cursor)] if plan.cursor else None)}]
+    if plan.cursor:
+        links.append({"relation": "first", "url": link()})
+    if rows and has_prev:
+        c = _encode_cursor(sig, keys_of(rows[0]), rows[0].pk, "p")
+        links.append({"relation": "previous", "url": link([("_cursor", c)])})
+    if rows and has_next:
+        c = _encode_cursor(sig, keys_of(rows[-1]), rows[-1].pk, "n")
+        links.append({"relation": "next", "url": link([("_cursor", c)])})
+    bundle["link"] = links
+
+    entries = []
+    for row in rows:
+        entries.append({
+            "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
+            "resource": _project(row.content, row.res_type, plan),
+            "search": {"mode": "match"},
+        })
+    if plan.includes and rows:
+        for row in _includes(conn, plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows]):
+            entries.append({
+                "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
+                "resource": orjson.Fragment(row.content),
+                "search": {"mode": "include"},
+            })
+    _add_outcome(bundle, plan, entries)
+    if entries:
+        bundle["entry"] = entries
+    return orjson.dumps(bundle)
+
+
+def _add_outcome(bundle: dict, plan: _Plan, entries: list | None = None) -> None:
+    if not plan.warnings:
+        return
+    oo = {
+        "resourceType": "OperationOutcome",
+        "id": str(uuid.uuid4()),
+        "issue": [{"severity": "warning", "code": "not-supported", "diagnostics": w} for w in plan.warnings],
+    }
+    entry = {"fullUrl": f"urn:uuid:{oo['id']}", "resource": oo, "search": {"mode": "outcome"}}
+    if entries is None:
+        bundle["entry"] = [entry]
+    else:
+        entries.append(entry)
+
+
+def _project(content: bytes, res_type: str, plan: _Plan):
+    """Embed stored bytes untouched unless _summary/_elements ask for a subset."""
+    if not plan.summary and plan.elements is None:
+        return orjson.Fragment(content)
+    res = orjson.loads(content)
+    keep: set[str] | None
+    if plan.elements is not None:
+        keep = set(plan.elements) | set(registry.mandatory_elements(res_type))
+    elif plan.summary == "true":
+        keep = set(registry.summary_elements(res_type))
+    elif plan.summary == "text":
+        keep = {"text"} | set(registry.mandatory_elements(res_type))
+    else:  # data
+        keep = None
+    out = {}
+    for k, v in res.items():
+        if k in ("resourceType", "id", "meta"):
+            out[k] = v
+        elif keep is None:
+            if k != "text":
+                out[k] = v
+        elif k in keep:
+            out[k] = v
+    meta = dict(out.get("meta") or {})
+    tags = [t for t in meta.get("tag", []) if t.get("code") != "SUBSETTED"]
+    tags.append(dict(SUBSETTED))
+    meta["tag"] = tags
+    out["meta"] = meta
+    return out
+
+
+def _fetch(conn: Connection, wanted: dict[str, set[str]]) -> list:
+    rows = []
+    for rtype, ids in wanted.items():
+        for chunk in _chunks(sorted(ids)):
+            rows += conn.execute(
+                select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
+                .where(resources.c.res_type == rtype, resources.c.res_id.in_(chunk), live(resources))
+                .order_by(resources.c.pk)
+            ).all()
+    return rows
+
+
+def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, str, str]]) -> list:
+    """Resolve _include/_revinclude for one page; :iterate repeats over what was added."""
+    seen = {(t, i) for _, t, i in matches}
+    out = []
+    frontier = matches
+    for rnd in range(MAX_INCLUDE_ITERATIONS + 1):
+        active = [s for s in specs if rnd == 0 or s.iterate]
+        if not active or not frontier:
+            break
+        wanted: dict[str, set[str]] = {}
+        rev_pks: set[int] = set()
+        for spec in active:
+            src = [x for x in frontier if spec.src_type is None or x[1] == spec.src_type] if not spec.reverse else frontier
+            if not src:
+                continue
+            ref = idx_reference
+            if not spec.reverse:
+                for chunk in _chunks([x[0] for x in src]):
+                    conds = [ref.c.res_pk.in_(chunk), ref.c.target_type.is_not(None)]
+                    if spec.param:
+                        conds.append(ref.c.param == spec.param)
+                    if spec.src_type:
+                        conds.append(ref.c.res_type == spec.src_type)
+                    if spec.target:
+                        conds.append(ref.c.target_type == spec.target)
+                    for tt, tid in conn.execute(select(ref.c.target_type, ref.c.target_id).where(*conds)).all():
+                        if (tt, tid) not in seen:
+                            wanted.setdefault(tt, set()).add(tid)
+            else:
+                by_type: dict[str, list[str]] = {}
+                for _, t, i in src:
+                    if spec.target is None or spec.target == t:
+                        by_type.setdefault(t, []).append(i)
+                for t, ids in by_type.items():
+                    for chunk in _chunks(ids):
+                        conds = [ref.c.target_type == t, ref.c.target_id.in_(chunk)]
+                        if spec.param:
+                            conds.append(ref.c.param == spec.param)
+                        if spec.src_type:
+                            conds.append(ref.c.res_type == spec.src_type)
+                        rev_pks.update(conn.execute(select(ref.c.res_pk).where(*conds)).scalars())
+        new = _fetch(conn, wanted)
+        for chunk in _chunks(sorted(rev_pks)):
+            new += conn.execute(
+                select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
+                .where(resources.c.pk.in_(chunk), live(resources)).order_by(resources.c.pk)
+            ).all()
+        fresh = []
+        for row in new:
+            key = (row.res_type, row.res_id)
+            if key not in seen:
+                seen.add(key)
+                fresh.append(row)
+        out += fresh
+        frontier = [(x.pk, x.res_type, x.res_id) for x in fresh]
+    return out
+
+
+def find_matches(conn: Connection, res_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[tuple[int, str]]:
+    """(pk, id) of up to ``limit`` live matches, for conditional create/update/delete."""
+    r = resources
+    req = SearchRequest(res_type, [(k, v) for k, v in params if k not in CONTROL_PARAMS | IGNORED_PARAMS], "")
+    plan = _plan(conn, req, r)
+    q = select(r.c.pk, r.c.res_id).where(*plan.conds).order_by(r.c.pk).limit(limit)
+    return [(row.pk, row.res_id) for row in conn.execute(q).all()]
