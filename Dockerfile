@@ -11,7 +11,8 @@ COPY fhir_server ./fhir_server
 COPY resources ./resources
 COPY mappings ./mappings
 COPY terminology ./terminology
-RUN pip install . && useradd --create-home --uid 10001 fhir && mkdir -p /app/data && chown fhir /app/data
+# Editable: the code reads resources/, mappings/ and terminology/ beside the package.
+RUN pip install -e . && useradd --create-home --uid 10001 fhir && mkdir -p /app/data && chown fhir /app/data
 
 USER fhir
 EXPOSE 8080 2575

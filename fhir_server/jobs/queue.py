@@ -113,6 +113,11 @@ def handler_kinds() -> list[str]:
     return sorted(_handlers)
 
 
+def lease_for(kinds) -> int:
+    """Claim with the longest lease among the kinds (the handler renews it anyway)."""
+    return max((_handlers[k].lease_seconds for k in kinds if k in _handlers), default=60)
+
+
 # ---------------------------------------------------------------- queue operations
 
 def enqueue(conn: Connection, kind: str, params: dict, job_id: str | None = None) -> str:

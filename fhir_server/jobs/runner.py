@@ -61,11 +61,8 @@ class Worker(threading.Thread):
             queue.wakeup.clear()
 
     def _run_one(self) -> bool:
-        for kind in queue.handler_kinds():
-            pass
         kinds = queue.handler_kinds()
-        lease = max((queue._handlers[k].lease_seconds for k in kinds), default=60)
-        job = queue.claim(self.db, kinds, self.owner, lease)
+        job = queue.claim(self.db, kinds, self.owner, queue.lease_for(kinds))
         if job is None:
             return False
         queue.run_job(self.db, self.settings, job, self.owner)
@@ -82,8 +79,7 @@ def run_pending(db: Database, settings: Settings, kinds: list[str] | None = None
     queue.run_housekeeping(db, settings)
     done = 0
     while max_jobs is None or done < max_jobs:
-        lease = max((queue._handlers[k].lease_seconds for k in kinds if k in queue._handlers), default=60)
-        job = queue.claim(db, kinds, owner, lease)
+        job = queue.claim(db, kinds, owner, queue.lease_for(kinds))
         if job is None:
             break
         queue.run_job(db, settings, job, owner)
