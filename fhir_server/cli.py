@@ -65,5 +65,49 @@ def migrate(database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_
     typer.echo("database is up to date")
 
 
+@app.command()
+def load(
+    paths: list[str] = typer.Argument(..., help="Bundles, resources or NDJSON files, or folders of them"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL"),
+    workers: int = typer.Option(1, help="Parallel loader processes"),
+):
+    """Bulk-load data; re-running skips what is already loaded."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .loader import count_resources, load_paths
+    from .storage.database import Database
+    from .storage.migrate import upgrade
+
+    settings = _settings(database_url)
+    upgrade(Database(settings.resolved_database_url()).engine)
+    total = count_resources(paths)
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    done = {"n": 0}
+    columns = (TextColumn("[bold]loading"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} resources/s"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("load", total=total, rate="0")
+
+        def on_file(result):
+            done["n"] += result.resources
+            rate = done["n"] / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, advance=result.resources, rate=f"{rate:,.0f}")
+
+        results = load_paths(settings, paths, workers=workers, on_file=on_file)
+    elapsed = time.perf_counter() - started
+    loaded = sum(r.resources for r in results)
+    skipped = sum(1 for r in results if r.skipped)
+    failed = [r for r in results if r.failures]
+    console.print(f"{loaded} resources from {len(results) - skipped} files in {elapsed:.1f} s ({loaded / max(elapsed, 1e-9):,.0f}/s); {skipped} files already loaded")
+    for r in failed:
+        console.print(f"[red]{r.path}[/red]: {len(r.failures)} failure(s)")
+        for f in r.failures[:5]:
+            console.print(f"  {f}")
+    raise typer.Exit(1 if failed else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

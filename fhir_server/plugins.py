@@ -28,4 +28,6 @@ def on_database(db, settings) -> None:
 
 PLUGIN_MODULES: list[str] = [
     "fhir_server.identifiers.rules",
+    "fhir_server.operations.export",
+    "fhir_server.operations.everything",
 ]

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
-from sqlalchemy import Connection, and_, exists, false, func, or_, select, true
+from sqlalchemy import Connection, String, and_, exists, false, literal, or_, select, true, tuple_, type_coerce
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import FhirError, Issue, operation_outcome
@@ -38,7 +38,7 @@ from ..jobs import queue
 from ..model.definitions import resource_types
 from ..rest.context import Outcome
 from ..rest.operations import OperationCall, operation
-from ..storage.schema import idx_reference, job_files, resources
+from ..storage.schema import idx_reference, job_files, resource_versions, resources
 from . import compartment_ref_condition, patient_compartment
 
 log = logging.getLogger("fhir_server.export")
@@ -215,7 +215,7 @@ def kick_off(call: OperationCall) -> Outcome:
             _not_supported(call, f"_type '{t}' {why}", "_type")
     if types and not known:
         raise FhirError.of(400, "not-supported", "None of the requested _type values can be exported", "_type")
-    type_list = known or None
+    type_list = known or sorted(allowed)
 
     # _typeFilter: 'Type?search', OR-ed per type.
     type_filters: dict[str, list[list[tuple[str, str]]]] = {}
@@ -224,7 +224,7 @@ def kick_off(call: OperationCall) -> Outcome:
         t = t.strip()
         if not sep or t not in allowed:
             raise FhirError.of(400, "invalid", f"_typeFilter '{f}' must be '<ResourceType>?<search>' with an exportable type", "_typeFilter")
-        if type_list is not None and t not in type_list:
+        if t not in type_list:
             _not_supported(call, f"_typeFilter '{f}' names a type that is not in _type", "_typeFilter")
             continue
         query = parse_qsl(q, keep_blank_values=True)
@@ -234,6 +234,7 @@ def kick_off(call: OperationCall) -> Outcome:
         type_filters.setdefault(t, []).append(query)
 
     now = datetime.now(timezone.utc)
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as precise as lastUpdated
     with call.db.write() as conn:
         for t, queries in type_filters.items():
             for q in queries:
@@ -241,7 +242,6 @@ def kick_off(call: OperationCall) -> Outcome:
         if level == "instance":
             members = _group_members(conn, call.res_id)
             patients = members if patients is None else [p for p in members if p in set(patients)]
-        max_pk = conn.execute(select(func.max(resources.c.pk))).scalar() or 0
         params = {
             "level": level,
             "group": call.res_id if level == "instance" else None,
@@ -252,7 +252,6 @@ def kick_off(call: OperationCall) -> Outcome:
             "patients": patients,
             "transaction_time": now.isoformat(),
             "request": _request_url(call),
-            "max_pk": max_pk,
         }
         job_id = queue.enqueue(conn, KIND, params)
     queue.wakeup.set()
@@ -390,23 +389,27 @@ class _Files:
         self.cursor = cursor
         self.handles: dict[str, Any] = {}
 
-    def write(self, res_type: str, line: bytes) -> None:
-        entry = self.cursor["open"].get(res_type)
-        handle = self.handles.get(res_type)
-        if entry is None:
-            part = self.cursor["parts"].get(res_type, 0) + 1
-            self.cursor["parts"][res_type] = part
-            entry = {"name": f"{res_type}-{part}.ndjson", "offset": 0, "count": 0}
-            self.cursor["open"][res_type] = entry
-        if handle is None:
-            handle = open(self.dir / entry["name"], "ab")
-            self.handles[res_type] = handle
-        handle.write(line)
-        entry["offset"] += len(line)
-        entry["count"] += 1
-        self.cursor["total"] += 1
-        if entry["count"] >= MAX_LINES_PER_FILE:
-            self._close(res_type)
+    def write(self, res_type: str, contents: list[bytes]) -> None:
+        """Append resources (one line each), starting a new part file when full."""
+        while contents:
+            entry = self.cursor["open"].get(res_type)
+            if entry is None:
+                part = self.cursor["parts"].get(res_type, 0) + 1
+                self.cursor["parts"][res_type] = part
+                entry = {"name": f"{res_type}-{part}.ndjson", "offset": 0, "count": 0}
+                self.cursor["open"][res_type] = entry
+            handle = self.handles.get(res_type)
+            if handle is None:
+                handle = self.handles[res_type] = open(self.dir / entry["name"], "ab")
+            room = MAX_LINES_PER_FILE - entry["count"]
+            chunk, contents = contents[:room], contents[room:]
+            blob = b"\n".join(chunk) + b"\n"
+            handle.write(blob)
+            entry["offset"] += len(blob)
+            entry["count"] += len(chunk)
+            self.cursor["total"] += len(chunk)
+            if entry["count"] >= MAX_LINES_PER_FILE:
+                self._close(res_type)
 
     def _close(self, res_type: str) -> None:
         handle = self.handles.pop(res_type, None)
@@ -423,6 +426,10 @@ class _Files:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def finish(self, res_type: str) -> None:
+        if res_type in self.cursor["open"]:
+            self._close(res_type)
+
     def close_all(self) -> None:
         for res_type in list(self.cursor["open"]):
             self._close(res_type)
@@ -434,7 +441,10 @@ class _Files:
 
 
 def _fresh_cursor() -> dict:
-    return {"after": 0, "total": 0, "open": {}, "closed": [], "parts": {}}
+    # ti: index in the job's type list; phase: "main" (rows unchanged since the
+    # transaction time) or "late" (rows changed since: exported as of then);
+    # after: keyset position (last_updated, pk) within the type and phase.
+    return {"ti": 0, "phase": "main", "after": None, "total": 0, "open": {}, "closed": [], "parts": {}}
 
 
 def _restore(out_dir: Path, cursor: dict | None) -> dict:
@@ -461,64 +471,123 @@ def _restore(out_dir: Path, cursor: dict | None) -> dict:
     return cursor
 
 
-def _base_query(p: dict):
-    """SQL for the rows an export covers, before keyset paging."""
-    r = resources.c
-    conds = [r.deleted == false(), r.pk <= p["max_pk"]]
-    types = set(p["types"]) if p["types"] else None
-    if p["compartment"]:
-        types = types or set(patient_compartment())
-    if types is not None:
-        conds.append(r.res_type.in_(sorted(types)))
-    if p["since"]:
-        conds.append(r.last_updated >= datetime.fromisoformat(p["since"]))
-    if p["compartment"]:
-        patients = p["patients"]
-        if patients is not None and not patients:
-            conds.append(false())
+class _Plan:
+    """The SQL side of one export job: which rows, in which order."""
+
+    def __init__(self, p: dict):
+        self.p = p
+        self.tx = datetime.fromisoformat(p["transaction_time"])
+        self.since = datetime.fromisoformat(p["since"]) if p["since"] else None
+        self.types = set(p["types"])
+        patients = p["patients"] if p["compartment"] else None
+        self.big_patient_list = patients is not None and len(patients) > SQL_PATIENT_LIST_MAX
+        self.patient_set = set(patients) if self.big_patient_list else None
+
+    def rows(self, conn: Connection, res_type: str, late: bool, after: list | None) -> list:
+        """One batch of a type, keyset-ordered by (last_updated, pk) so that the
+        (res_type, last_updated, pk) index serves it on SQLite and PostgreSQL."""
+        r = resources.c
+        conds = [r.res_type == res_type]
+        if late:
+            conds.append(r.last_updated > self.tx)
         else:
-            ref = idx_reference.alias("ref")
-            linked = and_(ref.c.res_pk == r.pk, compartment_ref_condition(types, ref))
-            is_patient = r.res_type == "Patient" if "Patient" in types else false()
-            if patients is not None and len(patients) <= SQL_PATIENT_LIST_MAX:
-                linked = and_(linked, ref.c.target_id.in_(patients))
-                is_patient = and_(is_patient, r.res_id.in_(patients))
-            conds.append(or_(is_patient, exists().where(linked)))
-    return select(r.pk, r.res_type, r.res_id, r.content).where(*conds)
+            conds += [r.deleted == false(), r.last_updated <= self.tx]
+            if self.since is not None:
+                conds.append(r.last_updated >= self.since)
+        if after is not None:
+            raw, pk = after
+            if raw.startswith("dt:"):
+                conds.append(tuple_(r.last_updated, r.pk) > tuple_(datetime.fromisoformat(raw[3:]), pk))
+            else:  # SQLite: compare the stored text as text
+                conds.append(tuple_(type_coerce(r.last_updated, String()), r.pk) > tuple_(literal(raw, String()), pk))
+        if self.p["compartment"]:
+            conds.append(self._compartment(res_type))
+        cols = (r.pk, r.res_id, _time_column(conn.dialect.name)) + (() if late else (r.content,))
+        stmt = select(*cols).where(*conds).order_by(r.last_updated, r.pk).limit(BATCH_SIZE)
+        return conn.execute(stmt).all()
+
+    def _compartment(self, res_type: str):
+        patients = self.p["patients"]
+        if patients is not None and not patients:
+            return false()
+        r = resources.c
+        ref = idx_reference.alias("ref")
+        linked = and_(ref.c.res_pk == r.pk, compartment_ref_condition({res_type}, ref))
+        is_patient = res_type == "Patient"
+        if patients is not None and not self.big_patient_list:
+            linked = and_(linked, ref.c.target_id.in_(patients))
+            return or_(r.res_id.in_(patients), exists().where(linked)) if is_patient else exists().where(linked)
+        return true() if is_patient else exists().where(linked)
+
+    def as_of_tx(self, conn: Connection, rows: list) -> list[tuple[int, str, bytes]]:
+        """For rows changed after the transaction time: their version as of then."""
+        v = resource_versions.c
+        best: dict[int, tuple] = {}
+        for res_pk, version_id, deleted, last_updated, content in conn.execute(
+            select(v.res_pk, v.version_id, v.deleted, v.last_updated, v.content).where(
+                v.res_pk.in_([row.pk for row in rows]), v.last_updated <= self.tx
+            )
+        ):
+            if res_pk not in best or version_id > best[res_pk][0]:
+                best[res_pk] = (version_id, deleted, last_updated, content)
+        out = []
+        for row in rows:
+            hit = best.get(row.pk)
+            if hit is None or hit[1] or hit[3] is None:
+                continue  # created after, or deleted at, the transaction time
+            if self.since is not None and _aware(hit[2]) < self.since:
+                continue
+            out.append((row.pk, row.res_id, bytes(hit[3])))
+        return out
+
+    def patient_keep(self, conn: Connection, res_type: str, rows: list) -> set[int]:
+        """For large patient lists: the pks of rows that belong to one of them."""
+        patients = self.patient_set
+        keep = {row.pk for row in rows if res_type == "Patient" and row.res_id in patients}
+        ref = idx_reference.alias("ref")
+        for res_pk, target_id in conn.execute(
+            select(ref.c.res_pk, ref.c.target_id).where(ref.c.res_pk.in_([row.pk for row in rows]), compartment_ref_condition({res_type}, ref))
+        ):
+            if target_id in patients:
+                keep.add(res_pk)
+        return keep
 
 
-def _patient_postfilter(conn: Connection, rows: list, p: dict) -> set[int]:
-    """For large patient lists: the pks of rows that belong to one of them."""
-    patients = set(p["patients"])
-    keep = {row.pk for row in rows if row.res_type == "Patient" and row.res_id in patients}
-    ref = idx_reference.alias("ref")
-    types = set(p["types"]) if p["types"] else None
-    pks = [row.pk for row in rows]
-    for res_pk, target_id in conn.execute(
-        select(ref.c.res_pk, ref.c.target_id).where(ref.c.res_pk.in_(pks), compartment_ref_condition(types, ref))
-    ):
-        if target_id in patients:
-            keep.add(res_pk)
-    return keep
+def _one_line_each(contents: list[bytes]) -> list[bytes]:
+    """Stored JSON is compact, but NDJSON breaks if one ever holds a raw newline:
+    check the whole batch in one pass, re-serialise only if needed."""
+    contents = [bytes(c) for c in contents]
+    joined = b"".join(contents)
+    if b"\n" not in joined and b"\r" not in joined:
+        return contents
+    return [orjson.dumps(orjson.loads(c)) if (b"\n" in c or b"\r" in c) else c for c in contents]
 
 
-def _type_filter_keep(conn: Connection, rows: list, filters: dict) -> set[int]:
-    """pks of the filtered-type rows matching one of their type's filters; the
-    search runs restricted to this batch's ids, so it costs one query per batch."""
+def _time_column(dialect: str):
+    """last_updated as the keyset needs it. SQLite stores text: keep it raw (no
+    per-row datetime parsing, exact round trip); PostgreSQL returns datetimes."""
+    col = resources.c.last_updated
+    return type_coerce(col, String()).label("last_updated") if dialect == "sqlite" else col
+
+
+def _encode_time(value) -> str:
+    """Cursor form of a keyset time: raw SQLite text, or "dt:" + ISO datetime."""
+    return value if isinstance(value, str) else "dt:" + value.isoformat()
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+
+def _type_filter_keep(conn: Connection, res_type: str, rows: list, queries: list) -> set[int]:
+    """pks of the rows matching one of the type's filters; the search is limited
+    to this batch's ids, so it costs one query per batch and filter."""
     from ..search.engine import find_matches
 
+    ids = ",".join(row.res_id for row in rows)
     keep: set[int] = set()
-    by_type: dict[str, list] = {}
-    for row in rows:
-        if row.res_type in filters:
-            by_type.setdefault(row.res_type, []).append(row)
-        else:
-            keep.add(row.pk)
-    for res_type, group in by_type.items():
-        ids = ",".join(row.res_id for row in group)
-        for query in filters[res_type]:
-            for pk, _ in find_matches(conn, res_type, list(query) + [("_id", ids)], len(group) + 1):
-                keep.add(pk)
+    for query in queries:
+        keep.update(pk for pk, _ in find_matches(conn, res_type, list(query) + [("_id", ids)], len(rows) + 1))
     return keep
 
 
@@ -528,35 +597,38 @@ def run_export(jc: queue.JobContext) -> None:
     out_dir = _export_dir(jc.settings, jc.job.id)
     cursor = _restore(out_dir, jc.job.cursor)
     files = _Files(out_dir, cursor)
-    base = _base_query(p)
+    plan = _Plan(p)
+    types: list[str] = p["types"]
     filters = {t: [[tuple(x) for x in q] for q in qs] for t, qs in (p.get("type_filters") or {}).items()}
-    big_patient_list = p["compartment"] and p["patients"] is not None and len(p["patients"]) > SQL_PATIENT_LIST_MAX
-    max_pk = max(p["max_pk"], 1)
     last_checkpoint = time.monotonic()
     try:
-        while True:
+        while cursor["ti"] < len(types):
+            res_type = types[cursor["ti"]]
+            late = cursor["phase"] == "late"
             with jc.db.read() as conn:
-                rows = conn.execute(base.where(resources.c.pk > cursor["after"]).order_by(resources.c.pk).limit(BATCH_SIZE)).all()
+                rows = plan.rows(conn, res_type, late, cursor["after"])
                 if not rows:
-                    break
-                keep = None
-                if big_patient_list:
-                    keep = _patient_postfilter(conn, rows, p)
-                if filters:
-                    matched = _type_filter_keep(conn, rows, filters)
-                    keep = matched if keep is None else keep & matched
-            for row in rows:
-                if (keep is not None and row.pk not in keep) or row.content is None:
+                    if late:
+                        files.finish(res_type)
+                        cursor.update(ti=cursor["ti"] + 1, phase="main", after=None)
+                    else:
+                        cursor.update(phase="late", after=None)
                     continue
-                content = bytes(row.content)
-                if b"\n" in content or b"\r" in content:  # NDJSON: one resource per line
-                    content = orjson.dumps(orjson.loads(content))
-                files.write(row.res_type, content + b"\n")
-            cursor["after"] = rows[-1].pk
+                items = plan.as_of_tx(conn, rows) if late else [(row.pk, row.res_id, row.content) for row in rows]
+                keep = None
+                if plan.big_patient_list:
+                    keep = plan.patient_keep(conn, res_type, rows)
+                if res_type in filters:
+                    matched = _type_filter_keep(conn, res_type, rows, filters[res_type])
+                    keep = matched if keep is None else keep & matched
+            contents = [c for pk, _, c in items if c is not None and (keep is None or pk in keep)]
+            if contents:
+                files.write(res_type, _one_line_each(contents))
+            last = rows[-1]
+            cursor["after"] = [_encode_time(last.last_updated), last.pk]
             if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                 files.sync()
-                pct = min(99, int(cursor["after"] * 100 / max_pk))
-                jc.checkpoint(cursor, f"{pct}% ({cursor['total']} resources)")
+                jc.checkpoint(cursor, f"{cursor['ti']}/{len(types)} types, {cursor['total']} resources")
                 last_checkpoint = time.monotonic()
         files.close_all()
     except queue.JobInterrupted:
@@ -568,7 +640,6 @@ def run_export(jc: queue.JobContext) -> None:
         raise
 
     outputs = [e for e in cursor["closed"] if e["count"] > 0]
-    outputs.sort(key=lambda e: (e["type"], e["name"]))
 
     def record(conn: Connection) -> None:
         if outputs:

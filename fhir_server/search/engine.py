@@ -96,8 +96,8 @@ def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
         plan.conds.append(compartment_condition(req.compartment[0], req.compartment[1], res_type, r))
     for name, value in req.params:
         try:
-            if name in IGNORED_PARAMS:
-                continue
+            if name in IGNORED_PARAMS or (value == "" and name.split(":", 1)[0] not in CONTROL_PARAMS):
+                continue  # an empty search value is ignored, as the spec asks
             base = name.split(":", 1)[0]
             if base in CONTROL_PARAMS:
                 _control(plan, res_type, name, value)

@@ -132,6 +132,17 @@ class _Parser:
         raise Unsupported(name)
 
 
+# Type names that can follow a choice element's base name in JSON (valueQuantity, onsetAge...);
+# checking them keeps `code` from matching an unrelated element such as `codeFilter`.
+CHOICE_TYPES = frozenset(
+    "Base64Binary Boolean Canonical Code Date DateTime Decimal Id Instant Integer Markdown Oid PositiveInt "
+    "String Time UnsignedInt Uri Url Uuid Address Age Annotation Attachment CodeableConcept Coding "
+    "ContactPoint Count Distance Duration HumanName Identifier Money Period Quantity Range Ratio Reference "
+    "SampledData Signature Timing ContactDetail Contributor DataRequirement Expression ParameterDefinition "
+    "RelatedArtifact TriggerDefinition UsageContext Dosage Meta".split()
+)
+
+
 def _field(items: list[Item], name: str) -> list[Item]:
     out: list[Item] = []
     for node, _ in items:
@@ -146,7 +157,7 @@ def _field(items: list[Item], name: str) -> list[Item]:
             continue
         n = len(name)
         for k, v in node.items():
-            if len(k) > n and k.startswith(name) and k[n].isupper():
+            if len(k) > n and k.startswith(name) and k[n].isupper() and k[n:] in CHOICE_TYPES:
                 out.append((v, k[n:]))
     return out
 

@@ -23,10 +23,8 @@ from .registry import SearchParam
 from .values import (
     LEN_CODE,
     LEN_ID,
-    LEN_NORM,
     LEN_Q_CODE,
     LEN_SYSTEM,
-    LEN_TYPE,
     LEN_URI,
     UCUM_SYSTEM,
     cut,
@@ -494,15 +492,3 @@ def compartment_condition(comp_type: str, comp_id: str, res_type: str | None, r:
     if res_type == comp_type:
         conds.append(r.c.res_id == comp_id)
     return or_(*conds) if conds else false()
-
-
-__all__ = [
-    "QueryContext",
-    "param_condition",
-    "compartment_condition",
-    "lookup_param",
-    "live",
-    "bad",
-    "LEN_NORM",
-    "LEN_TYPE",
-]

@@ -38,6 +38,11 @@ class SearchParam:
     base: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def supported(self) -> bool:
+        """Whether a search on this parameter works (for the CapabilityStatement)."""
+        return self.code in COLUMN_PARAMS or (self.indexed and self.code not in UNINDEXED)
+
+    @property
     def indexed(self) -> bool:
         """Whether write-time extraction produces rows for this parameter."""
         return bool(self.expression) and self.code not in COLUMN_PARAMS and self.type != "special"

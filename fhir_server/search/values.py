@@ -96,7 +96,7 @@ def parse_date_range(text: str) -> tuple[datetime | None, datetime | None]:
         raise ValueError(f"not a valid FHIR date/dateTime: {text!r}") from exc
     try:
         high = low + step
-    except OverflowError:
+    except (OverflowError, ValueError):  # past year 9999
         high = None
     return low, high
 

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, func, select, text, update
+from sqlalchemy import Connection, and_, bindparam, func, select, text, update
 
 from .schema import resource_versions, resources
 
@@ -35,6 +35,12 @@ _COLS = (
     resources.c.deleted,
     resources.c.content,
 )
+
+
+# Built once: SQLAlchemy then reuses their compiled form on every write.
+_INSERT_RESOURCE = resources.insert().returning(resources.c.pk)
+_UPDATE_RESOURCE = update(resources).where(resources.c.pk == bindparam("b_pk"))
+_INSERT_VERSION = resource_versions.insert()
 
 
 def _row(r) -> StoredResource:
@@ -83,16 +89,15 @@ def insert_resource(
 ) -> int:
     """Insert a brand-new logical resource with its first version; returns pk."""
     pk = conn.execute(
-        resources.insert()
-        .values(
-            res_type=res_type,
-            res_id=res_id,
-            version_id=version_id,
-            last_updated=last_updated,
-            deleted=False,
-            content=content,
-        )
-        .returning(resources.c.pk)
+        _INSERT_RESOURCE,
+        {
+            "res_type": res_type,
+            "res_id": res_id,
+            "version_id": version_id,
+            "last_updated": last_updated,
+            "deleted": False,
+            "content": content,
+        },
     ).scalar_one()
     _insert_version(conn, pk, res_type, res_id, version_id, last_updated, content, method, False)
     return pk
@@ -111,25 +116,25 @@ def write_version(
     """Make `version_id` the current version (content None = deletion tombstone)."""
     deleted = content is None
     conn.execute(
-        update(resources)
-        .where(resources.c.pk == pk)
-        .values(version_id=version_id, last_updated=last_updated, deleted=deleted, content=content)
+        _UPDATE_RESOURCE,
+        {"b_pk": pk, "version_id": version_id, "last_updated": last_updated, "deleted": deleted, "content": content},
     )
     _insert_version(conn, pk, res_type, res_id, version_id, last_updated, content, method, deleted)
 
 
 def _insert_version(conn, pk, res_type, res_id, version_id, last_updated, content, method, deleted) -> None:
     conn.execute(
-        resource_versions.insert().values(
-            res_pk=pk,
-            res_type=res_type,
-            res_id=res_id,
-            version_id=version_id,
-            last_updated=last_updated,
-            method=method,
-            deleted=deleted,
-            content=content,
-        )
+        _INSERT_VERSION,
+        {
+            "res_pk": pk,
+            "res_type": res_type,
+            "res_id": res_id,
+            "version_id": version_id,
+            "last_updated": last_updated,
+            "method": method,
+            "deleted": deleted,
+            "content": content,
+        },
     )
 
 

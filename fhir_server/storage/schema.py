@@ -234,3 +234,14 @@ hl7_outbox = Table(
     Column("sent", DateTime(timezone=True), nullable=True),
 )
 Index("ix_hl7_outbox_status_next", hl7_outbox.c.status, hl7_outbox.c.next_attempt)
+
+# Bulk load bookkeeping: what `fhir-server load` has finished, so re-runs skip it.
+load_progress = Table(
+    "load_progress",
+    metadata,
+    Column("content_hash", String(64), primary_key=True),  # sha256 of the file's bytes
+    Column("path", Text, nullable=False),
+    Column("units_done", Integer, nullable=False, default=0),  # NDJSON lines or 1 for a bundle
+    Column("done", Boolean, nullable=False, default=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+)

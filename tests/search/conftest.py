@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 import orjson
 import pytest
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import create_engine, insert, select, text, update
 
 from fhir_server.search.engine import SearchRequest, execute_search, find_matches
 from fhir_server.search.indexer import delete_index, index_resource
@@ -83,14 +83,25 @@ class Db:
             return find_matches(conn, rtype, params, limit)
 
 
+PG_SCHEMA = "search_tests"
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     url = os.environ.get("FHIR_SERVER_DATABASE_URL")
-    if not url:
-        url = f"sqlite:///{tmp_path_factory.mktemp('search')}/search.sqlite"
-    engine = make_engine(url)
-    schema.metadata.drop_all(engine)
+    if url and url.startswith("postgresql"):
+        # A private schema, so the session database other test packages use is left alone.
+        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+        with create_engine(url).begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {PG_SCHEMA}"))
+        engine = create_engine(url, connect_args={"options": f"-c search_path={PG_SCHEMA}"})
+    else:
+        engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('search')}/search.sqlite")
     schema.metadata.create_all(engine)
     yield Db(engine)
     schema.metadata.drop_all(engine)
     engine.dispose()
+    if url and url.startswith("postgresql"):
+        with create_engine(url).begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE"))

@@ -64,7 +64,7 @@ def test_has(db):
     with pytest.raises(FhirError):
         db.ids("Patient", "_has:Observation:code:status=final")  # code is not a reference
     with pytest.raises(FhirError):
-        db.ids("Patient", "_has:Observation")
+        db.ids("Patient", "_has:Observation=x")
 
 
 # ------------------------------------------------------------------ includes

@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 4664c969e4e1
+Revision ID: fbf4a05b231f
 Revises: 
-Create Date: 2026-11-22 07:22:32.633432
+Create Date: 2026-11-22 07:26:56.108018
 """
 from alembic import op
 import sqlalchemy as sa
@@ -67,6 +67,14 @@ def upgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.create_index('ix_jobs_kind_state', ['kind', 'state'], unique=False)
 
+    op.create_table('load_progress',
+    sa.Column('content_hash', sa.String(length=64), nullable=False),
+    sa.Column('path', sa.Text(), nullable=False),
+    sa.Column('units_done', sa.Integer(), nullable=False),
+    sa.Column('done', sa.Boolean(), nullable=False),
+    sa.Column('updated', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('content_hash')
+    )
     op.create_table('resources',
     sa.Column('pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('res_type', sa.String(length=64), nullable=False),
@@ -305,6 +313,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_resources_type_updated')
 
     op.drop_table('resources')
+    op.drop_table('load_progress')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index('ix_jobs_kind_state')
 

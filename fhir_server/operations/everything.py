@@ -1,0 +1,175 @@
+"""`Patient/{id}/$everything`: the patient, their compartment, and what it refers to.
+
+Compartment membership comes from the reference index (the parameters named by
+the Patient CompartmentDefinition), so no resource content is read to decide
+it. Pages are keyset-ordered by primary key: `_cursor` in the next link is the
+last pk served, which stays correct while resources are added.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from urllib.parse import urlencode
+
+import orjson
+from sqlalchemy import Connection, and_, false, func, select
+
+from ..errors import FhirError
+from ..model.definitions import resource_types
+from ..rest.context import Outcome
+from ..rest.operations import OperationCall, operation
+from ..security.authz import AccessRequest, authorize
+from ..storage.schema import idx_reference, resources
+from . import compartment_ref_condition, patient_compartment
+
+DEFINITION = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+MAX_COUNT = 1000
+# Referenced resources outside the compartment that make the record readable.
+SUPPORTING_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device", "Substance")
+
+
+def _since(value: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise FhirError.of(400, "invalid", f"Invalid _since '{value}': expected a FHIR instant", "_since") from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise FhirError.of(400, "invalid", f"{name} must be a whole number, not '{value}'", name) from None
+    if n < 0:
+        raise FhirError.of(400, "invalid", f"{name} must not be negative", name)
+    return n
+
+
+def _body_params(call: OperationCall) -> list[tuple[str, str]]:
+    if call.method != "POST" or not call.body.strip():
+        return []
+    try:
+        doc = orjson.loads(call.body)
+    except orjson.JSONDecodeError as exc:
+        raise FhirError.of(400, "structure", f"Malformed JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Parameters":
+        raise FhirError.of(400, "structure", "A POSTed $everything takes a Parameters resource")
+    out = []
+    for p in doc.get("parameter") or []:
+        vals = [v for k, v in p.items() if k.startswith("value")] if isinstance(p, dict) else []
+        if not isinstance(p, dict) or len(vals) != 1 or not isinstance(vals[0], (str, int)):
+            raise FhirError.of(400, "structure", "Each parameter needs a name and one simple value[x]")
+        out.append((p.get("name"), str(vals[0])))
+    return out
+
+
+def _entry(base: str, res_type: str, res_id: str, content: bytes, mode: str) -> dict:
+    return {"fullUrl": f"{base}/{res_type}/{res_id}", "resource": orjson.Fragment(bytes(content)), "search": {"mode": mode}}
+
+
+@operation("everything", ("instance",), types=("Patient",), definition=DEFINITION)
+def everything(call: OperationCall) -> Outcome:
+    if call.method not in ("GET", "POST"):
+        raise FhirError.of(405, "not-supported", f"$everything does not accept {call.method}")
+    authorize(call.ctx.principal, AccessRequest("operation", "Patient", call.res_id))
+    pairs = list(call.params) + _body_params(call)
+    since = None
+    types: set[str] | None = None
+    count = call.settings.default_page_size
+    after = 0
+    for name, value in pairs:
+        if name == "_since":
+            since = _since(value)
+        elif name == "_type":
+            wanted = {t.strip() for t in value.split(",") if t.strip()}
+            unknown = sorted(t for t in wanted if t not in resource_types())
+            if unknown and not call.ctx.lenient:
+                raise FhirError.of(400, "invalid", f"Unknown _type {', '.join(unknown)}", "_type")
+            types = (types or set()) | (wanted - set(unknown))
+        elif name == "_count":
+            count = _int(value, "_count")
+        elif name == "_cursor":
+            after = _int(value, "_cursor")
+        elif not call.ctx.lenient:
+            raise FhirError.of(400, "not-supported", f"Parameter '{name}' is not supported by $everything (send Prefer: handling=lenient to ignore it)", name)
+    count = max(1, min(count, MAX_COUNT))
+    base = call.ctx.base_url
+    with call.db.read() as conn:
+        return Outcome(200, body=_page(conn, call, base, types, since, count, after, pairs))
+
+
+def _page(conn: Connection, call: OperationCall, base: str, types, since, count: int, after: int, pairs) -> bytes:
+    r = resources.c
+    patient = conn.execute(
+        select(r.pk, r.res_id, r.content, r.deleted, r.last_updated).where(r.res_type == "Patient", r.res_id == call.res_id)
+    ).first()
+    if patient is None:
+        raise FhirError.of(404, "not-found", f"Patient/{call.res_id} is not known")
+    if patient.deleted:
+        raise FhirError.of(410, "deleted", f"Patient/{call.res_id} has been deleted")
+
+    comp_types = set(patient_compartment()) if types is None else set(patient_compartment()) & types
+    ref = idx_reference.alias("ref")
+    members = select(ref.c.res_pk).where(ref.c.target_id == call.res_id, compartment_ref_condition(comp_types, ref))
+    conds = [r.pk.in_(members), r.deleted == false(), r.pk != patient.pk]
+    if since is not None:
+        conds.append(r.last_updated >= since)
+    total = conn.execute(select(func.count()).select_from(resources).where(*conds)).scalar() or 0
+    include_patient = (types is None or "Patient" in types) and (since is None or _aware(patient.last_updated) >= since)
+    total += 1 if include_patient else 0
+
+    rows = conn.execute(
+        select(r.pk, r.res_type, r.res_id, r.content).where(*conds, r.pk > after).order_by(r.pk).limit(count + 1)
+    ).all()
+    entries = []
+    served: set[tuple[str, str]] = set()
+    page_pks: list[int] = []
+    if after == 0 and include_patient:
+        entries.append(_entry(base, "Patient", patient.res_id, patient.content, "match"))
+        served.add(("Patient", patient.res_id))
+        page_pks.append(patient.pk)
+        count -= 1  # the patient takes a place on the first page
+    more = len(rows) > count
+    rows = rows[: max(count, 0)]
+    for row in rows:
+        entries.append(_entry(base, row.res_type, row.res_id, row.content, "match"))
+        served.add((row.res_type, row.res_id))
+        page_pks.append(row.pk)
+    entries += _supporting(conn, base, page_pks, served, types)
+
+    params = [(k, v) for k, v in pairs if k != "_cursor"]
+    self_url = f"{base}/Patient/{call.res_id}/$everything" + ("?" + urlencode(pairs) if pairs else "")
+    links = [{"relation": "self", "url": self_url}]
+    if more and rows:
+        links.append({"relation": "next", "url": f"{base}/Patient/{call.res_id}/$everything?" + urlencode(params + [("_cursor", str(rows[-1].pk))])})
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
+    return orjson.dumps(bundle)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+
+def _supporting(conn: Connection, base: str, page_pks: list[int], served: set, types) -> list[dict]:
+    """Practitioners, organisations, locations, medications... the page refers to."""
+    if not page_pks:
+        return []
+    kinds = [t for t in SUPPORTING_TYPES if types is None or t in types]
+    if not kinds:
+        return []
+    ref = idx_reference.c
+    targets = conn.execute(
+        select(ref.target_type, ref.target_id).where(ref.res_pk.in_(page_pks), ref.target_type.in_(kinds), ref.target_id.is_not(None)).distinct()
+    ).all()
+    wanted = [(t, i) for t, i in targets if (t, i) not in served]
+    out = []
+    r = resources.c
+    for t in sorted({t for t, _ in wanted}):
+        ids = sorted(i for tt, i in wanted if tt == t)
+        for start in range(0, len(ids), 500):
+            for row in conn.execute(
+                select(r.res_id, r.content).where(and_(r.res_type == t, r.res_id.in_(ids[start : start + 500]), r.deleted == false()))
+            ):
+                out.append(_entry(base, t, row.res_id, row.content, "include"))
+    return out
