@@ -35,6 +35,7 @@ def build_app(settings: Settings | None = None, db: Database | None = None) -> F
 
     plugins.on_database(db, settings)
     app = create_app(settings, db)
+    plugins.attach(app, db, settings)
     from .jobs.runner import attach_background_workers
 
     attach_background_workers(app, db, settings)

@@ -109,5 +109,61 @@ def load(
     raise typer.Exit(1 if failed else 0)
 
 
+def _hl7_context(database_url: str | None):
+    from .hl7v2.service import make_apply_transaction
+    from .plugins import install
+    from .storage.database import Database
+    from .storage.migrate import upgrade
+
+    settings = _settings(database_url)
+    install(settings)
+    db = Database(settings.resolved_database_url())
+    upgrade(db.engine)
+    return db, make_apply_transaction(db, settings)
+
+
+@hl7.command("replay")
+def hl7_replay(
+    message_id: int = typer.Argument(None, help="Inbound message id; default: every message that failed"),
+    force: bool = typer.Option(False, help="Replay even a message that was applied"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL"),
+):
+    """Apply stored inbound HL7 v2 messages again."""
+    from .hl7v2.inbound import replay
+
+    db, apply = _hl7_context(database_url)
+    for row in replay(db.engine, message_id, apply_transaction=apply, force=force):
+        typer.echo(" ".join(f"{k}={v}" for k, v in row.items()))
+
+
+@hl7.command("inbound")
+def hl7_inbound(status: str = typer.Option(None), database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL")):
+    """List recent inbound HL7 v2 messages and their outcome."""
+    from .hl7v2.inbound import inbound_status
+
+    db, _ = _hl7_context(database_url)
+    for row in inbound_status(db.engine, status):
+        typer.echo(" ".join(f"{k}={v}" for k, v in row.items() if k != "raw"))
+
+
+@hl7.command("outbox")
+def hl7_outbox(
+    status: str = typer.Option(None, help="pending, sent or failed"),
+    retry: bool = typer.Option(False, help="Requeue failed messages"),
+    deliver: bool = typer.Option(False, help="Attempt delivery of due messages now"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL"),
+):
+    """Show the outbound HL7 v2 queue and its delivery state."""
+    from .hl7v2 import outbound
+
+    db, _ = _hl7_context(database_url)
+    if retry:
+        typer.echo(f"requeued {outbound.retry_failed(db.engine)} message(s)")
+    if deliver:
+        outbound.deliver_pending(db.engine)
+    for row in outbound.outbox_status(db.engine, status):
+        typer.echo(" ".join(f"{k}={v}" for k, v in row.items() if k != "message"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

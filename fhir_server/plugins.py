@@ -26,8 +26,19 @@ def on_database(db, settings) -> None:
             hook(db, settings)
 
 
+def attach(app, db, settings) -> None:
+    """Let plugins add routes and lifespan services to the app."""
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        hook = getattr(importlib.import_module(name), "attach", None)
+        if hook:
+            hook(app, db, settings)
+
+
 PLUGIN_MODULES: list[str] = [
     "fhir_server.identifiers.rules",
     "fhir_server.operations.export",
     "fhir_server.operations.everything",
+    "fhir_server.hl7v2.service",
 ]

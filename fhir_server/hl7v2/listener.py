@@ -106,11 +106,11 @@ def _connection_handler(handler: Handler, max_message_size: int):
 
 
 async def start_mllp_server(
-    host: str, port: int, handler: Handler, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    host: str, port: int, handler: Handler, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, reuse_port: bool = False
 ) -> asyncio.Server:
     """Start listening and return the server (port 0 picks a free one: server.sockets[0])."""
     return await asyncio.start_server(_connection_handler(handler, max_message_size), host, port,
-                                      limit=max(65536, HEADER_KEEP))
+                                      limit=max(65536, HEADER_KEEP), reuse_port=reuse_port or None)
 
 
 async def serve_mllp(host: str, port: int, handler: Handler, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:

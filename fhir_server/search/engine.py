@@ -39,7 +39,8 @@ SUBSETTED = {
     "code": "SUBSETTED",
     "display": "Resource encoded in summary mode",
 }
-CONTROL_PARAMS = {"_count", "_sort", "_include", "_revinclude", "_total", "_summary", "_elements", "_cursor"}
+CONTROL_PARAMS = {"_count", "_sort", "_include", "_revinclude", "_total", "_summary", "_elements", "_cursor",
+                  "_totalMethod"}  # _totalMethod: the spelling fhirpy's count() sends
 IGNORED_PARAMS = {"_format", "_pretty"}
 SUMMARY_VALUES = {"true", "false", "text", "data", "count"}
 
@@ -141,7 +142,7 @@ def _control(plan: _Plan, res_type: str | None, name: str, value: str) -> None:
         if modifier not in ("", "iterate", "recurse"):
             raise bad(f"Unknown modifier ':{modifier}' on {base}", name)
         plan.includes.append(_parse_include(value, bool(modifier), base == "_revinclude", res_type))
-    elif base == "_total":
+    elif base in ("_total", "_totalMethod"):
         if value not in ("none", "estimate", "accurate"):
             raise bad(f"_total must be none, estimate or accurate, got '{value}'", "_total")
         plan.total = value
