@@ -127,7 +127,8 @@ def raw_pass(db: Database) -> tuple[int, int, float]:
     """Stream every row's content once: the floor any export is measured against."""
     t0 = time.perf_counter()
     count = size = 0
-    with db.read() as conn:
+    # A transaction, not autocommit: PostgreSQL server-side cursors live in one.
+    with db.engine.connect() as conn, conn.begin():
         result = conn.execution_options(stream_results=True, yield_per=2000).execute(select(resources.c.content))
         for (content,) in result:
             count += 1

@@ -94,9 +94,9 @@ def load_file(db: Database, settings: Settings, path: Path) -> FileResult:
             chunk = lines[i : i + NDJSON_CHUNK]
             try:
                 with db.write() as conn:
-                    for ln in chunk:
-                        result.resources += _load_resource(conn, ctx, jsonio.parse_preserving(ln))
+                    loaded = sum(_load_resource(conn, ctx, jsonio.parse_preserving(ln)) for ln in chunk)
                     _record(conn, digest, path, i + len(chunk), i + len(chunk) >= len(lines))
+                result.resources += loaded
             except FhirError:
                 # fall back to one line at a time so one bad line does not sink its chunk
                 for j, ln in enumerate(chunk):

@@ -614,7 +614,7 @@ def run_export(jc: queue.JobContext) -> None:
                     else:
                         cursor.update(phase="late", after=None)
                     continue
-                items = plan.as_of_tx(conn, rows) if late else [(row.pk, row.res_id, row.content) for row in rows]
+                items = plan.as_of_tx(conn, rows) if late else [(row[0], row[1], row[3]) for row in rows]  # pk, id, content
                 keep = None
                 if plan.big_patient_list:
                     keep = plan.patient_keep(conn, res_type, rows)

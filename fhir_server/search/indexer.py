@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import Connection, delete
 
 from ..storage.schema import INDEX_TABLES
-from . import registry
+from . import national, registry
 from .fhirpath import Item, evaluate
 from .values import (
     LEN_CODE,
@@ -35,6 +35,7 @@ from .values import (
 )
 
 log = logging.getLogger(__name__)
+V2_0203 = national.V2_0203
 
 BIG = 1e300  # stands in for an open end of a numeric range (columns are NOT NULL)
 MAX_COMPOSITE_COMBINATIONS = 64
@@ -115,7 +116,11 @@ def _tokens(items: list[Item]) -> list[dict]:
                             tsys, tcode = c.get("system"), c.get("code")
                             ttext = ttext or c.get("display")
                             break
-                rows.append(_tok(v.get("system"), v.get("value"), ttext, tsys, tcode))
+                system, value, national_type = national.canonical(v.get("system"), v.get("value"))
+                if tcode is None and national_type:  # national number without a type: the scheme's
+                    tsys, tcode = V2_0203, national_type
+                for form in national.search_forms(v.get("system"), value) or [value]:
+                    rows.append(_tok(system, form, ttext, tsys, tcode))
             elif "code" in v or "system" in v:  # Coding (or Quantity used as token)
                 rows.append(_tok(v.get("system"), v.get("code"), v.get("display")))
     return rows

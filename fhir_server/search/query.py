@@ -18,7 +18,7 @@ from sqlalchemy.sql import FromClause
 
 from ..errors import FhirError
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
-from . import registry
+from . import national, registry
 from .registry import SearchParam
 from .values import (
     LEN_CODE,
@@ -195,14 +195,28 @@ def _token(ctx: QueryContext, sp: SearchParam, modifier: str, v: str, t: FromCla
         parts = [unescape(p) for p in split_unescaped(v, "|")]
         if len(parts) != 3 or not all(parts[1:]):
             raise bad(f"':of-type' needs system|code|value, got '{v}'", f"{sp.code}:of-type")
-        conds = [t.c.type_code == cut(parts[1], 64), t.c.code == cut(parts[2], LEN_CODE)]
+        codes = {parts[2]} | {c for _, c in national.bare_value_candidates(parts[2])}
+        conds = [t.c.type_code == cut(parts[1], 64), t.c.code.in_(sorted(cut(c, LEN_CODE) for c in codes))]
         if parts[0]:
             conds.append(t.c.type_system == cut(parts[0], 256))
         return and_(*conds)
     parts = split_unescaped(v, "|", 1)
     if len(parts) == 1:
-        return t.c.code == cut(unescape(parts[0]), LEN_CODE)
+        code = unescape(parts[0])
+        cond = t.c.code == cut(code, LEN_CODE)
+        if sp.code == "identifier" or sp.code.endswith("-identifier"):
+            alts = [and_(t.c.system == s, t.c.code == c) for s, c in national.bare_value_candidates(code)]
+            if alts:
+                return or_(cond, *alts)
+        return cond
     system, code = cut(unescape(parts[0]), LEN_SYSTEM), cut(unescape(parts[1]), LEN_CODE)
+    if system:
+        canon = national.canonical(system, code or "0")[0]
+        forms = national.search_forms(system, code) if code else []
+        if canon != system or len(forms) > 1:  # a national scheme: any alias, any written form
+            if not code:
+                return t.c.system == canon
+            return and_(t.c.system == canon, t.c.code.in_([cut(f, LEN_CODE) for f in forms]))
     if system == "" and code:
         return and_(t.c.system.is_(None), t.c.code == code)
     if code == "":

@@ -7,16 +7,15 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from fastapi.testclient import TestClient
 
-from fhir_server.bootstrap import build_app
-from fhir_server.config import Settings
+from .test_export import Server
 
 
 @pytest.fixture
 def client(tmp_path):
-    settings = Settings(database_url="sqlite:///" + str(tmp_path / "t.sqlite"), export_dir=str(tmp_path / "export"), run_background_jobs=False)
-    return TestClient(build_app(settings))
+    server = Server(tmp_path)
+    yield server.client
+    server.close()
 
 
 def create(client, resource: dict) -> str:

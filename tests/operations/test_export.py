@@ -5,13 +5,15 @@ worker crash resumed from its checkpoint without duplicated lines."""
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import create_engine, make_url, text, update
 
 from fhir_server.bootstrap import build_app
 from fhir_server.config import Settings
@@ -23,10 +25,31 @@ from fhir_server.storage.schema import jobs
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 
+def fresh_database_url(tmp_path: Path) -> tuple[str, callable]:
+    """Exports cover the whole database, so every test gets its own: a SQLite
+    file, or a new PostgreSQL database when FHIR_SERVER_DATABASE_URL is one."""
+    url = os.environ.get("FHIR_SERVER_DATABASE_URL", "")
+    if not url.startswith("postgresql"):
+        return "sqlite:///" + str(tmp_path / "t.sqlite"), lambda: None
+    admin_url = make_url(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    name = "export_test_" + uuid.uuid4().hex[:12]
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return admin_url.set(database=name).render_as_string(hide_password=False), drop
+
+
 class Server:
     def __init__(self, tmp_path: Path, **overrides):
+        url, self.drop = fresh_database_url(tmp_path)
         self.settings = Settings(
-            database_url="sqlite:///" + str(tmp_path / "t.sqlite"),
+            database_url=url,
             export_dir=str(tmp_path / "export"),
             run_background_jobs=False,
             **overrides,
@@ -87,9 +110,16 @@ class Server:
         return out
 
 
+    def close(self) -> None:
+        self.db.dispose()
+        self.drop()
+
+
 @pytest.fixture
 def server(tmp_path):
-    return Server(tmp_path)
+    s = Server(tmp_path)
+    yield s
+    s.close()
 
 
 def _ids(resources: list[dict]) -> set[str]:
@@ -390,8 +420,15 @@ def test_failed_job_reports_500(server, monkeypatch):
         assert queue.get(conn, status.split("_jobId=")[1]).attempts == queue.MAX_ATTEMPTS
 
 
-def test_results_expire(tmp_path):
-    server = Server(tmp_path, export_retention_hours=0)
+@pytest.fixture
+def expiring_server(tmp_path):
+    s = Server(tmp_path, export_retention_hours=0)
+    yield s
+    s.close()
+
+
+def test_results_expire(expiring_server):
+    server = expiring_server
     server.patient()
     status = server.kick_off()
     run_pending(server.db, server.settings)
@@ -414,9 +451,8 @@ def test_unknown_job_and_file(server):
 
 
 def test_background_worker_runs_jobs(tmp_path):
-    settings = Settings(
-        database_url="sqlite:///" + str(tmp_path / "t.sqlite"), export_dir=str(tmp_path / "export"), run_background_jobs=True
-    )
+    url, drop = fresh_database_url(tmp_path)
+    settings = Settings(database_url=url, export_dir=str(tmp_path / "export"), run_background_jobs=True)
     app = build_app(settings)
     with TestClient(app) as client:
         assert client.post("/fhir/Patient", json={"resourceType": "Patient"}).status_code == 201
@@ -428,6 +464,8 @@ def test_background_worker_runs_jobs(tmp_path):
             time.sleep(0.05)
         assert r.status_code == 200 and r.json()["output"][0]["count"] == 1
     assert not app.state.job_worker.is_alive()
+    app.state.db.dispose()
+    drop()
 
 
 def test_queue_claim_lease_and_heartbeat(server):

@@ -1,0 +1,98 @@
+"""`fhir-server load`: the whole Synthea set loads, counts match, re-runs skip."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import uuid
+
+import pytest
+from sqlalchemy import func, select, text
+
+from tests.conftest import SHARED_DATA
+
+SYNTHEA = SHARED_DATA / "synthea-r4"
+
+
+@pytest.fixture
+def fresh_db_url(tmp_path, database_url):
+    """An empty database of the session's kind (a schema of its own on PostgreSQL)."""
+    if not database_url.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'load.sqlite'}"
+        return
+    from fhir_server.storage.db import make_engine
+
+    schema = f"load_{uuid.uuid4().hex[:8]}"
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in database_url else "?"
+    yield f"{database_url}{sep}options=-csearch_path%3D{schema}"
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+def _counts(url: str) -> dict[str, int]:
+    from fhir_server.storage.database import Database
+    from fhir_server.storage.schema import resources
+
+    db = Database(url)
+    with db.read() as conn:
+        rows = conn.execute(
+            select(resources.c.res_type, func.count()).where(resources.c.deleted.is_(False)).group_by(resources.c.res_type)
+        ).all()
+    db.dispose()
+    return {t: n for t, n in rows if t != "NamingSystem"}
+
+
+@pytest.mark.skipif(not SYNTHEA.exists(), reason="../shared/data/synthea-r4 is absent")
+def test_load_synthea_counts_per_type_and_resume(fresh_db_url):
+    from fhir_server.config import Settings
+    from fhir_server.loader import load_paths
+    from fhir_server.storage.database import Database
+    from fhir_server.storage.migrate import upgrade
+
+    expected: collections.Counter = collections.Counter()
+    for f in SYNTHEA.glob("*.json"):
+        for e in json.loads(f.read_bytes())["entry"]:
+            expected[e["resource"]["resourceType"]] += 1
+
+    settings = Settings(database_url=fresh_db_url, run_background_jobs=False)
+    db = Database(fresh_db_url)
+    upgrade(db.engine)
+    db.dispose()
+    workers = 2 if os.cpu_count() and os.cpu_count() > 1 else 1
+    results = load_paths(settings, [str(SYNTHEA)], workers=workers)
+    assert [r for r in results if r.failures] == []
+    assert sum(r.resources for r in results) == sum(expected.values())
+    assert _counts(fresh_db_url) == dict(expected)
+
+    again = load_paths(settings, [str(SYNTHEA)], workers=1)
+    assert all(r.skipped for r in again)
+    assert _counts(fresh_db_url) == dict(expected)
+
+
+def test_load_ndjson_and_single_resource_resumable(tmp_path, fresh_db_url):
+    from fhir_server.config import Settings
+    from fhir_server.loader import load_paths
+    from fhir_server.storage.database import Database
+    from fhir_server.storage.migrate import upgrade
+
+    db = Database(fresh_db_url)
+    upgrade(db.engine)
+    db.dispose()
+    nd = tmp_path / "obs.ndjson"
+    lines = [json.dumps({"resourceType": "Observation", "id": f"o{i}", "status": "final", "code": {"text": "t"}}) for i in range(450)]
+    lines.insert(100, json.dumps({"resourceType": "Observation", "status": "not-a-status"}))
+    nd.write_text("\n".join(lines) + "\n")
+    single = tmp_path / "patient.json"
+    single.write_text(json.dumps({"resourceType": "Patient", "id": "p-single", "gender": "female"}))
+    settings = Settings(database_url=fresh_db_url, run_background_jobs=False)
+    results = {r.path: r for r in load_paths(settings, [str(tmp_path)])}
+    assert results[str(nd)].resources == 450
+    assert len(results[str(nd)].failures) == 1 and "line 101" in results[str(nd)].failures[0]
+    assert results[str(single)].resources == 1
+    assert _counts(fresh_db_url) == {"Observation": 450, "Patient": 1}
+    assert all(r.skipped for r in load_paths(settings, [str(tmp_path)]))
