@@ -20,7 +20,7 @@ def data(db):
 
 def test_aliases_and_forms(db):
     for q in (f"identifier={PNR}|191212121212", f"identifier={PNR}|19121212-1212", f"identifier={PNR_OID}|191212121212",
-              f"identifier={PNR}|121212+1212", f"identifier={PNR}|"):
+              f"identifier={PNR}|121212%2B1212", f"identifier={PNR}|"):
         assert db.set_ids("Patient", q) == {"se"}, q
     assert db.set_ids("Patient", "identifier=19121212-1212") == {"se"}
     assert db.set_ids("Patient", "identifier=191212121212") == {"se", "x"}  # bare value: any system
