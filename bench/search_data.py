@@ -203,16 +203,18 @@ def build_bundle_template(b: int, path: Path) -> BundleTemplate:
     res_list = [e["resource"] for e in entries]
     for r in res_list:
         _rewrite_refs(r, urn_map)
-    patient = next(r for r in res_list if r["resourceType"] == "Patient")
+    patient = next((r for r in res_list if r["resourceType"] == "Patient"), None)
     practitioners = [r for r in res_list if r["resourceType"] == "Practitioner"]
-    extra, schedules = _scheduling(b, patient["id"], practitioners)
-    res_list += extra
+    schedules: list[tuple[str, str]] = []
+    if patient is not None:  # (a few bundles hold only Organizations / Practitioners)
+        extra, schedules = _scheduling(b, patient["id"], practitioners)
+        res_list += extra
 
     ids = [r["id"] for r in res_list]
     assert all(UUID_RE.match(i) for i in ids), "expected uuid ids"
     idents = []
     ssn = None
-    for ident in patient.get("identifier", []):
+    for ident in (patient or {}).get("identifier", []):
         v = ident.get("value")
         if isinstance(v, str) and v not in ids and len(v) >= 6:
             idents.append(v)
@@ -246,7 +248,7 @@ def build_bundle_template(b: int, path: Path) -> BundleTemplate:
         dates.sort()
         obs_query = (code, dates[len(dates) // 2])
     return BundleTemplate(
-        index=b, tokens=tokens, resources=templates, patient_token=tk.pos[patient["id"]],
+        index=b, tokens=tokens, resources=templates, patient_token=tk.pos[patient["id"]] if patient else -1,
         ssn_token=tk.pos[ssn] if ssn else None, schedules=[(tk.pos[s], d) for s, d in schedules],
         obs_query=obs_query, counts=counts,
     )
@@ -314,12 +316,13 @@ def query_samples(templates: list[BundleTemplate], clones: list[tuple[int, int]]
 
     rng = random.Random(seed)
     by_index = {t.index: t for t in templates}
-    picks = [clones[rng.randrange(len(clones))] for _ in range(n)]
+    usable = [cb for cb in clones if by_index[cb[1]].schedules and by_index[cb[1]].patient_token >= 0]
+    picks = [usable[rng.randrange(len(usable))] for _ in range(n)]
     out = []
     for c, b in picks:
         t = by_index[b]
         toks = clone_tokens(t, c)
-        if not t.schedules:
+        if not t.schedules or t.patient_token < 0:
             continue
         s_tok, first = t.schedules[rng.randrange(len(t.schedules))]
         out.append(QuerySample(

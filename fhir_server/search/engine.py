@@ -143,6 +143,8 @@ def _control(plan: _Plan, res_type: str | None, name: str, value: str) -> None:
             raise bad(f"Unknown modifier ':{modifier}' on {base}", name)
         plan.includes.append(_parse_include(value, bool(modifier), base == "_revinclude", res_type))
     elif base in ("_total", "_totalMethod"):
+        if base == "_totalMethod" and value == "count":
+            value = "accurate"
         if value not in ("none", "estimate", "accurate"):
             raise bad(f"_total must be none, estimate or accurate, got '{value}'", "_total")
         plan.total = value

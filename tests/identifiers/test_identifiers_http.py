@@ -3,6 +3,8 @@ each, found by search in any written form and under any system alias."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 PNR = "http://electronichealth.se/identifier/personnummer"
@@ -13,6 +15,23 @@ CPR = "urn:oid:1.2.208.176.1.2"
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
 FNR_URI = "http://hl7.no/fhir/NamingSystem/FNR"
 HETU = "urn:oid:1.2.246.21"
+
+
+def _luhn_digit(digits: str) -> str:
+    total = 0
+    for i, ch in enumerate(digits):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return str((10 - total % 10) % 10)
+
+
+def fresh_personnummer() -> tuple[str, str]:
+    """A valid personnummer no other test uses: (12-digit form, YYYYMMDD)."""
+    n = random.Random().randrange(10**9)
+    year, month, day = 1930 + n % 70, 1 + (n // 70) % 12, 1 + (n // 840) % 28
+    serial = f"{(n // 23520) % 1000:03d}"
+    ten = f"{year % 100:02d}{month:02d}{day:02d}{serial}"
+    return f"{year}{month:02d}{day:02d}{serial}{_luhn_digit(ten)}", f"{year}-{month:02d}-{day:02d}"
 
 
 def _patient(system: str, value: str, **extra) -> dict:
@@ -40,15 +59,19 @@ def test_impossible_date_is_422(client):
 
 
 def test_alias_and_written_forms_find_the_same_patient(client):
-    rid = client.post("/fhir/Patient", json=_patient(PNR, "19121212-1212", birthDate="1912-12-12")).json()["id"]
+    twelve, born = fresh_personnummer()
+    dashed, short = f"{twelve[:8]}-{twelve[8:]}", f"{twelve[2:8]}-{twelve[8:]}"
+    r = client.post("/fhir/Patient", json=_patient(PNR, dashed, birthDate=born))
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
     for q in (
-        f"identifier={PNR}|191212121212",
-        f"identifier={PNR}|19121212-1212",
-        f"identifier={PNR}|121212-1212",
-        f"identifier={PNR_OID}|191212121212",
-        f"identifier={PNR_OID}|121212-1212",
-        "identifier=191212121212",
-        "identifier=19121212-1212",
+        f"identifier={PNR}|{twelve}",
+        f"identifier={PNR}|{dashed}",
+        f"identifier={PNR}|{short}",
+        f"identifier={PNR_OID}|{twelve}",
+        f"identifier={PNR_OID}|{short}",
+        f"identifier={twelve}",
+        f"identifier={dashed}",
     ):
         assert _ids(client, q) == [rid], q
 
@@ -61,8 +84,9 @@ def test_oid_alias_on_write_and_uri_on_search(client):
 
 
 def test_of_type_search(client):
-    rid = client.post("/fhir/Patient", json=_patient(PESEL, "02070803628")).json()["id"]
-    q = "identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|NNPOL|02070803628"
+    twelve, _ = fresh_personnummer()
+    rid = client.post("/fhir/Patient", json=_patient(PNR, twelve)).json()["id"]
+    q = f"identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|NNSWE|{twelve}"
     assert _ids(client, q) == [rid]
 
 
