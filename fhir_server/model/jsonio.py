@@ -41,7 +41,10 @@ def parse_plain(body: bytes | str) -> Any:
 def parse_preserving(body: bytes | str) -> Any:
     """Parse keeping decimal literals exactly as written (for storage)."""
     if isinstance(body, bytes):
-        body = body.decode("utf-8-sig")
+        try:
+            body = body.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise FhirError.of(400, "structure", f"The body is not UTF-8: {exc}") from None
     try:
         return json.loads(body, parse_float=JsonDecimal)
     except (json.JSONDecodeError, RecursionError) as exc:
