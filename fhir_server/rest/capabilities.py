@@ -28,6 +28,8 @@ def _search_params(res_type: str) -> list[dict]:
 
     out = []
     for code, sp in sorted(search_parameters_for(res_type).items()):
+        if not getattr(sp, "supported", True):
+            continue
         entry = {"name": code, "type": sp.type}
         if getattr(sp, "url", None):
             entry["definition"] = sp.url
