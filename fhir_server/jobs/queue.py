@@ -26,6 +26,8 @@ log = logging.getLogger("fhir_server.jobs")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 MAX_ATTEMPTS = 3
+# A failed attempt waits RETRY_BACKOFF_SECONDS * 2**(attempt-1) before the next.
+RETRY_BACKOFF_SECONDS = 10.0
 
 # Set after an enqueue commits, so an idle worker in this process starts at once
 # rather than at its next poll.
@@ -211,16 +213,22 @@ def complete(db, job_id: str, owner: str, result: Any = None, within: Callable[[
         return True
 
 
-def fail(db, job_id: str, owner: str, error: str, retry: bool = False) -> bool:
-    """Record a failure: back to the queue (keeping the cursor) or failed for good."""
+def fail(db, job_id: str, owner: str, error: str, retry: bool = False, attempts: int = 1) -> bool:
+    """Record a failure: for good, or (retry) to be claimed again after a back-off.
+
+    A retry keeps the cursor, and is parked as `running` with no owner and a
+    lease ending when the back-off does, so that claim's expired-lease rule
+    picks it up then, and not in a hot loop.
+    """
     now = utcnow()
-    state = QUEUED if retry else FAILED
+    values: dict[str, Any] = {"error": error[:4000], "updated": now, "lease_owner": None}
+    if retry:
+        delay = RETRY_BACKOFF_SECONDS * 2 ** max(attempts - 1, 0)
+        values.update(state=RUNNING, lease_until=now + timedelta(seconds=delay), progress=f"retrying after: {error[:60]}")
+    else:
+        values.update(state=FAILED, lease_until=None)
     with db.write() as conn:
-        return conn.execute(
-            update(jobs)
-            .where(_owned(job_id, owner))
-            .values(state=state, error=error[:4000], updated=now, lease_until=None, lease_owner=None)
-        ).rowcount == 1
+        return conn.execute(update(jobs).where(_owned(job_id, owner)).values(**values)).rowcount == 1
 
 
 def cancel(conn: Connection, job_id: str) -> bool:
@@ -297,7 +305,7 @@ def run_job(db, settings, job: Job, owner: str) -> str:
     except Exception as exc:  # a handler bug or a transient database error
         log.exception("job %s (%s) failed on attempt %d", job.id, job.kind, job.attempts)
         retry = job.attempts < MAX_ATTEMPTS
-        fail(db, job.id, owner, f"{type(exc).__name__}: {exc}", retry=retry)
+        fail(db, job.id, owner, f"{type(exc).__name__}: {exc}", retry=retry, attempts=job.attempts)
         return QUEUED if retry else FAILED
     return DONE
 

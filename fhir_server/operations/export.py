@@ -38,6 +38,7 @@ from ..jobs import queue
 from ..model.definitions import resource_types
 from ..rest.context import Outcome
 from ..rest.operations import OperationCall, operation
+from ..security.authz import AccessRequest, authorize
 from ..storage.schema import idx_reference, job_files, resource_versions, resources
 from . import compartment_ref_condition, patient_compartment
 
@@ -167,7 +168,6 @@ def _check_type_filter(conn: Connection, res_type: str, query: list[tuple[str, s
     find_matches(conn, res_type, query, 1)
 
 
-@operation("export", ("system", "type", "instance"), types=("Patient", "Group"), definition=DEFINITION)
 def kick_off(call: OperationCall) -> Outcome:
     """Validate the request, snapshot what it covers, and queue the job."""
     level = "instance" if call.res_id else "type" if call.res_type else "system"
@@ -177,6 +177,7 @@ def kick_off(call: OperationCall) -> Outcome:
         raise FhirError.of(400, "not-supported", "$export at instance level is only defined for Group")
     if call.method not in ("GET", "POST"):
         raise FhirError.of(405, "not-supported", f"$export does not accept {call.method}")
+    authorize(call.ctx.principal, AccessRequest("operation", call.res_type, call.res_id))
     if not _prefer_async(call.headers):
         raise FhirError.of(400, "invalid", "$export is asynchronous: send the header 'Prefer: respond-async'")
 
@@ -259,6 +260,12 @@ def kick_off(call: OperationCall) -> Outcome:
     return Outcome(202, body=body, headers={"Content-Location": _status_url(call.ctx.base_url, job_id)})
 
 
+# One handler, registered per level so each advertises its own definition.
+operation("export", ("system",), definition=DEFINITION)(kick_off)
+operation("export", ("type",), types=("Patient",), definition="http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export")(kick_off)
+operation("export", ("instance",), types=("Group",), definition="http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export")(kick_off)
+
+
 # ====================================================================== status
 
 
@@ -303,10 +310,11 @@ def _manifest(call: OperationCall, job: queue.Job, files: list) -> bytes:
     )
 
 
-@operation("export-poll-status", ("system",), definition=DEFINITION)
+@operation("export-poll-status", ("system",), advertise=False)
 def poll_status(call: OperationCall):
     """Bulk Data status endpoint: progress, manifest, failure, or cancellation."""
     job_id = _job_id_param(call)
+    authorize(call.ctx.principal, AccessRequest("operation"))
     if call.method == "DELETE":
         with call.db.write() as conn:
             _load_export(conn, call, job_id)
@@ -354,12 +362,13 @@ def _stream(handle, chunk: int = 256 * 1024):
         handle.close()
 
 
-@operation("export-file", ("system",), definition=DEFINITION)
+@operation("export-file", ("system",), advertise=False)
 def export_file(call: OperationCall):
     """Stream one NDJSON output file of a finished export."""
     if call.method != "GET":
         raise FhirError.of(405, "not-supported", "Export files are read with GET")
     job_id = _job_id_param(call)
+    authorize(call.ctx.principal, AccessRequest("operation"))
     names = [v for k, v in call.params if k == "_file"]
     if len(names) != 1:
         raise FhirError.of(400, "invalid", "Give exactly one _file", "_file")
@@ -384,9 +393,10 @@ def export_file(call: OperationCall):
 class _Files:
     """The open NDJSON files of a job, mirrored in the cursor (offsets, counts)."""
 
-    def __init__(self, out_dir: Path, cursor: dict):
+    def __init__(self, out_dir: Path, cursor: dict, attempt: int):
         self.dir = out_dir
         self.cursor = cursor
+        self.attempt = attempt
         self.handles: dict[str, Any] = {}
 
     def write(self, res_type: str, contents: list[bytes]) -> None:
@@ -396,11 +406,11 @@ class _Files:
             if entry is None:
                 part = self.cursor["parts"].get(res_type, 0) + 1
                 self.cursor["parts"][res_type] = part
-                entry = {"name": f"{res_type}-{part}.ndjson", "offset": 0, "count": 0}
+                entry = {"name": f"{res_type}-{part}.ndjson", "file": _disk_name(res_type, part, self.attempt), "offset": 0, "count": 0}
                 self.cursor["open"][res_type] = entry
             handle = self.handles.get(res_type)
             if handle is None:
-                handle = self.handles[res_type] = open(self.dir / entry["name"], "ab")
+                handle = self.handles[res_type] = open(self.dir / entry["file"], "ab")
             room = MAX_LINES_PER_FILE - entry["count"]
             chunk, contents = contents[:room], contents[room:]
             blob = b"\n".join(chunk) + b"\n"
@@ -447,26 +457,46 @@ def _fresh_cursor() -> dict:
     return {"ti": 0, "phase": "main", "after": None, "total": 0, "open": {}, "closed": [], "parts": {}}
 
 
-def _restore(out_dir: Path, cursor: dict | None) -> dict:
-    """Bring the directory back to the checkpoint: truncate open files to their
-    saved offsets and drop files written after it. If the disk lost data the
-    checkpoint counts on, start over."""
+def _disk_name(res_type: str, part: int, attempt: int) -> str:
+    """On disk a file also carries the attempt that wrote it: a worker that lost
+    its lease but still runs can then only ever touch its own files."""
+    return f"{res_type}-{part}.a{attempt}.ndjson"
+
+
+def _restore(out_dir: Path, cursor: dict | None, attempt: int) -> dict:
+    """Bring the directory back to the checkpoint. Finished files are kept; each
+    file that was open is copied up to its checkpointed offset into a file of
+    this attempt (so lines written after the checkpoint vanish, and a stale
+    worker still appending to the old file changes nothing); anything else is
+    removed. If the disk lost data the checkpoint counts on, start over."""
     if cursor is None:
         shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         return _fresh_cursor()
     out_dir.mkdir(parents=True, exist_ok=True)
-    expected = {e["name"]: e["offset"] for e in cursor["closed"]}
-    expected.update({e["name"]: e["offset"] for e in cursor["open"].values()})
-    for name, offset in expected.items():
-        path = out_dir / name
-        if not path.exists() or path.stat().st_size < offset:
-            log.warning("export %s: %s is shorter than its checkpoint; restarting the export", out_dir.name, name)
-            return _restore(out_dir, None)
-        if path.stat().st_size > offset:
-            os.truncate(path, offset)
+    for entry in cursor["closed"] + list(cursor["open"].values()):
+        path = out_dir / entry["file"]
+        if not path.exists() or path.stat().st_size < entry["offset"]:
+            log.warning("export %s: %s is shorter than its checkpoint; restarting the export", out_dir.name, entry["file"])
+            return _restore(out_dir, None, attempt)
+    for res_type, entry in cursor["open"].items():
+        old = out_dir / entry["file"]
+        new_name = _disk_name(res_type, cursor["parts"][res_type], attempt)
+        if new_name != entry["file"]:
+            with open(old, "rb") as src, open(out_dir / new_name, "wb") as dst:
+                remaining = entry["offset"]
+                while remaining:
+                    data = src.read(min(remaining, 1 << 20))
+                    dst.write(data)
+                    remaining -= len(data)
+                dst.flush()
+                os.fsync(dst.fileno())
+            entry["file"] = new_name
+        else:
+            os.truncate(old, entry["offset"])
+    keep = {e["file"] for e in cursor["closed"]} | {e["file"] for e in cursor["open"].values()}
     for path in out_dir.iterdir():
-        if path.name not in expected:
+        if path.name not in keep:
             path.unlink()
     return cursor
 
@@ -595,8 +625,8 @@ def run_export(jc: queue.JobContext) -> None:
     """The worker side of $export (resumable; see the module docstring)."""
     p = jc.job.params
     out_dir = _export_dir(jc.settings, jc.job.id)
-    cursor = _restore(out_dir, jc.job.cursor)
-    files = _Files(out_dir, cursor)
+    cursor = _restore(out_dir, jc.job.cursor, jc.job.attempts)
+    files = _Files(out_dir, cursor, jc.job.attempts)
     plan = _Plan(p)
     types: list[str] = p["types"]
     filters = {t: [[tuple(x) for x in q] for q in qs] for t, qs in (p.get("type_filters") or {}).items()}
@@ -645,7 +675,7 @@ def run_export(jc: queue.JobContext) -> None:
         if outputs:
             conn.execute(
                 job_files.insert(),
-                [{"job_id": jc.job.id, "name": e["name"], "res_type": e["type"], "count": e["count"], "path": str(out_dir / e["name"])} for e in outputs],
+                [{"job_id": jc.job.id, "name": e["name"], "res_type": e["type"], "count": e["count"], "path": str(out_dir / e["file"])} for e in outputs],
             )
 
     try:

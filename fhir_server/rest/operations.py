@@ -33,12 +33,23 @@ Handler = Callable[[OperationCall], Any]
 _handlers: dict[tuple[str, str], tuple[Handler, tuple[str, ...] | None]] = {}
 
 
-def operation(name: str, levels: tuple[str, ...], types: tuple[str, ...] | None = None, definition: str | None = None):
-    """Decorator: register `fn` as $name at the given levels (and types)."""
+def operation(
+    name: str,
+    levels: tuple[str, ...],
+    types: tuple[str, ...] | None = None,
+    definition: str | None = None,
+    advertise: bool = True,
+):
+    """Decorator: register `fn` as $name at the given levels (and types).
+
+    `advertise=False` is for protocol endpoints (polling, downloads) that are
+    reached by URL from a response, not operations a client calls by name."""
 
     def wrap(fn: Handler) -> Handler:
         for level in levels:
             _handlers[(name, level)] = (fn, types)
+        if not advertise:
+            return fn
         url = definition or f"http://hl7.org/fhir/OperationDefinition/{name}"
         if "system" in levels:
             register_operation(name, url, None)

@@ -368,8 +368,14 @@ def test_crashed_worker_is_resumed_without_duplicates(server, monkeypatch):
     # The lease expires; another worker reclaims and resumes from the cursor.
     with server.db.write() as conn:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(lease_until=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    # Worker 1 was not dead after all, only stalled: it still holds its file open.
+    stale_file = next(p for p in job_dir.iterdir() if p.name.startswith("Observation-2"))
+    stale = open(stale_file, "ab")
     assert run_pending(server.db, server.settings, owner="worker-2") == 1
-    # The dead worker's lease is gone: it could not write any more progress.
+    # Its late writes land in a file that is no longer part of the export...
+    stale.write(b'{"resourceType":"Observation","id":"stale"}\n')
+    stale.close()
+    # ...and its lease is gone: it can record no more progress.
     assert not queue.heartbeat(server.db, job_id, "worker-1", 60, {"x": 1})
 
     manifest = server.finish(status)
@@ -410,6 +416,13 @@ def test_failed_job_reports_500(server, monkeypatch):
 
     monkeypatch.setattr(export._Plan, "rows", broken)
     status = server.kick_off()
+    run_pending(server.db, server.settings)
+    r = server.client.get(status)  # first attempt failed: waiting to retry
+    assert r.status_code == 202 and r.headers["x-progress"].startswith("retrying")
+    assert run_pending(server.db, server.settings) == 0  # not before the back-off ends
+    monkeypatch.setattr(queue, "RETRY_BACKOFF_SECONDS", 0)
+    with server.db.write() as conn:
+        conn.execute(update(jobs).values(lease_until=datetime.now(timezone.utc) - timedelta(seconds=1)))
     run_pending(server.db, server.settings)  # retried up to MAX_ATTEMPTS, then failed
     r = server.client.get(status)
     assert r.status_code == 500
