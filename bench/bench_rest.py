@@ -6,8 +6,10 @@ count, the script
 
 1. starts a fresh database and `fhir-server serve` in its own process group,
 2. preloads --n Patients through transaction Bundles of 100 POST entries,
-3. starts a bare FastAPI app (uvicorn, same worker count) whose only route
-   `GET /fhir/Patient/{id}` returns the exact bytes of one stored Patient read,
+3. starts a bare FastAPI app (uvicorn, same worker count, TCP_NODELAY forced on)
+   whose only route `GET /fhir/Patient/{id}` returns the exact bytes of one stored
+   Patient read, and probes both servers for the ~40 ms keep-alive delay of a
+   missing TCP_NODELAY,
 4. drives the three operations from a second process over loopback -
    `bare`   GET /fhir/Patient/{random preloaded id} on the bare app,
    `read`   the same requests on the FHIR server,
@@ -75,6 +77,36 @@ def bare_app_factory():
     return app
 
 
+def _nodelay_protocol_base():
+    try:
+        import httptools  # noqa: F401  (uvicorn prefers it when installed, as the server does)
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    return base
+
+
+class NoDelayHTTPProtocol(_nodelay_protocol_base()):
+    """uvicorn's HTTP protocol plus TCP_NODELAY on every accepted socket.
+
+    With --workers > 1 uvicorn binds the listening socket itself with proto 0, and
+    asyncio then skips TCP_NODELAY on accepted sockets (it checks proto ==
+    IPPROTO_TCP). Nagle then meets the client's delayed ACK and every keep-alive
+    request after the first waits ~40 ms (Kludex/uvicorn#3149). The bare endpoint is
+    the ceiling, so it gets the fix. The server doesn't, and the keep-alive probe
+    below reports whether the server has it.
+    """
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        super().connection_made(transport)
+
+
 def serve_bare(port: int, workers: int) -> None:
     import uvicorn
 
@@ -82,6 +114,7 @@ def serve_bare(port: int, workers: int) -> None:
         "bench_rest:bare_app_factory",
         factory=True,
         app_dir=str(BENCH_DIR),
+        http="bench_rest:NoDelayHTTPProtocol",
         host="127.0.0.1",
         port=port,
         workers=workers,
@@ -144,6 +177,30 @@ def wait_ready(proc: Proc, url: str, timeout: float = 90.0) -> None:
             pass
         time.sleep(0.25)
     raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:.0f}s:\n{proc.log_tail()}")
+
+
+def keepalive_probe(port: int, path: str, n: int = 7) -> float:
+    """Median latency in ms of back-to-back GETs on ONE keep-alive connection.
+
+    About 40 ms here, against about 1 ms on a fresh connection, means Nagle's algorithm
+    is meeting the client's delayed ACK: TCP_NODELAY is missing on the server side."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    times = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            conn.request("GET", path, headers={"Accept": "application/fhir+json"})
+            conn.getresponse().read()
+            times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        conn.close()
+    return statistics.median(times[1:])
+
+
+NAGLE_SUSPECT_MS = 30.0
+NAGLE_WARNINGS: list[str] = []
 
 
 def recreate_pg_database(pg_url: str) -> None:
@@ -482,6 +539,16 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
         rb = httpx.get(f"http://127.0.0.1:{bare_port}/fhir/Patient/{ids[0]}")
         assert rb.content == r.content
 
+        probe_server = keepalive_probe(port, f"/fhir/Patient/{ids[0]}")
+        probe_bare = keepalive_probe(bare_port, f"/fhir/Patient/{ids[0]}")
+        print(f"keep-alive probe (1 connection, sequential GETs): server {probe_server:.1f} ms, "
+              f"bare {probe_bare:.1f} ms", flush=True)
+        if probe_server >= NAGLE_SUSPECT_MS:
+            print(f"WARNING: server answers keep-alive requests in ~{probe_server:.0f} ms. TCP_NODELAY is probably "
+                  "missing (uvicorn --workers > 1 binds the socket with proto 0, Kludex/uvicorn#3149), so every "
+                  "request after the first on a connection waits for the client's delayed ACK.", flush=True)
+            NAGLE_WARNINGS.append(tag)
+
         ops = [("bare", bare_port), ("read", port), ("create", port)]
         if args.warmup > 0:
             for op, p in ops:
@@ -528,6 +595,8 @@ def print_table(rows: list[Row], client_name: str, args) -> None:
             c = create.median("rps")
             line += (f"; create = {c:.0f}/s (target >= {TARGET_PG_CREATES_PER_S:.0f}/s: "
                      f"{'ok' if c >= TARGET_PG_CREATES_PER_S else 'BELOW TARGET'})")
+        if f"{backend}-w{workers}" in NAGLE_WARNINGS:
+            line += "  [server lacks TCP_NODELAY: ~40 ms per keep-alive request]"
         print(line)
 
 

@@ -176,7 +176,8 @@ def recreate_pg_database(pg_url: str) -> None:
 # --------------------------------------------------------------------------- measuring
 
 
-def run_http(client, base: str, q: Query, samples, n: int, warmup: int) -> tuple[list[float], float, str]:
+def run_http(client, base: str, q: Query, samples, n: int, warmup: int,
+             budget_s: float = 60.0) -> tuple[list[float], float, str]:
     def url_params(s):
         return f"{base}/{q.res_type}", q.build(s)
 
@@ -187,6 +188,8 @@ def run_http(client, base: str, q: Query, samples, n: int, warmup: int) -> tuple
     hits = []
     t0 = time.perf_counter()
     for i in range(n):
+        if time.perf_counter() - t0 > budget_s:  # a slow query: fewer samples rather than hours
+            break
         u, p = url_params(samples[i % len(samples)])
         t = time.perf_counter()
         resp = client.get(u, params=p)
@@ -197,35 +200,41 @@ def run_http(client, base: str, q: Query, samples, n: int, warmup: int) -> tuple
             b = resp.json()
             hits.append((b.get("total"), len(b.get("entry", []))))
     wall = time.perf_counter() - t0
+    n = len(lat)
     tot = [h[0] for h in hits if h[0] is not None]
     ent = [h[1] for h in hits]
     desc = f"total~{statistics.median(tot):g}" if tot else ""
-    desc += f" entries~{statistics.median(ent):g}"
+    desc += f" entries~{statistics.median(ent):g} n={n}"
     return lat, n / wall, desc
 
 
-def run_inproc(engine, q: Query, samples, n: int, base: str) -> list[float]:
+def run_inproc(engine, q: Query, samples, n: int, base: str, budget_s: float = 30.0) -> list[float]:
+    """execute_search on one autocommit connection, as the server's reads run (Database.read)."""
     from fhir_server.search.engine import SearchRequest, execute_search
 
     lat = []
-    with engine.connect() as conn:
+    with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+        t0 = time.perf_counter()
         for i in range(min(n, len(samples))):
+            if time.perf_counter() - t0 > budget_s:
+                break
             req = SearchRequest(q.res_type, q.build(samples[i]), base)
             t = time.perf_counter()
             execute_search(conn, req)
             lat.append((time.perf_counter() - t) * 1000)
-            conn.rollback()
     return lat
 
 
-def page_walk(client, base: str, path: str, params: list, pages: int) -> tuple[list[float], str | None]:
-    """Follow next links; latency per page, and the URL of the last page fetched."""
+def page_walk(client, base: str, path: str, params: list, pages: int,
+              budget_s: float = 180.0) -> tuple[list[float], str | None]:
+    """Follow next links (at most `budget_s` seconds); latency per page, and the URL of the last page."""
     lat = []
+    t_start = time.perf_counter()
     url: str | None = f"{base}/{path}"
     last_url = None
     first = True
     for _ in range(pages):
-        if url is None:
+        if url is None or time.perf_counter() - t_start > budget_s:
             break
         t = time.perf_counter()
         resp = client.get(url, params=params if first else None)
@@ -280,8 +289,42 @@ def explain(engine, res_type: str, params: list, base: str) -> str:
         out.append(f"  statement {ms:9.2f} ms: {' '.join(stmt.split())[:160]}...")
     if plans:
         ms, stmt, p, text = max(plans, key=lambda x: x[0])
-        out.append("\nSlowest statement:\n" + stmt + f"\nparams: {p}\n\n" + text)
+        out.append("\nSlowest statement:\n" + stmt + f"\nparams: {p}\n\nEXPLAIN (ANALYZE, BUFFERS), custom plan:\n" + text)
+        if pg:
+            out.append("\nThe same as a prepared statement with a GENERIC plan (what psycopg's automatic "
+                       "prepare, after 5 runs on a pooled connection, makes PostgreSQL use):\n"
+                       + generic_plan(engine, stmt, p))
     return "\n".join(out)
+
+
+def generic_plan(engine, stmt: str, params: dict) -> str:
+    import re
+
+    from psycopg import sql
+
+    names: list[str] = []
+
+    def sub(m):
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    body = re.sub(r"%\(([^)]+)\)s", sub, stmt)
+    raw = engine.raw_connection()
+    try:
+        dbapi = raw.driver_connection
+        dbapi.autocommit = True
+        dbapi.execute("SET plan_cache_mode = force_generic_plan")
+        dbapi.execute("DEALLOCATE ALL")
+        dbapi.execute(f"PREPARE bench_generic AS {body}")
+        ex = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) EXECUTE bench_generic({})").format(
+            sql.SQL(", ").join(sql.Literal(params[n]) for n in names))
+        rows = dbapi.execute(ex).fetchall()
+        dbapi.execute("DEALLOCATE bench_generic")
+        dbapi.execute("RESET plan_cache_mode")
+        return "\n".join(r[0] for r in rows)
+    finally:
+        raw.invalidate()
 
 
 # --------------------------------------------------------------------------- main
@@ -332,7 +375,8 @@ def bench_one(backend: str, size: int, args, templates, results: list[Result], p
             for q in QUERIES:
                 if args.queries and q.name not in args.queries:
                     continue
-                lat, rps, hits = run_http(client, server.base, q, samples, args.requests, args.warmup)
+                lat, rps, hits = run_http(client, server.base, q, samples, args.requests, args.warmup,
+                                          args.query_budget)
                 inproc = run_inproc(engine, q, samples[args.warmup:], args.inproc_requests, server.base) \
                     if args.inproc_requests else []
                 res = Result(backend, size, q.name, pct(lat, 50), pct(lat, 99), rps,
@@ -351,7 +395,7 @@ def bench_one(backend: str, size: int, args, templates, results: list[Result], p
                 per_page: list[list[float]] = []
                 last = None
                 for w in range(args.walks):
-                    lat, last = page_walk(client, server.base, path, params, args.pages)
+                    lat, last = page_walk(client, server.base, path, params, args.pages, args.walk_budget)
                     per_page.append(lat)
                     if lat[0] > 5000:  # a walk this slow: one is enough
                         break
@@ -372,9 +416,12 @@ def bench_one(backend: str, size: int, args, templates, results: list[Result], p
         if backend == "postgres" or args.explain_sqlite:
             cands = explains.get((backend, size), [])
             if cands:
-                p50, res_type, params, name = max(cands, key=lambda c: c[0])
-                text = explain(engine, res_type, params, server.base)
-                explains[("text", backend, size)] = (name, res_type, params, text)
+                slowest = max(cands, key=lambda c: c[0])
+                chosen = [slowest] + [c for c in cands if c[3] in args.explain and c is not slowest]
+                texts = []
+                for p50, res_type, params, name in chosen:
+                    texts.append((name, res_type, params, explain(engine, res_type, params, server.base)))
+                explains[("text", backend, size)] = texts
     finally:
         server.stop()
         engine.dispose()
@@ -425,11 +472,16 @@ def main() -> None:
     ap.add_argument("--inproc-requests", type=int, default=100, help="in-process execute_search runs (0 = skip)")
     ap.add_argument("--pages", type=int, default=50, help="deep paging: pages per walk")
     ap.add_argument("--walks", type=int, default=3, help="deep paging: walks per query")
+    ap.add_argument("--query-budget", type=float, default=60.0, help="seconds per query kind at most")
+    ap.add_argument("--walk-budget", type=float, default=180.0, help="deep paging: seconds per walk at most")
     ap.add_argument("--queries", default="", help="only these query names (comma-separated)")
     ap.add_argument("--no-versions", action="store_true", help="do not fill resource_versions")
+    ap.add_argument("--explain", default="slots-free-week,obs-patient-code-date",
+                    help="also EXPLAIN these queries at the largest size (comma-separated)")
     ap.add_argument("--explain-sqlite", action="store_true", help="also EXPLAIN QUERY PLAN on SQLite")
     args = ap.parse_args()
     args.queries = [q for q in args.queries.split(",") if q]
+    args.explain = [q for q in args.explain.split(",") if q]
     sizes = [int(s) for s in args.sizes.split(",") if s]
     backends = [b.strip() for b in args.db.split(",") if b.strip()]
 
@@ -447,9 +499,9 @@ def main() -> None:
     print_tables(results, page_results, sizes)
     for backend in backends:
         key = ("text", backend, max(sizes))
-        if key in explains:
-            name, res_type, params, text = explains[key]
-            print(f"\nEXPLAIN of the slowest query on {backend} at {max(sizes)}: {name}: {res_type}?"
+        for i, (name, res_type, params, text) in enumerate(explains.get(key, [])):
+            what = "the slowest query" if i == 0 else "query"
+            print(f"\n=== EXPLAIN of {what} on {backend} at {max(sizes)}: {name}: {res_type}?"
                   f"{'&'.join(f'{k}={v}' for k, v in params)[:300]}")
             print(text)
 

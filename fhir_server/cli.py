@@ -46,6 +46,7 @@ def serve(
     uvicorn.run(
         "fhir_server.api.app:app_factory",
         factory=True,
+        http="fhir_server.api.protocol:NoDelayHTTPProtocol",
         host=host,
         port=port,
         workers=workers,

@@ -68,12 +68,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     # ------------------------------------------------------------------ plumbing
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        request.state.request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-Id"] = request.state.request_id
-        return response
+    app.add_middleware(RequestIdMiddleware)
+    _limit_request_threads(app)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError):
@@ -279,6 +275,49 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         return await _search(request, c, third, _query(request), compartment=(res_type, res_id))
 
     return app
+
+
+class RequestIdMiddleware:
+    """Give every request an id (the client's X-Request-Id or a new one), echoed
+    in the response and quoted in error diagnostics. Plain ASGI: the decorator
+    form of middleware costs a task and a stream per request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (b"x-request-id", rid.encode("latin-1"))
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _limit_request_threads(app: FastAPI) -> None:
+    """Run blocking request work on as many threads as there are pooled
+    database connections, so requests queue for a thread, not a connection."""
+    from contextlib import asynccontextmanager
+
+    import anyio.to_thread
+
+    from ..storage.db import THREADPOOL_SIZE
+
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_SIZE
+        async with inner(a) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
 
 
 def _patch_body(request: Request, body: bytes) -> Any:

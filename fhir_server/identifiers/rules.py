@@ -50,6 +50,7 @@ def national_identifiers(resource: dict) -> list[tuple[str, str, str]]:
 
 def find_by_national_identifier(conn: Connection, res_type: str, system: str, normalised: str) -> list[tuple[int, str, bytes | None]]:
     """Current resources indexed under (canonical system, normalised value)."""
+    repo.flush(conn)
     stmt = (
         select(resources.c.pk, resources.c.res_id, resources.c.content)
         .join(idx_token, idx_token.c.res_pk == resources.c.pk)

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, 
 from sqlalchemy.sql import FromClause
 
 from ..errors import FhirError
+from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
 from . import registry
 from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
@@ -272,6 +273,7 @@ def _chunks(seq: list, n: int = IN_CHUNK):
 
 def execute_search(conn: Connection, req: SearchRequest) -> bytes:
     """Run a search and return the complete searchset Bundle as JSON bytes."""
+    flush(conn)  # rows buffered by earlier writes of this transaction
     r = resources
     plan = _plan(conn, req, r)
     type_path = req.res_type or ""
@@ -487,6 +489,7 @@ def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, 
 
 def find_matches(conn: Connection, res_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[tuple[int, str]]:
     """(pk, id) of up to ``limit`` live matches, for conditional create/update/delete."""
+    flush(conn)
     r = resources
     req = SearchRequest(res_type, [(k, v) for k, v in params if k not in CONTROL_PARAMS | IGNORED_PARAMS], "")
     plan = _plan(conn, req, r)

@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import Connection, delete
 
 from ..storage.schema import INDEX_TABLES
+from ..storage.repository import buffer_rows, flush
 from . import national, registry
 from .fhirpath import Item, evaluate
 from .values import (
@@ -334,10 +335,11 @@ def index_resource(conn: Connection, res_pk: int, res_type: str, resource: dict)
         for r in rows:
             r["res_pk"] = res_pk
             r["res_type"] = res_type
-        conn.execute(INDEX_TABLES[kind].insert(), rows)
+        buffer_rows(conn, INDEX_TABLES[kind], rows)
 
 
 def delete_index(conn: Connection, res_pk: int) -> None:
     """Remove every index row of a resource (before re-index, and on delete)."""
+    flush(conn)
     for table in INDEX_TABLES.values():
         conn.execute(delete(table).where(table.c.res_pk == res_pk))

@@ -25,12 +25,17 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        from .repository import discard_buffer, flush, start_buffering
+
         with self.engine.connect() as conn:
             conn.info["write"] = True
+            start_buffering(conn)
             try:
                 with conn.begin():
                     yield conn
+                    flush(conn)  # buffered version and index rows, before COMMIT
             finally:
+                discard_buffer(conn)
                 conn.info["write"] = False
 
     @contextmanager

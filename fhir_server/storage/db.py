@@ -8,6 +8,8 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 
 DEFAULT_SQLITE_PATH = Path("data") / "fhir.sqlite"
+# Threads that run blocking request work per process (the API layer sets it).
+THREADPOOL_SIZE = int(os.environ.get("FHIR_SERVER_THREADS", "16"))
 
 
 def default_database_url() -> str:
@@ -48,4 +50,8 @@ def make_engine(url: str | None = None) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # As many pooled connections as request threads (THREADPOOL_SIZE), so a busy
+    # server does not open and close overflow connections per request. No
+    # pre-ping: it costs a round trip per checkout; a dead connection surfaces
+    # as an error and is replaced (pool_recycle bounds their age).
+    return create_engine(url, pool_size=THREADPOOL_SIZE, max_overflow=4, pool_recycle=1800)

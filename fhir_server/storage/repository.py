@@ -39,8 +39,9 @@ _COLS = (
 
 # Built once: SQLAlchemy then reuses their compiled form on every write.
 _INSERT_RESOURCE = resources.insert().returning(resources.c.pk)
+_READ_CURRENT = select(*_COLS).where(resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i"))
+_READ_CURRENT_FOR_UPDATE = _READ_CURRENT.with_for_update()
 _UPDATE_RESOURCE = update(resources).where(resources.c.pk == bindparam("b_pk"))
-_INSERT_VERSION = resource_versions.insert()
 
 
 def _row(r) -> StoredResource:
@@ -59,10 +60,8 @@ def _utc(dt: datetime) -> datetime:
 
 
 def read_current(conn: Connection, res_type: str, res_id: str, for_update: bool = False) -> StoredResource | None:
-    stmt = select(*_COLS).where(resources.c.res_type == res_type, resources.c.res_id == res_id)
-    if for_update and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    r = conn.execute(stmt).first()
+    stmt = _READ_CURRENT_FOR_UPDATE if for_update and conn.dialect.name == "postgresql" else _READ_CURRENT
+    r = conn.execute(stmt, {"t": res_type, "i": res_id}).first()
     return _row(r) if r else None
 
 
@@ -75,6 +74,7 @@ def read_by_pks(conn: Connection, pks: list[int]) -> list[StoredResource]:
 
 
 def read_version(conn: Connection, res_type: str, res_id: str, version_id: int):
+    flush(conn)
     v = resource_versions.c
     r = conn.execute(
         select(v.res_pk, v.res_type, v.res_id, v.version_id, v.last_updated, v.deleted, v.content).where(
@@ -123,9 +123,10 @@ def write_version(
 
 
 def _insert_version(conn, pk, res_type, res_id, version_id, last_updated, content, method, deleted) -> None:
-    conn.execute(
-        _INSERT_VERSION,
-        {
+    buffer_rows(
+        conn,
+        resource_versions,
+        [{
             "res_pk": pk,
             "res_type": res_type,
             "res_id": res_id,
@@ -134,8 +135,54 @@ def _insert_version(conn, pk, res_type, res_id, version_id, last_updated, conten
             "method": method,
             "deleted": deleted,
             "content": content,
-        },
+        }],
     )
+
+
+# ----------------------------------------------------------------------------- write buffer
+#
+# Version rows and search-index rows are not needed until something reads them,
+# so a write transaction collects them and inserts each table's rows in one
+# multi-row statement: a transaction Bundle of 300 resources then costs a handful
+# of round trips instead of thousands. `flush` runs before every read of those
+# tables inside the transaction and before commit (Database.write).
+
+_BUFFER_KEY = "fhir_write_buffer"
+_BUFFERING = "fhir_buffering"
+
+
+def start_buffering(conn: Connection) -> None:
+    conn.info[_BUFFERING] = True
+
+
+def buffer_rows(conn: Connection, table, rows: list[dict]) -> None:
+    """Insert rows now, or at flush time on a connection that opted in (Database.write)."""
+    if not rows:
+        return
+    if not conn.info.get(_BUFFERING):
+        conn.execute(table.insert(), rows)
+        return
+    buf = conn.info.setdefault(_BUFFER_KEY, {})
+    buf.setdefault(table, []).extend(rows)
+
+
+def flush(conn: Connection) -> None:
+    """Insert everything buffered on this connection (idempotent, cheap when empty)."""
+    buf = conn.info.get(_BUFFER_KEY)
+    if not buf:
+        return
+    conn.info[_BUFFER_KEY] = {}
+    # versions first: they reference resources rows that exist already
+    for table in sorted(buf, key=lambda t: t.name != "resource_versions"):
+        rows = buf[table]
+        for i in range(0, len(rows), 1000):
+            conn.execute(table.insert(), rows[i : i + 1000])
+
+
+def discard_buffer(conn: Connection) -> None:
+    """Forget buffered rows and stop buffering (the connection goes back to the pool)."""
+    conn.info.pop(_BUFFER_KEY, None)
+    conn.info.pop(_BUFFERING, None)
 
 
 def history_rows(
@@ -148,6 +195,7 @@ def history_rows(
     limit: int,
 ):
     """Versions newest first; keyset-paged on the global sequence number."""
+    flush(conn)
     v = resource_versions.c
     stmt = select(v.seq, v.res_type, v.res_id, v.version_id, v.last_updated, v.method, v.deleted, v.content)
     conds = []
@@ -174,6 +222,7 @@ def history_rows(
 
 
 def count_history(conn: Connection, res_type: str | None, res_id: str | None, since: datetime | None) -> int:
+    flush(conn)
     v = resource_versions.c
     stmt = select(func.count()).select_from(resource_versions)
     if res_type:
