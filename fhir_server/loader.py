@@ -9,6 +9,8 @@ file continues after its last committed chunk.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -141,11 +143,12 @@ def _worker_load(database_url: str, path: str) -> FileResult:
 
     settings = Settings(database_url=database_url)
     install(settings)
-    db = _worker_db.get(database_url) or _worker_db.setdefault(database_url, Database(database_url))
+    key = (os.getpid(), database_url)  # never share a connection pool across fork()
+    db = _worker_db.get(key) or _worker_db.setdefault(key, Database(database_url))
     return load_file(db, settings, Path(path))
 
 
-_worker_db: dict[str, Database] = {}
+_worker_db: dict[tuple[int, str], Database] = {}
 
 
 def load_paths(settings: Settings, paths: list[str], workers: int = 1, on_file=None) -> list[FileResult]:
@@ -172,7 +175,10 @@ def load_paths(settings: Settings, paths: list[str], workers: int = 1, on_file=N
         results.append(r)
         if on_file:
             on_file(r)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    for db in _worker_db.values():
+        db.dispose()
+    _worker_db.clear()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_worker_load, url, str(f)) for f in rest]
         for fut in as_completed(futures):
             r = fut.result()
