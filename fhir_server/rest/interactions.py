@@ -163,8 +163,10 @@ def _store(
     warnings: list[Issue],
 ) -> Outcome:
     """Write a new version of (res_type, res_id): versions, indexes, events."""
+    from ..search import custom
     from ..search.indexer import delete_index, index_resource
 
+    custom.maybe_refresh(conn)  # index custom parameters another process activated
     version_id = (current.version_id + 1) if current else 1
     now = now_utc()
     meta_extra = {"versionId": str(version_id), "lastUpdated": fhir_instant(now)}

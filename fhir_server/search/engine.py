@@ -27,7 +27,7 @@ from sqlalchemy.sql import FromClause
 from ..errors import FhirError
 from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
-from . import registry
+from . import custom, registry
 from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
 from .values import to_utc
 
@@ -274,6 +274,7 @@ def _chunks(seq: list, n: int = IN_CHUNK):
 def execute_search(conn: Connection, req: SearchRequest) -> bytes:
     """Run a search and return the complete searchset Bundle as JSON bytes."""
     flush(conn)  # rows buffered by earlier writes of this transaction
+    custom.maybe_refresh(conn)
     r = resources
     plan = _plan(conn, req, r)
     type_path = req.res_type or ""

@@ -76,7 +76,8 @@ class QueryContext:
 
 def lookup_param(res_type: str | None, code: str) -> SearchParam | None:
     params = registry.search_parameters_for(res_type) if res_type else registry.common_parameters()
-    return params.get(code)
+    sp = params.get(code)
+    return None if sp is not None and sp.pending else sp  # pending: not searchable until $reindex
 
 
 # ---------------------------------------------------------------- entry point

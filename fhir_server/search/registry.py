@@ -36,10 +36,14 @@ class SearchParam:
     targets: tuple[str, ...] = ()
     components: tuple[Component, ...] = ()
     base: tuple[str, ...] = field(default_factory=tuple)
+    # A custom parameter awaiting its $reindex: indexed on write, not searchable yet.
+    pending: bool = False
 
     @property
     def supported(self) -> bool:
         """Whether a search on this parameter works (for the CapabilityStatement)."""
+        if self.pending:
+            return False
         return self.code in COLUMN_PARAMS or (self.indexed and self.code not in UNINDEXED)
 
     @property
@@ -102,7 +106,26 @@ def search_parameters_for(res_type: str) -> dict[str, SearchParam]:
             result[p["code"]] = _make(p, "DomainResource")
     for p in _by_type().get(res_type, ()):
         result[p["code"]] = _make(p, res_type)
+    for sp in _custom.get(res_type, ()):
+        result.setdefault(sp.code, sp)  # a custom code never shadows an official one
     return result
+
+
+# Custom SearchParameters by resource type, installed by search.custom.refresh().
+_custom: dict[str, tuple[SearchParam, ...]] = {}
+
+
+def set_custom(by_type: dict[str, tuple[SearchParam, ...]]) -> None:
+    """Replace the custom parameters (pending and active) and drop cached views."""
+    global _custom
+    if by_type == _custom:
+        return
+    _custom = dict(by_type)
+    search_parameters_for.cache_clear()
+
+
+def official_urls() -> frozenset[str]:
+    return frozenset(p["url"] for p in _doc()["params"])
 
 
 @lru_cache(maxsize=1)

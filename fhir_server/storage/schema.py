@@ -245,3 +245,15 @@ load_progress = Table(
     Column("done", Boolean, nullable=False, default=False),
     Column("updated", DateTime(timezone=True), nullable=False),
 )
+
+# Custom SearchParameters posted by clients: pending (indexed on write, not yet
+# searchable) until a $reindex job has indexed the existing data, then active.
+custom_search_params = Table(
+    "custom_search_params",
+    metadata,
+    Column("url", String(512), primary_key=True),
+    Column("res_id", String(64), nullable=False),  # the SearchParameter resource
+    Column("definition", Text, nullable=False),  # JSON: code, type, base, expression, target
+    Column("state", String(16), nullable=False),  # pending | active
+    Column("updated", DateTime(timezone=True), nullable=False),
+)
