@@ -41,5 +41,6 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.export",
     "fhir_server.operations.everything",
     "fhir_server.operations.reindex",
+    "fhir_server.operations.match",
     "fhir_server.hl7v2.service",
 ]
