@@ -136,11 +136,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @app.get(base)
     @app.get(base + "/")
     async def system_search(request: Request):
-        from ..search.engine import SearchRequest, execute_search
-
         c = ctx(request)
-        req = SearchRequest(None, _query(request), c.base_url, c.lenient)
-        body = await in_read(lambda conn: execute_search(conn, req))
+        body = await in_read(ix.search, c, None, _query(request))
         return http.fhir_response(request, body)
 
     async def run_operation(request: Request, name: str, res_type: str | None, res_id: str | None):
@@ -192,10 +189,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         return http.outcome_response(request, out)
 
     async def _search(request: Request, c, res_type: str, params: list[tuple[str, str]], compartment=None):
-        from ..search.engine import SearchRequest, execute_search
-
-        req = SearchRequest(res_type, params, c.base_url, c.lenient, compartment)
-        body = await in_read(lambda conn: execute_search(conn, req))
+        body = await in_read(ix.search, c, res_type, params, compartment)
         return http.fhir_response(request, body)
 
     @app.post(base + "/{res_type}/_search")

@@ -178,9 +178,7 @@ def _execute(conn: Connection, ctx: RequestContext, entry: EntryRequest, assigne
         return Outcome(status=200, body=history_mod.history(conn, ctx, t, entry.res_id, params))
     if t and entry.res_id:
         return ix.read(conn, ctx, t, entry.res_id)
-    from ..search.engine import SearchRequest, execute_search
-
-    return Outcome(status=200, body=execute_search(conn, SearchRequest(t, params, ctx.base_url, ctx.lenient)))
+    return Outcome(status=200, body=ix.search(conn, ctx, t, params))
 
 
 def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool) -> dict:

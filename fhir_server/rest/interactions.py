@@ -373,6 +373,17 @@ def conditional_delete(conn: Connection, ctx: RequestContext, res_type: str, que
 # --------------------------------------------------------------------------- reads
 
 
+def search(conn: Connection, ctx: RequestContext, res_type: str | None, params: list[tuple[str, str]], compartment: tuple[str, str] | None = None) -> bytes:
+    """Type, system or compartment search: the searchset Bundle as JSON bytes."""
+    from ..search.engine import SearchRequest, execute_search
+
+    if res_type:
+        check_type(res_type)
+    interaction = "search-type" if res_type else "search-system"
+    authorize(ctx.principal, AccessRequest(interaction, res_type, compartment[1] if compartment else None))
+    return execute_search(conn, SearchRequest(res_type, params, ctx.base_url, ctx.lenient, compartment))
+
+
 def read(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> Outcome:
     check_type(res_type)
     authorize(ctx.principal, AccessRequest("read", res_type, res_id))

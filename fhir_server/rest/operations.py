@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import FhirError
+from ..security.authz import AccessRequest, authorize
 from .capabilities import register_operation
 from .context import RequestContext
 
@@ -69,4 +70,5 @@ def dispatch(call: OperationCall) -> Any:
     fn, types = found
     if types and call.res_type and call.res_type not in types:
         raise FhirError.of(400, "not-supported", f"Operation ${call.name} is not supported on {call.res_type}")
+    authorize(call.ctx.principal, AccessRequest(f"operation:{call.name}", call.res_type, call.res_id))
     return fn(call)

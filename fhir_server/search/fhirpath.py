@@ -143,90 +143,252 @@ CHOICE_TYPES = frozenset(
 )
 
 
+_MISSING = object()
+
+
+@lru_cache(maxsize=None)
+def _choice_keys(name: str) -> dict[str, str]:
+    """JSON key -> type suffix for every choice form of ``name`` (``value`` -> {"valueQuantity": "Quantity", ...}).
+
+    ``k in _choice_keys(name)`` is exactly ``k[len(name):] in CHOICE_TYPES`` after the ``name`` prefix,
+    as one hash lookup instead of a prefix test per key.
+    """
+    return {name + t: t for t in CHOICE_TYPES}
+
+
+def _field_of(node: dict, name: str, choices: dict[str, str], out: list[Item]) -> None:
+    v = node.get(name, _MISSING)
+    if v is not _MISSING:
+        if isinstance(v, list):
+            out.extend([(x, None) for x in v])
+        else:
+            out.append((v, None))
+        return
+    for k in node:
+        t = choices.get(k)
+        if t is not None:
+            out.append((node[k], t))
+
+
 def _field(items: list[Item], name: str) -> list[Item]:
+    """``items.name``: a list is flattened; an absent name matches its choice forms (``valueQuantity``)."""
+    choices = _choice_keys(name)
     out: list[Item] = []
     for node, _ in items:
-        if not isinstance(node, dict):
-            continue
-        if name in node:
-            v = node[name]
-            if isinstance(v, list):
-                out.extend((x, None) for x in v)
-            else:
-                out.append((v, None))
-            continue
-        n = len(name)
-        for k, v in node.items():
-            if len(k) > n and k.startswith(name) and k[n].isupper() and k[n:] in CHOICE_TYPES:
-                out.append((v, k[n:]))
+        if isinstance(node, dict):
+            _field_of(node, name, choices, out)
     return out
 
 
-def _run(steps: list[tuple], resource: dict) -> list[Item]:
-    items: list[Item] = []
-    first = steps[0]
-    name = first[1]
+# ---------------------------------------------------------------- compiled steps
+#
+# A parsed path is a list of steps; each is compiled once into a function from the
+# current collection to the next, so evaluation does no dispatch on step kinds.
+
+PathFn = Callable[[Any], list[Item]]
+StepFn = Callable[[list[Item]], list[Item]]
+
+
+def _step_field(name: str) -> StepFn:
+    choices = _choice_keys(name)
+
+    def step(items: list[Item]) -> list[Item]:
+        out: list[Item] = []
+        for node, _ in items:
+            if isinstance(node, dict):
+                v = node.get(name, _MISSING)
+                if v is not _MISSING:
+                    if isinstance(v, list):
+                        out.extend([(x, None) for x in v])
+                    else:
+                        out.append((v, None))
+                    continue
+                for k in node:
+                    t = choices.get(k)
+                    if t is not None:
+                        out.append((node[k], t))
+        return out
+
+    return step
+
+
+def _step_as(type_name: str) -> StepFn:
+    t = type_name.lower()
+    return lambda items: [(v, h) for v, h in items if h is None or h.lower() == t]
+
+
+def _step_is(type_name: str) -> StepFn:
+    def step(items: list[Item]) -> list[Item]:
+        keep = []
+        for v, h in items:
+            if isinstance(v, dict):
+                ref = v.get("reference")
+                rt = split_type_id(ref)[0] if isinstance(ref, str) else None
+                if rt is None:
+                    rt = v.get("type")
+                if rt == type_name:
+                    keep.append((v, h))
+        return keep
+
+    return step
+
+
+def _step_eq(field: str, literal: str) -> StepFn:
+    return lambda items: [(v, h) for v, h in items if isinstance(v, dict) and v.get(field) == literal]
+
+
+def _step_ext(url: str) -> StepFn:
+    def step(items: list[Item]) -> list[Item]:
+        out: list[Item] = []
+        for v, _ in items:
+            if isinstance(v, dict):
+                out.extend((e, None) for e in v.get("extension", ()) if e.get("url") == url)
+        return out
+
+    return step
+
+
+def _step_index(n: int) -> StepFn:
+    return lambda items: items[n : n + 1]
+
+
+_STEP_MAKERS: dict[str, Callable[..., StepFn]] = {
+    "field": _step_field, "as": _step_as, "is": _step_is, "eq": _step_eq, "ext": _step_ext, "index": _step_index,
+}
+
+
+def _compile_root(steps: list[tuple]) -> tuple[PathFn, int]:
+    """The function for the leading step(s) of a path, and how many steps it covers.
+
+    A type name root followed by a field (``Patient.name``) is fused into one call.
+    """
+    name = steps[0][1]
     if name[0].isupper():
-        if name in ("Resource", "DomainResource") or resource.get("resourceType") == name:
-            items = [(resource, None)]
-        else:
+        any_type = name in ("Resource", "DomainResource")
+        if len(steps) > 1 and steps[1][0] == "field":
+            field = steps[1][1]
+            choices = _choice_keys(field)
+
+            def root_field(node: Any) -> list[Item]:
+                if not any_type and node.get("resourceType") != name:
+                    return []
+                out: list[Item] = []
+                if isinstance(node, dict):
+                    _field_of(node, field, choices, out)
+                return out
+
+            return root_field, 2
+
+        def root(node: Any) -> list[Item]:
+            if any_type or node.get("resourceType") == name:
+                return [(node, None)]
             return []
-    else:
-        items = _field([(resource, None)], name)
-    for step in steps[1:]:
-        kind = step[0]
-        if kind == "field":
-            items = _field(items, step[1])
-        elif kind == "as":
-            t = step[1].lower()
-            items = [(v, h) for v, h in items if h is None or h.lower() == t]
-        elif kind == "is":
-            keep = []
-            for v, h in items:
-                if isinstance(v, dict):
-                    ref = v.get("reference")
-                    rt = split_type_id(ref)[0] if isinstance(ref, str) else None
-                    if rt is None:
-                        rt = v.get("type")
-                    if rt == step[1]:
-                        keep.append((v, h))
-            items = keep
-        elif kind == "eq":
-            items = [(v, h) for v, h in items if isinstance(v, dict) and v.get(step[1]) == step[2]]
-        elif kind == "ext":
-            out = []
-            for v, _ in items:
-                if isinstance(v, dict):
-                    out.extend((e, None) for e in v.get("extension", ()) if e.get("url") == step[1])
-            items = out
-        elif kind == "index":
-            items = items[step[1] : step[1] + 1]
-        if not items:
-            return items
-    return items
+
+        return root, 1
+
+    choices = _choice_keys(name)
+
+    def root_child(node: Any) -> list[Item]:
+        out: list[Item] = []
+        if isinstance(node, dict):
+            _field_of(node, name, choices, out)
+        return out
+
+    return root_child, 1
+
+
+def _compile_path(steps: list[tuple]) -> PathFn:
+    first, used = _compile_root(steps)
+    rest = tuple(_STEP_MAKERS[s[0]](*s[1:]) for s in steps[used:])
+    if not rest:
+        return first
+    if len(rest) == 1:
+        (only,) = rest
+
+        def run1(node: Any) -> list[Item]:
+            items = first(node)
+            return only(items) if items else items
+
+        return run1
+
+    def run(node: Any) -> list[Item]:
+        items = first(node)
+        for f in rest:
+            if not items:
+                return items
+            items = f(items)
+        return items
+
+    return run
+
+
+def _run(steps: list[tuple], resource: dict) -> list[Item]:
+    """Walk one parsed path over ``resource`` (uncached; see compile_expression)."""
+    return _compile_path(steps)(resource)
+
+
+def _path_keys(steps: list[tuple]) -> frozenset[str] | None:
+    """Keys of the start node of which one must be present for the path to yield anything (None: unknown)."""
+    name = steps[0][1]
+    if name[0].isupper():
+        if len(steps) < 2 or steps[1][0] != "field":
+            return None
+        name = steps[1][1]
+    return frozenset(_choice_keys(name)) | {name}
 
 
 Evaluator = Callable[[Any, dict], list[Item]]
 
 
-@lru_cache(maxsize=4096)
-def compile_expression(expr: str) -> Evaluator:
-    """Compile once: the fast walker when the shape allows, else fhirpathpy."""
+def _parse(expr: str) -> list[list[tuple]] | None:
     try:
         parser = _Parser(expr)
         paths = parser.union()
         if parser.i != len(parser.toks):
             raise Unsupported("trailing tokens")
     except (Unsupported, ValueError):
+        return None
+    return paths
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(expr: str) -> Evaluator:
+    """Compile once: the fast walker when the shape allows, else fhirpathpy."""
+    paths = _parse(expr)
+    if paths is None:
         return _fallback(expr)
+    fns = tuple(_compile_path(steps) for steps in paths)
+    if len(fns) == 1:
+        (fn,) = fns
+        return lambda node, resource: fn(node)
 
     def run(node: Any, resource: dict) -> list[Item]:
         out: list[Item] = []
-        for steps in paths:
-            out.extend(_run(steps, node))
+        for f in fns:
+            out.extend(f(node))
         return out
 
     return run
+
+
+@lru_cache(maxsize=4096)
+def trigger_keys(expr: str) -> frozenset[str] | None:
+    """Top-level keys of which at least one must be present for ``expr`` to yield anything.
+
+    Lets extraction skip, with one set lookup per resource key, the many parameters
+    whose element a resource does not have. None when that cannot be known (fhirpathpy
+    expressions such as ``x.exists()`` yield ``false`` on an empty input).
+    """
+    paths = _parse(expr)
+    if paths is None:
+        return None
+    keys: set[str] = set()
+    for steps in paths:
+        k = _path_keys(steps)
+        if k is None:
+            return None
+        keys |= k
+    return frozenset(keys)
 
 
 def _fallback(expr: str) -> Evaluator:
