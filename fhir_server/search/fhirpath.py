@@ -272,10 +272,14 @@ def _compile_root(steps: list[tuple]) -> tuple[PathFn, int]:
             def root_field(node: Any) -> list[Item]:
                 if not any_type and node.get("resourceType") != name:
                     return []
-                out: list[Item] = []
-                if isinstance(node, dict):
-                    _field_of(node, field, choices, out)
-                return out
+                if not isinstance(node, dict):
+                    return []
+                v = node.get(field, _MISSING)
+                if v is not _MISSING:
+                    if isinstance(v, list):
+                        return [(x, None) for x in v]
+                    return [(v, None)]
+                return [(node[k], choices[k]) for k in node if k in choices]
 
             return root_field, 2
 
@@ -322,19 +326,30 @@ def _compile_path(steps: list[tuple]) -> PathFn:
     return run
 
 
-def _run(steps: list[tuple], resource: dict) -> list[Item]:
-    """Walk one parsed path over ``resource`` (uncached; see compile_expression)."""
-    return _compile_path(steps)(resource)
-
-
 def _path_keys(steps: list[tuple]) -> frozenset[str] | None:
-    """Keys of the start node of which one must be present for the path to yield anything (None: unknown)."""
+    """Keys of the start node of which one must be present for the path to yield anything (None: unknown).
+
+    The first field ``name`` is found under ``name`` itself or a choice key ``name<Type>``;
+    when an ``as``/``ofType`` follows at once, only the matching choice key can survive it.
+    """
+    i = 0
     name = steps[0][1]
     if name[0].isupper():
         if len(steps) < 2 or steps[1][0] != "field":
             return None
+        i = 1
         name = steps[1][1]
-    return frozenset(_choice_keys(name)) | {name}
+    choices = _choice_keys(name)
+    if i + 1 < len(steps) and steps[i + 1][0] == "as":
+        t = steps[i + 1][1].lower()
+        return frozenset([name, *(k for k, typ in choices.items() if typ.lower() == t)])
+    return frozenset(choices) | {name}
+
+
+def bare_root(expr: str) -> bool:
+    """Whether ``expr`` is a single type name (``Observation``): at most one node, the resource itself."""
+    paths = _parse(expr)
+    return paths is not None and len(paths) == 1 and len(paths[0]) == 1 and paths[0][0][1][0].isupper()
 
 
 Evaluator = Callable[[Any, dict], list[Item]]

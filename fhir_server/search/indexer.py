@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 from sqlalchemy import Connection, delete
@@ -17,7 +17,7 @@ from sqlalchemy import Connection, delete
 from ..storage.schema import INDEX_TABLES
 from ..storage.repository import buffer_rows, flush
 from . import national, registry
-from .fhirpath import Item, evaluate
+from .fhirpath import Item, bare_root, compile_expression, trigger_keys
 from .values import (
     LEN_CODE,
     LEN_ID,
@@ -78,11 +78,11 @@ def _strings(items: list[Item]) -> list[dict]:
 
 def _tok(system: Any, code: Any, text: Any = None, tsys: Any = None, tcode: Any = None) -> dict:
     return {
-        "system": cut(system, LEN_SYSTEM) if isinstance(system, str) else None,
-        "code": cut(code, LEN_CODE) if isinstance(code, str) else None,
-        "text_norm": normalize(text) if isinstance(text, str) and text else None,
-        "type_system": cut(tsys, LEN_TYPE_SYSTEM) if isinstance(tsys, str) else None,
-        "type_code": cut(tcode, LEN_TYPE_CODE) if isinstance(tcode, str) else None,
+        "system": system[:LEN_SYSTEM] if isinstance(system, str) else None,
+        "code": code[:LEN_CODE] if isinstance(code, str) else None,
+        "text_norm": normalize(text) if text and isinstance(text, str) else None,
+        "type_system": tsys[:LEN_TYPE_SYSTEM] if isinstance(tsys, str) else None,
+        "type_code": tcode[:LEN_TYPE_CODE] if isinstance(tcode, str) else None,
     }
 
 
@@ -266,53 +266,161 @@ CONVERTERS = {
 # ---------------------------------------------------------------- extraction
 
 
+class _Plan:
+    """What extraction does for one resource type, worked out once per parameter set.
+
+    ``entries`` keeps the registry's order (so rows come out in the same order as
+    evaluating every parameter in turn); ``by_key`` maps a top-level JSON key to the
+    entries that can only yield something when that key is present, and ``always``
+    lists the entries that must run whatever the resource holds.
+    """
+
+    __slots__ = ("params", "entries", "by_key", "always", "needs")
+
+    def __init__(self, params: dict[str, registry.SearchParam]):
+        self.params = params
+        self.needs: dict[int, tuple[frozenset[str], ...]] = {}
+        # (sp, compiled expression, converter; None for a composite)
+        self.entries: list[tuple] = []
+        by_key: dict[str, list[int]] = {}
+        always: list[int] = []
+        for sp in params.values():
+            if not sp.indexed:
+                continue
+            if sp.type == "composite":
+                conv = None
+            else:
+                conv = CONVERTERS.get(sp.type)
+                if conv is None:
+                    continue
+            i = len(self.entries)
+            self.entries.append((sp, compile_expression(sp.expression), conv))  # type: ignore[arg-type]
+            if conv is None and bare_root(sp.expression):  # type: ignore[arg-type]
+                # The one node is the resource: rows need every component, so each component's
+                # keys must meet the resource's (a component with none of them yields nothing).
+                # Skipping then gives the same rows; it only spares a warning should another
+                # component's converter fail on malformed data.
+                need = [trigger_keys(c.expression) for c in sp.components]
+                if sp.components and all(k is not None for k in need):
+                    self.needs[i] = tuple(need)  # type: ignore[arg-type]
+            keys = trigger_keys(sp.expression)  # type: ignore[arg-type]
+            if keys is None:
+                always.append(i)
+            else:
+                for k in keys:
+                    by_key.setdefault(k, []).append(i)
+        self.by_key = {k: tuple(v) for k, v in by_key.items()}
+        self.always = tuple(always)
+
+    def selected(self, resource: dict) -> list[int]:
+        """Indexes of the entries that can yield rows for ``resource``, in order."""
+        if not isinstance(resource, dict):
+            return list(range(len(self.entries)))
+        by_key = self.by_key
+        chosen = set(self.always)
+        for k in resource:
+            hit = by_key.get(k)
+            if hit:
+                chosen.update(hit)
+        for i, need in self.needs.items():
+            if i in chosen:
+                for keys in need:
+                    if keys.isdisjoint(resource):
+                        chosen.discard(i)
+                        break
+        return sorted(chosen)
+
+
+_plans: dict[str, _Plan] = {}
+
+
+def _plan(res_type: str) -> _Plan:
+    params = registry.search_parameters_for(res_type)
+    plan = _plans.get(res_type)
+    if plan is None or plan.params is not params:  # rebuilt when custom parameters change
+        plan = _plans[res_type] = _Plan(params)
+    return plan
+
+
 def extract(res_type: str, resource: dict) -> dict[str, list[dict]]:
     """All index rows of a resource, by index type (without res_pk), for inspection and insert."""
     out: dict[str, list[dict]] = {k: [] for k in INDEX_TABLES}
-    for sp in registry.search_parameters_for(res_type).values():
-        if not sp.indexed:
-            continue
+    plan = _plan(res_type)
+    entries = plan.entries
+    memo: dict = {}  # composite component rows, by (node, expression, type)
+    for i in plan.selected(resource):
+        sp, ev, conv = entries[i]
         try:
-            if sp.type == "composite":
-                _extract_composite(sp, resource, out)
-                continue
-            conv = CONVERTERS.get(sp.type)
             if conv is None:
+                _extract_composite(sp, resource, out, ev, memo)
                 continue
-            rows = conv(evaluate(sp.expression, resource))  # type: ignore[arg-type]
+            items = ev(resource, resource)
+            if not items:
+                continue
+            rows = conv(items)
         except Exception:  # noqa: BLE001 - never fail a write on extraction
             log.warning("search extraction failed for %s.%s", res_type, sp.code, exc_info=True)
             continue
-        for row in _dedupe(rows):
-            row["param"] = sp.code
+        if not rows:
+            continue
+        code = sp.code
+        target = out[sp.type]
+        for row in _dedupe(rows) if len(rows) > 1 else rows:
+            row["param"] = code
             row["grp"] = None
-            out[sp.type].append(row)
+            target.append(row)
     return out
 
 
-def _dedupe(rows: Iterable[dict]) -> list[dict]:
-    seen, out = set(), []
+def _dedupe(rows: list[dict]) -> list[dict]:
+    """Rows without repeats, first occurrence kept.
+
+    Two rows are the same when every column's ``str()`` is; the key is the tuple of
+    those strings in the row's column order, which every converter builds the same
+    for all its rows (see test_extraction_speedups).
+    """
+    seen: set[tuple] = set()
+    out = []
     for r in rows:
-        key = tuple(sorted((k, str(v)) for k, v in r.items()))
+        key = tuple(map(str, r.values()))
         if key not in seen:
             seen.add(key)
             out.append(r)
     return out
 
 
-def _extract_composite(sp: registry.SearchParam, resource: dict, out: dict[str, list[dict]]) -> None:
-    """One group per combination of component values; components go to their type's table."""
+def _extract_composite(sp: registry.SearchParam, resource: dict, out: dict[str, list[dict]],
+                       evaluator: Any = None, memo: dict | None = None) -> None:
+    """One group per combination of component values; components go to their type's table.
+
+    ``memo`` (one per extract() call) shares a component's rows between the parameters
+    that evaluate the same component expression on the same node, e.g. Observation's
+    `code` in all eight code-value composites. Rows are never mutated once made, so
+    sharing them is safe; a failing evaluation is not memoised and fails again.
+    """
     grp = 0
-    for node, _ in evaluate(sp.expression, resource):  # type: ignore[arg-type]
+    nodes = (evaluator or compile_expression(sp.expression))(resource, resource)  # type: ignore[arg-type]
+    if not nodes:
+        return
+    if memo is None:
+        memo = {}
+    comps = [(comp.expression, comp.type, CONVERTERS.get(comp.type)) for comp in sp.components]
+    for node, _ in nodes:
+        target = resource if node is None else node  # as evaluate() does
         per_comp: list[list[dict]] = []
-        for comp in sp.components:
-            conv = CONVERTERS.get(comp.type)
+        for expr, ctype, conv in comps:
             if conv is None:
                 per_comp = []
                 break
-            rows = _dedupe(conv(evaluate(comp.expression, resource, node)))
-            if comp.type == "token":  # text-only rows cannot be addressed in a composite
-                rows = [r for r in rows if r["code"] is not None]
+            key = (id(target), expr, ctype)
+            hit = memo.get(key)
+            if hit is not None and hit[0] is target:
+                rows = hit[1]
+            else:
+                rows = _dedupe(conv(compile_expression(expr)(target, resource)))
+                if ctype == "token":  # text-only rows cannot be addressed in a composite
+                    rows = [r for r in rows if r["code"] is not None]
+                memo[key] = (target, rows)  # holding target keeps its id from being reused
             per_comp.append(rows)
         if not per_comp or any(not rows for rows in per_comp):
             continue

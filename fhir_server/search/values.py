@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 
@@ -32,6 +33,21 @@ _FOLD = str.maketrans({"ø": "o", "æ": "ae", "ł": "l", "đ": "d", "þ": "th", 
 
 def normalize(text: str) -> str:
     """NFKD, strip combining marks, casefold: `muller` finds `Müller`, `sorensen` finds `Sørensen`."""
+    if text.isascii():  # NFKD and the fold table leave ASCII alone; casefold is lower there
+        return text.lower()[:LEN_NORM]
+    return _normalize_unicode(text)
+
+
+@lru_cache(maxsize=8192)
+def _normalize_unicode(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    if not decomposed.isascii():
+        decomposed = "".join([c for c in decomposed if not unicodedata.combining(c)])
+    return decomposed.casefold().translate(_FOLD)[:LEN_NORM]
+
+
+def _normalize_slow(text: str) -> str:
+    """The reference definition of normalize(), kept for tests of the fast paths."""
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return stripped.casefold().translate(_FOLD)[:LEN_NORM]
@@ -50,6 +66,7 @@ MIN_DT = datetime(1, 1, 1, tzinfo=timezone.utc)
 MAX_DT = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
 
 
+@lru_cache(maxsize=16384)  # results are immutable; Synthea repeats timestamps a lot
 def parse_date_range(text: str) -> tuple[datetime | None, datetime | None]:
     """A FHIR date/dateTime/instant as the UTC half-open range its precision implies.
 
