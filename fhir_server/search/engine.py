@@ -5,9 +5,11 @@ and pk, so a page costs the same wherever it is and rows written between
 page requests neither duplicate nor skip rows already paged past. Stored
 resource bytes are embedded in the Bundle without re-parsing.
 
-Totals: ``_total=none`` omits it; otherwise (default, ``estimate`` and
-``accurate``) an exact COUNT is run, except that a first page which is also
-the last counts itself for free. ``_summary=count`` runs only the COUNT.
+Totals: ``_total=none`` omits it; ``accurate`` runs an exact COUNT on every
+page; by default (and for ``estimate``) only the first page carries the total,
+so that following `next` links costs no COUNT over the whole match set. A
+first page which is also the last counts itself for free. ``_summary=count``
+runs only the COUNT.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class _Plan:
     count: int = DEFAULT_COUNT
     sort: list[tuple[str, bool]] = field(default_factory=list)  # (code, descending)
     includes: list[_Include] = field(default_factory=list)
-    total: str = "accurate"
+    total: str = "default"
     summary: str | None = None
     elements: list[str] | None = None
     cursor: str | None = None
@@ -336,7 +338,7 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
 
     has_next = more if forward else bool(plan.cursor)
     has_prev = bool(plan.cursor) if forward else more
-    if plan.total != "none":
+    if plan.total == "accurate" or (plan.total != "none" and not plan.cursor):
         if not plan.cursor and not more:
             bundle["total"] = len(rows)
         else:

@@ -54,4 +54,15 @@ def make_engine(url: str | None = None) -> Engine:
     # server does not open and close overflow connections per request. No
     # pre-ping: it costs a round trip per checkout; a dead connection surfaces
     # as an error and is replaced (pool_recycle bounds their age).
-    return create_engine(url, pool_size=THREADPOOL_SIZE, max_overflow=4, pool_recycle=1800)
+    # prepare_threshold=None: psycopg would otherwise prepare a statement after
+    # five runs, and PostgreSQL may then switch to a generic plan that ignores
+    # the search values (e.g. scanning every Observation with a code instead of
+    # one patient's few). jit=off: JIT compiling costs more than it saves on
+    # these short queries.
+    return create_engine(
+        url,
+        pool_size=THREADPOOL_SIZE,
+        max_overflow=4,
+        pool_recycle=1800,
+        connect_args={"prepare_threshold": None, "options": "-c jit=off"},
+    )
