@@ -17,7 +17,8 @@ class Database:
 
     def __init__(self, url: str | None = None, engine: Engine | None = None):
         self.engine = engine or make_engine(url)
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # reads get an engine of their own whose connections stay in autocommit
+        self._autocommit = make_engine(url, autocommit=True) if engine is None else engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def dialect(self) -> str:
@@ -45,3 +46,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if hasattr(self._autocommit, "dispose"):
+            self._autocommit.dispose()

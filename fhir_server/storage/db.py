@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.pool import QueuePool
 
 DEFAULT_SQLITE_PATH = Path("data") / "fhir.sqlite"
 # Threads that run blocking request work per process (the API layer sets it).
@@ -20,14 +21,26 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """Create an engine; SQLite gets WAL and foreign keys, PostgreSQL a pool."""
+def make_engine(url: str | None = None, autocommit: bool = False) -> Engine:
+    """Create an engine; SQLite gets WAL and foreign keys, both a pool as large
+    as the request thread pool (so a busy server never opens and closes
+    overflow connections per request). `autocommit=True` makes an engine for
+    reads: its connections stay in autocommit, with no per-checkout switching
+    and no BEGIN/ROLLBACK round trips."""
     url = url or default_database_url()
+    extra = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=QueuePool,
+            pool_size=THREADPOOL_SIZE,
+            max_overflow=4,
+            **extra,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -43,16 +56,14 @@ def make_engine(url: str | None = None) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # pragma: no cover - trivial
-            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            if autocommit or conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
                 return
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    # As many pooled connections as request threads (THREADPOOL_SIZE), so a busy
-    # server does not open and close overflow connections per request. No
-    # pre-ping: it costs a round trip per checkout; a dead connection surfaces
+    # No pre-ping: it costs a round trip per checkout; a dead connection surfaces
     # as an error and is replaced (pool_recycle bounds their age).
     # prepare_threshold=None: psycopg would otherwise prepare a statement after
     # five runs, and PostgreSQL may then switch to a generic plan that ignores
@@ -65,4 +76,5 @@ def make_engine(url: str | None = None) -> Engine:
         max_overflow=4,
         pool_recycle=1800,
         connect_args={"prepare_threshold": None, "options": "-c jit=off"},
+        **extra,
     )
