@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.pool import QueuePool
 
 DEFAULT_SQLITE_PATH = Path("data") / "fhir.sqlite"
@@ -15,6 +15,14 @@ THREADPOOL_SIZE = int(os.environ.get("FHIR_SERVER_THREADS", "16"))
 
 def default_database_url() -> str:
     return os.environ.get("FHIR_SERVER_DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+def _pg_options(url: str) -> str:
+    """Server options for our connections, keeping any `options` the URL gives."""
+    given = make_url(url).query.get("options", "")
+    if isinstance(given, tuple):
+        given = " ".join(given)
+    return " ".join(x for x in (given, "-c jit=off") if x)
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -75,6 +83,6 @@ def make_engine(url: str | None = None, autocommit: bool = False) -> Engine:
         pool_size=THREADPOOL_SIZE,
         max_overflow=4,
         pool_recycle=1800,
-        connect_args={"prepare_threshold": None, "options": "-c jit=off"},
+        connect_args={"prepare_threshold": None, "options": _pg_options(url)},
         **extra,
     )

@@ -173,10 +173,39 @@ def flush(conn: Connection) -> None:
         return
     conn.info[_BUFFER_KEY] = {}
     # versions first: they reference resources rows that exist already
-    for table in sorted(buf, key=lambda t: t.name != "resource_versions"):
+    tables = sorted(buf, key=lambda t: t.name != "resource_versions")
+    if conn.dialect.name == "postgresql":
+        _flush_pipelined(conn, [(t, buf[t]) for t in tables])
+        return
+    for table in tables:
         rows = buf[table]
         for i in range(0, len(rows), 1000):
             conn.execute(table.insert(), rows[i : i + 1000])
+
+
+def _flush_pipelined(conn: Connection, work: list[tuple]) -> None:
+    """PostgreSQL: every buffered table's rows in one psycopg pipeline, so the
+    whole flush costs a single network round trip."""
+    raw = conn.connection.dbapi_connection
+    with raw.pipeline(), raw.cursor() as cur:
+        for table, rows in work:
+            by_keys: dict[tuple, list[dict]] = {}
+            for r in rows:
+                by_keys.setdefault(tuple(r), []).append(r)
+            for keys, group in by_keys.items():
+                cur.executemany(_insert_sql(table, keys, conn.dialect), group)
+
+
+_SQL_CACHE: dict[tuple, str] = {}
+
+
+def _insert_sql(table, keys: tuple, dialect) -> str:
+    key = (table.name, keys, dialect.name)
+    sql = _SQL_CACHE.get(key)
+    if sql is None:
+        sql = str(table.insert().inline().compile(dialect=dialect, column_keys=list(keys)))
+        _SQL_CACHE[key] = sql
+    return sql
 
 
 def discard_buffer(conn: Connection) -> None:
