@@ -77,36 +77,6 @@ def bare_app_factory():
     return app
 
 
-def _nodelay_protocol_base():
-    try:
-        import httptools  # noqa: F401  (uvicorn prefers it when installed, as the server does)
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base
-    return base
-
-
-class NoDelayHTTPProtocol(_nodelay_protocol_base()):
-    """uvicorn's HTTP protocol plus TCP_NODELAY on every accepted socket.
-
-    With --workers > 1 uvicorn binds the listening socket itself with proto 0, and
-    asyncio then skips TCP_NODELAY on accepted sockets (it checks proto ==
-    IPPROTO_TCP). Nagle then meets the client's delayed ACK and every keep-alive
-    request after the first waits ~40 ms (Kludex/uvicorn#3149). The bare endpoint is
-    the ceiling, so it gets the fix. The server doesn't, and the keep-alive probe
-    below reports whether the server has it.
-    """
-
-    def connection_made(self, transport) -> None:  # type: ignore[override]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        super().connection_made(transport)
-
-
 def serve_bare(port: int, workers: int) -> None:
     import uvicorn
 
@@ -114,7 +84,7 @@ def serve_bare(port: int, workers: int) -> None:
         "bench_rest:bare_app_factory",
         factory=True,
         app_dir=str(BENCH_DIR),
-        http="bench_rest:NoDelayHTTPProtocol",
+        http="fhir_server.api.protocol:NoDelayHTTPProtocol",  # the same protocol as the server
         host="127.0.0.1",
         port=port,
         workers=workers,

@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import Issue
 from . import definitions as defs
 from .formats import PATTERNS, format_error
-from .definitions import BOOL, COMPLEX, DEC, INT, INT_RANGES, PRIMITIVE, PRIMITIVE_EXT, RESOURCE, STR
+from .definitions import BOOL, DEC, INT, INT_RANGES, PRIMITIVE, PRIMITIVE_EXT, RESOURCE, STR
 
 _JSON_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
                float: "a number", type(None): "null"}

@@ -17,8 +17,7 @@ from sqlalchemy import Connection, and_, false, func, select
 from ..errors import FhirError
 from ..model.definitions import resource_types
 from ..rest.context import Outcome
-from ..rest.operations import OperationCall, operation
-from ..security.authz import AccessRequest, authorize
+from ..rest.operations import OperationCall, body_parameters, operation
 from ..storage.schema import idx_reference, resources
 from . import compartment_ref_condition, patient_compartment
 
@@ -46,24 +45,6 @@ def _int(value: str, name: str) -> int:
     return n
 
 
-def _body_params(call: OperationCall) -> list[tuple[str, str]]:
-    if call.method != "POST" or not call.body.strip():
-        return []
-    try:
-        doc = orjson.loads(call.body)
-    except orjson.JSONDecodeError as exc:
-        raise FhirError.of(400, "structure", f"Malformed JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Parameters":
-        raise FhirError.of(400, "structure", "A POSTed $everything takes a Parameters resource")
-    out = []
-    for p in doc.get("parameter") or []:
-        vals = [v for k, v in p.items() if k.startswith("value")] if isinstance(p, dict) else []
-        if not isinstance(p, dict) or len(vals) != 1 or not isinstance(vals[0], (str, int)):
-            raise FhirError.of(400, "structure", "Each parameter needs a name and one simple value[x]")
-        out.append((p.get("name"), str(vals[0])))
-    return out
-
-
 def _entry(base: str, res_type: str, res_id: str, content: bytes, mode: str) -> dict:
     return {"fullUrl": f"{base}/{res_type}/{res_id}", "resource": orjson.Fragment(bytes(content)), "search": {"mode": mode}}
 
@@ -72,8 +53,7 @@ def _entry(base: str, res_type: str, res_id: str, content: bytes, mode: str) -> 
 def everything(call: OperationCall) -> Outcome:
     if call.method not in ("GET", "POST"):
         raise FhirError.of(405, "not-supported", f"$everything does not accept {call.method}")
-    authorize(call.ctx.principal, AccessRequest("operation", "Patient", call.res_id))
-    pairs = list(call.params) + _body_params(call)
+    pairs = list(call.params) + body_parameters(call)
     since = None
     types: set[str] | None = None
     count = call.settings.default_page_size

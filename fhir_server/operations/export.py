@@ -37,8 +37,7 @@ from ..errors import FhirError, Issue, operation_outcome
 from ..jobs import queue
 from ..model.definitions import resource_types
 from ..rest.context import Outcome
-from ..rest.operations import OperationCall, operation
-from ..security.authz import AccessRequest, authorize
+from ..rest.operations import OperationCall, body_parameters, operation
 from ..storage.schema import idx_reference, job_files, resource_versions, resources
 from . import compartment_ref_condition, patient_compartment
 
@@ -69,32 +68,6 @@ _FILTER_FORBIDDEN = {"_include", "_revinclude", "_sort", "_count", "_elements", 
 def _prefer_async(headers: dict[str, str]) -> bool:
     prefer = headers.get("prefer", "")
     return any(p.strip().lower() == "respond-async" for p in prefer.replace(";", ",").split(","))
-
-
-def _body_params(call: OperationCall) -> list[tuple[str, Any]]:
-    """(name, value) pairs from a POSTed Parameters resource."""
-    if call.method != "POST" or not call.body.strip():
-        return []
-    try:
-        doc = orjson.loads(call.body)
-    except orjson.JSONDecodeError as exc:
-        raise FhirError.of(400, "structure", f"Malformed JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Parameters":
-        raise FhirError.of(400, "structure", "A POSTed $export takes a Parameters resource")
-    out: list[tuple[str, Any]] = []
-    for p in doc.get("parameter") or []:
-        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
-            raise FhirError.of(400, "structure", "Each Parameters.parameter needs a name")
-        values = [v for k, v in p.items() if k.startswith("value")]
-        if len(values) != 1:
-            raise FhirError.of(400, "structure", f"Parameter '{p['name']}' needs exactly one value[x]")
-        value = values[0]
-        if isinstance(value, dict):  # Reference
-            value = value.get("reference")
-        if not isinstance(value, str):
-            raise FhirError.of(400, "invalid", f"Parameter '{p['name']}' has an unsupported value type")
-        out.append((p["name"], value))
-    return out
 
 
 def _parse_since(value: str) -> datetime:
@@ -177,11 +150,10 @@ def kick_off(call: OperationCall) -> Outcome:
         raise FhirError.of(400, "not-supported", "$export at instance level is only defined for Group")
     if call.method not in ("GET", "POST"):
         raise FhirError.of(405, "not-supported", f"$export does not accept {call.method}")
-    authorize(call.ctx.principal, AccessRequest("operation", call.res_type, call.res_id))
     if not _prefer_async(call.headers):
         raise FhirError.of(400, "invalid", "$export is asynchronous: send the header 'Prefer: respond-async'")
 
-    pairs: list[tuple[str, str]] = list(call.params) + _body_params(call)
+    pairs: list[tuple[str, str]] = list(call.params) + body_parameters(call)
     types: list[str] = []
     since: datetime | None = None
     raw_filters: list[str] = []
@@ -314,7 +286,6 @@ def _manifest(call: OperationCall, job: queue.Job, files: list) -> bytes:
 def poll_status(call: OperationCall):
     """Bulk Data status endpoint: progress, manifest, failure, or cancellation."""
     job_id = _job_id_param(call)
-    authorize(call.ctx.principal, AccessRequest("operation"))
     if call.method == "DELETE":
         with call.db.write() as conn:
             _load_export(conn, call, job_id)
@@ -368,7 +339,6 @@ def export_file(call: OperationCall):
     if call.method != "GET":
         raise FhirError.of(405, "not-supported", "Export files are read with GET")
     job_id = _job_id_param(call)
-    authorize(call.ctx.principal, AccessRequest("operation"))
     names = [v for k, v in call.params if k == "_file"]
     if len(names) != 1:
         raise FhirError.of(400, "invalid", "Give exactly one _file", "_file")

@@ -29,6 +29,34 @@ class OperationCall:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def body_parameters(call: OperationCall) -> list[tuple[str, str]]:
+    """(name, value) pairs of a POSTed Parameters body: primitive values as
+    text, a Reference as its reference string. Empty for GET."""
+    if call.method != "POST" or not call.body.strip():
+        return []
+    from ..model import jsonio
+
+    doc = jsonio.parse_plain(call.body)
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Parameters":
+        raise FhirError.of(400, "structure", f"A POSTed ${call.name} takes a Parameters resource")
+    out: list[tuple[str, str]] = []
+    for p in doc.get("parameter") or []:
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise FhirError.of(400, "structure", "Each Parameters.parameter needs a name")
+        values = [v for k, v in p.items() if k.startswith("value")]
+        if len(values) != 1:
+            raise FhirError.of(400, "structure", f"Parameter '{p['name']}' needs exactly one value[x]")
+        value = values[0]
+        if isinstance(value, dict):  # Reference
+            value = value.get("reference")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if not isinstance(value, (str, int)):
+            raise FhirError.of(400, "invalid", f"Parameter '{p['name']}' has an unsupported value type")
+        out.append((p["name"], str(value)))
+    return out
+
+
 Handler = Callable[[OperationCall], Any]
 # (name, level) -> handler; level is "system", "type" or "instance".
 _handlers: dict[tuple[str, str], tuple[Handler, tuple[str, ...] | None]] = {}

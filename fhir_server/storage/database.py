@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -17,6 +18,7 @@ class Database:
 
     def __init__(self, url: str | None = None, engine: Engine | None = None):
         self.engine = engine or make_engine(url)
+        self._writer_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
         # reads get an engine of their own whose connections stay in autocommit
         self._autocommit = make_engine(url, autocommit=True) if engine is None else engine.execution_options(isolation_level="AUTOCOMMIT")
 
@@ -26,6 +28,16 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        if self._writer_lock is None:
+            yield from self._write()
+            return
+        # SQLite allows one writer at a time; queueing writers on a lock here is
+        # fair and immediate, where SQLite's own busy handler sleeps and retries
+        # (seconds of tail latency under concurrent writes).
+        with self._writer_lock:
+            yield from self._write()
+
+    def _write(self) -> Iterator[Connection]:
         from .repository import discard_buffer, flush, start_buffering
 
         with self.engine.connect() as conn:

@@ -22,7 +22,7 @@ def _pg_options(url: str) -> str:
     given = make_url(url).query.get("options", "")
     if isinstance(given, tuple):
         given = " ".join(given)
-    return " ".join(x for x in (given, "-c jit=off") if x)
+    return " ".join(x for x in (given, "-c plan_cache_mode=force_custom_plan -c jit=off") if x)
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -73,16 +73,16 @@ def make_engine(url: str | None = None, autocommit: bool = False) -> Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     # No pre-ping: it costs a round trip per checkout; a dead connection surfaces
     # as an error and is replaced (pool_recycle bounds their age).
-    # prepare_threshold=None: psycopg would otherwise prepare a statement after
-    # five runs, and PostgreSQL may then switch to a generic plan that ignores
-    # the search values (e.g. scanning every Observation with a code instead of
-    # one patient's few). jit=off: JIT compiling costs more than it saves on
-    # these short queries.
+    # plan_cache_mode=force_custom_plan: psycopg prepares a statement after five
+    # runs, and PostgreSQL could then switch to a generic plan that ignores the
+    # search values (e.g. scanning every Observation with a code instead of one
+    # patient's few); this keeps the parse savings but plans with the values.
+    # jit=off: JIT compiling costs more than it saves on these short queries.
     return create_engine(
         url,
         pool_size=THREADPOOL_SIZE,
         max_overflow=4,
         pool_recycle=1800,
-        connect_args={"prepare_threshold": None, "options": _pg_options(url)},
+        connect_args={"options": _pg_options(url)},
         **extra,
     )

@@ -281,7 +281,7 @@ def test_reference_forms(db):
     assert db.set_ids("Observation", "subject=Patient/p1") == {"o1"}
     assert db.set_ids("Observation", "subject=p1") == {"o1"}
     assert db.set_ids("Observation", "subject:Patient=p1") == {"o1"}
-    assert db.set_ids("Observation", f"subject=http://test.local/fhir/Patient/p1") == {"o1"}
+    assert db.set_ids("Observation", "subject=http://test.local/fhir/Patient/p1") == {"o1"}
     assert db.set_ids("Observation", "subject=http://other.server/fhir/Patient/p1") == {"o3"}
     assert db.set_ids("Observation", "patient=Patient/p2") == {"o2"}
     assert db.set_ids("Observation", "performer=Practitioner/dr1") == {"o1"}
