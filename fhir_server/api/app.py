@@ -175,6 +175,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         body = await _body(request, settings)
         if method == "POST":
             parsed = _parse_resource_body(request, body)
+            ix.prevalidate(res_type, parsed)
             out = await in_write(ix.create, c, res_type, parsed, request.headers.get("if-none-exist"))
             return http.outcome_response(request, out)
         query = request.url.query
@@ -231,6 +232,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         body = await _body(request, settings)
         if method == "PUT":
             parsed = _parse_resource_body(request, body)
+            ix.prevalidate(res_type, parsed)
             out = await in_write(ix.update, c, res_type, res_id, parsed, request.headers.get("if-match"))
         else:
             patch_body = _patch_body(request, body)

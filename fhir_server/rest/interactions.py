@@ -35,6 +35,7 @@ class ParsedResource:
 
     plain: dict
     preserving: dict
+    validated_as: str | None = None  # set once validated, so it is not done twice
 
     @classmethod
     def from_bytes(cls, body: bytes) -> "ParsedResource":
@@ -99,10 +100,20 @@ def check_id(res_id: str) -> None:
 def _validate(res_type: str, parsed: ParsedResource) -> None:
     from ..model.validation import validate_resource
 
+    if parsed.validated_as == res_type:
+        return
     issues = validate_resource(parsed.plain, res_type)
     errors = [i for i in issues if i.severity in ("error", "fatal")]
     if errors:
         raise FhirError(400, errors)
+    parsed.validated_as = res_type
+
+
+def prevalidate(res_type: str, parsed: ParsedResource) -> None:
+    """Validate before the write transaction opens, so that the CPU work is not
+    done while holding the database's write lock (SQLite has one writer)."""
+    check_type(res_type)
+    _validate(res_type, parsed)
 
 
 def _query_pairs(query: str) -> list[tuple[str, str]]:
