@@ -93,6 +93,9 @@ def sync_from_resources(conn: Connection, only_type: str | None = None) -> tuple
     """Record new or changed SearchParameter resources as pending.
 
     Returns (urls now pending, resource types to re-index)."""
+    from ..storage.repository import flush
+
+    flush(conn)
     official = registry.official_urls()
     stored = {row.url: row for row in conn.execute(select(custom_search_params))}
     seen: set[str] = set()

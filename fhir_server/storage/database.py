@@ -7,6 +7,9 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import FhirError
 
 from .db import make_engine
 
@@ -47,6 +50,13 @@ class Database:
                 with conn.begin():
                     yield conn
                     flush(conn)  # buffered version and index rows, before COMMIT
+            except IntegrityError as exc:
+                # two writers created the same resource at once: the loser changes nothing
+                raise FhirError.of(409, "conflict", f"Concurrent write conflict, nothing was written; retry the request ({_first_line(exc)})") from None
+            except Exception as exc:
+                if _is_pg_integrity_error(exc):
+                    raise FhirError.of(409, "conflict", f"Concurrent write conflict, nothing was written; retry the request ({_first_line(exc)})") from None
+                raise
             finally:
                 discard_buffer(conn)
                 conn.info["write"] = False
@@ -60,3 +70,17 @@ class Database:
         self.engine.dispose()
         if hasattr(self._autocommit, "dispose"):
             self._autocommit.dispose()
+
+
+def _is_pg_integrity_error(exc: Exception) -> bool:
+    """psycopg's own IntegrityError (raised by the pipelined/COPY flush, which
+    bypasses SQLAlchemy's wrapping)."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, psycopg.errors.IntegrityError)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(getattr(exc, "orig", exc)).strip().splitlines()[0][:200]

@@ -60,12 +60,14 @@ def _utc(dt: datetime) -> datetime:
 
 
 def read_current(conn: Connection, res_type: str, res_id: str, for_update: bool = False) -> StoredResource | None:
+    flush(conn)
     stmt = _READ_CURRENT_FOR_UPDATE if for_update and conn.dialect.name == "postgresql" else _READ_CURRENT
     r = conn.execute(stmt, {"t": res_type, "i": res_id}).first()
     return _row(r) if r else None
 
 
 def read_by_pks(conn: Connection, pks: list[int]) -> list[StoredResource]:
+    flush(conn)
     out: list[StoredResource] = []
     for i in range(0, len(pks), 500):
         chunk = pks[i : i + 500]
@@ -87,7 +89,18 @@ def read_version(conn: Connection, res_type: str, res_id: str, version_id: int):
 def insert_resource(
     conn: Connection, res_type: str, res_id: str, version_id: int, last_updated: datetime, content: bytes, method: str
 ) -> int:
-    """Insert a brand-new logical resource with its first version; returns pk."""
+    """Insert a brand-new logical resource with its first version; returns pk.
+
+    On PostgreSQL inside Database.write the key is taken from a block of
+    pre-allocated sequence values and the row is buffered like the rest, so a
+    transaction Bundle does not pay one round trip per resource."""
+    if conn.info.get(_BUFFERING) and conn.dialect.name == "postgresql":
+        pk = _allocate_pk(conn)
+        row = {"pk": pk, "res_type": res_type, "res_id": res_id, "version_id": version_id,
+               "last_updated": last_updated, "deleted": False, "content": content}
+        buffer_rows(conn, resources, [row])
+        _insert_version(conn, pk, res_type, res_id, version_id, last_updated, content, method, False)
+        return pk
     pk = conn.execute(
         _INSERT_RESOURCE,
         {
@@ -172,8 +185,8 @@ def flush(conn: Connection) -> None:
     if not buf:
         return
     conn.info[_BUFFER_KEY] = {}
-    # versions first: they reference resources rows that exist already
-    tables = sorted(buf, key=lambda t: t.name != "resource_versions")
+    # resources first, then versions, then index rows (foreign keys point that way)
+    tables = sorted(buf, key=lambda t: {"resources": 0, "resource_versions": 1}.get(t.name, 2))
     if conn.dialect.name == "postgresql":
         _flush_pipelined(conn, [(t, buf[t]) for t in tables])
         return
@@ -183,10 +196,42 @@ def flush(conn: Connection) -> None:
             conn.execute(table.insert(), rows[i : i + 1000])
 
 
+_PK_POOL = "fhir_pk_pool"
+PK_BLOCK = 200
+
+
+def _allocate_pk(conn: Connection) -> int:
+    """A resources.pk from a block of sequence values held by this connection
+    (gaps are harmless: keys need only be unique and increasing)."""
+    pool = conn.info.setdefault(_PK_POOL, [])
+    if not pool:
+        values = conn.execute(
+            text("SELECT nextval(pg_get_serial_sequence('resources', 'pk')) FROM generate_series(1, :n)"), {"n": PK_BLOCK}
+        ).scalars().all()
+        pool.extend(sorted(values, reverse=True))
+    return pool.pop()
+
+
+# From this many buffered rows on, COPY beats a pipeline of INSERTs.
+COPY_THRESHOLD = 200
+
+
 def _flush_pipelined(conn: Connection, work: list[tuple]) -> None:
     """PostgreSQL: every buffered table's rows in one psycopg pipeline, so the
-    whole flush costs a single network round trip."""
+    whole flush costs a single network round trip; large flushes (a
+    transaction Bundle) stream each table with COPY instead."""
     raw = conn.connection.dbapi_connection
+    if sum(len(rows) for _t, rows in work) >= COPY_THRESHOLD:
+        with raw.cursor() as cur:
+            for table, rows in work:
+                by_keys: dict[tuple, list[dict]] = {}
+                for r in rows:
+                    by_keys.setdefault(tuple(r), []).append(r)
+                for keys, group in by_keys.items():
+                    with cur.copy(f"COPY {table.name} ({', '.join(keys)}) FROM STDIN") as copy:
+                        for r in group:
+                            copy.write_row(tuple(r.values()))
+        return
     with raw.pipeline(), raw.cursor() as cur:
         for table, rows in work:
             by_keys: dict[tuple, list[dict]] = {}

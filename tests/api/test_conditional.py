@@ -78,3 +78,29 @@ def test_conditional_delete_multiple_is_412(client):
 
 def test_conditional_without_criteria_is_400(client):
     assert client.delete("/fhir/Patient").status_code == 400
+
+
+def test_concurrent_update_as_create_never_500(app):
+    """Racing PUTs that create the same id: one creates, the others update or
+    get a clean 409; none fails with a 500 and exactly one version 1 exists."""
+    from fastapi.testclient import TestClient
+
+    rid = f"race-{uuid.uuid4().hex[:12]}"
+    statuses: list[int] = []
+
+    def worker():
+        with TestClient(app) as c:
+            r = c.put(f"/fhir/Patient/{rid}", json={"resourceType": "Patient", "id": rid})
+            statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count(201) == 1, statuses
+    assert all(s in (200, 201, 409) for s in statuses), statuses
+    with TestClient(app) as c:
+        hist = c.get(f"/fhir/Patient/{rid}/_history").json()
+    versions = sorted(int(e["resource"]["meta"]["versionId"]) for e in hist["entry"])
+    assert versions == list(range(1, len(versions) + 1))
