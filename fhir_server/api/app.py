@@ -71,6 +71,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     app.add_middleware(RequestIdMiddleware)
     _limit_request_threads(app)
+    if db.dialect == "postgresql":
+        _attach_async_reader(app, db)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError):
@@ -247,6 +249,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             # event loop beats a hop to the thread pool and the GIL hand-offs.
             with db.read() as conn:
                 out = ix.read(conn, c, res_type, res_id)
+        elif getattr(app.state, "async_reader", None) is not None:
+            ix.check_read(c, res_type, res_id)
+            out = ix.read_outcome(res_type, res_id, await app.state.async_reader.read_current(res_type, res_id))
         else:
             out = await in_read(ix.read, c, res_type, res_id)
         return _conditional_read_response(request, out, summary, elements)
@@ -319,6 +324,30 @@ def _limit_request_threads(app: FastAPI) -> None:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADPOOL_SIZE
         async with inner(a) as state:
             yield state
+
+    app.router.lifespan_context = lifespan
+
+
+def _attach_async_reader(app: FastAPI, db: Database) -> None:
+    """Open an asyncio psycopg pool for reads by id with the app's lifespan."""
+    from contextlib import asynccontextmanager
+
+    from ..storage.async_reads import AsyncReader
+    from ..storage.db import THREADPOOL_SIZE
+
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a):
+        reader = AsyncReader(db.engine.url.render_as_string(hide_password=False), THREADPOOL_SIZE)
+        await reader.open()
+        app.state.async_reader = reader
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            app.state.async_reader = None
+            await reader.close()
 
     app.router.lifespan_context = lifespan
 

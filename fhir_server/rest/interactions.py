@@ -396,9 +396,18 @@ def search(conn: Connection, ctx: RequestContext, res_type: str | None, params: 
 
 
 def read(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> Outcome:
+    check_read(ctx, res_type, res_id)
+    return read_outcome(res_type, res_id, repo.read_current(conn, res_type, res_id))
+
+
+def check_read(ctx: RequestContext, res_type: str, res_id: str) -> None:
+    """What a read checks before it touches the database."""
     check_type(res_type)
     authorize(ctx.principal, AccessRequest("read", res_type, res_id))
-    stored = repo.read_current(conn, res_type, res_id)
+
+
+def read_outcome(res_type: str, res_id: str, stored: repo.StoredResource | None) -> Outcome:
+    """The answer to a read, given the stored row (or None)."""
     if stored is None:
         raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
     if stored.deleted:

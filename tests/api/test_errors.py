@@ -45,7 +45,7 @@ def test_unexpected_errors_are_500_operation_outcomes_with_request_id(app, monke
     def boom(*a, **k):
         raise RuntimeError("simulated fault")
 
-    monkeypatch.setattr(interactions, "read", boom)
+    monkeypatch.setattr(interactions, "read_outcome", boom)
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.get("/fhir/Patient/anything", headers={"X-Request-Id": "req-42"})
     assert r.status_code == 500
