@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings
-from ..errors import FhirError, Issue
+from ..errors import FhirError
 from ..model import jsonio
 from ..rest import history as history_mod
 from ..rest import interactions as ix
@@ -388,5 +388,3 @@ def app_factory() -> FastAPI:
 
     return build_app()
 
-
-__all__ = ["create_app", "Issue"]

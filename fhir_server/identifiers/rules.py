@@ -18,7 +18,7 @@ from sqlalchemy import Connection, select
 from ..errors import FhirError, Issue
 from ..storage import repository as repo
 from ..storage.schema import idx_token, resources
-from . import birth_date, canonical_system, check, scheme_for_system
+from . import birth_date, check, scheme_for_system
 
 log = logging.getLogger("fhir_server.identifiers")
 
@@ -141,4 +141,4 @@ def on_database(db, settings) -> None:
             ix.update(conn, ctx, "NamingSystem", ns["id"], ix.ParsedResource.from_bytes(orjson.dumps(ns)))
 
 
-__all__ = ["national_identifiers", "find_by_national_identifier", "setup", "canonical_system"]
+__all__ = ["national_identifiers", "find_by_national_identifier", "setup", "on_database"]

@@ -10,7 +10,6 @@ transaction of its own.
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,6 @@ from .context import Outcome, RequestContext
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 304: "304 Not Modified"}
-_REF_URL = re.compile(r"^(?:[A-Za-z]+/[A-Za-z0-9\-.]{1,64}|urn:(?:uuid|oid):\S+)$")
 
 
 @dataclass
@@ -314,4 +312,4 @@ def process_bundle(db, ctx: RequestContext, parsed: ix.ParsedResource, settings)
     return Outcome(status=200, body=jsonio.dumps(result))
 
 
-__all__ = ["process_bundle", "process_transaction", "process_batch", "_REF_URL"]
+__all__ = ["process_bundle", "process_transaction", "process_batch"]

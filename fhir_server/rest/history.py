@@ -13,7 +13,7 @@ from ..model import jsonio
 from ..security.authz import AccessRequest, authorize
 from ..storage import repository as repo
 from .context import RequestContext
-from .interactions import check_type, fhir_instant, http_date, parse_instant
+from .interactions import check_type, fhir_instant, parse_instant
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
@@ -95,5 +95,3 @@ def history(
     bundle["entry"] = entries
     return jsonio.dumps(bundle)
 
-
-__all__ = ["history", "http_date"]
