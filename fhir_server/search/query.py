@@ -14,7 +14,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from sqlalchemy import ColumnElement, and_, false, not_, or_, select, true
-from sqlalchemy.sql import FromClause
+from sqlalchemy.sql import FromClause, operators
+from sqlalchemy.sql.elements import BooleanClauseList
 
 from ..errors import FhirError
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
@@ -164,10 +165,20 @@ def _index_condition(ctx: QueryContext, res_type: str | None, sp: SearchParam, m
         return r.c.pk.in_(_composite_subquery(ctx, res_type, sp, value))
     builder = _BUILDERS[sp.type]
     conds = [builder(ctx, sp, modifier, v, table) for v in _values(value)]
-    sub = select(table.c.res_pk).where(*base, or_(*conds))
+    # (type AND param AND a) OR (type AND param AND b), not type AND param AND (a OR b):
+    # SQLite uses an index per disjunct only when each disjunct is complete.
+    alternatives = [c for cond in conds for c in _disjuncts(cond)]
+    sub = select(table.c.res_pk).where(or_(*(and_(*base, c) for c in alternatives)))
     if modifier == "not":
         return r.c.pk.not_in(sub)
     return r.c.pk.in_(sub)
+
+
+def _disjuncts(cond: ColumnElement) -> list[ColumnElement]:
+    """The members of a top-level OR (or the condition itself)."""
+    if isinstance(cond, BooleanClauseList) and cond.operator is operators.or_:
+        return [c for member in cond.clauses for c in _disjuncts(member)]
+    return [cond]
 
 
 def _split_prefix(v: str, sp_type: str, name: str) -> tuple[str, str]:
