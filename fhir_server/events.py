@@ -37,6 +37,10 @@ def unsubscribe(fn: Subscriber) -> None:
         _subscribers.remove(fn)
 
 
+def has_subscribers() -> bool:
+    return bool(_subscribers)
+
+
 def emit(conn: Connection, change: ResourceChange) -> None:
     for fn in list(_subscribers):
         fn(conn, change)

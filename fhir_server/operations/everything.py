@@ -17,6 +17,7 @@ from sqlalchemy import Connection, and_, false, func, select
 from ..errors import FhirError
 from ..model.definitions import resource_types
 from ..rest.context import Outcome
+from ..rest.interactions import parse_instant
 from ..rest.operations import OperationCall, body_parameters, operation
 from ..storage.schema import idx_reference, resources
 from . import compartment_ref_condition, patient_compartment
@@ -27,12 +28,6 @@ MAX_COUNT = 1000
 SUPPORTING_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Location", "Medication", "Device", "Substance")
 
 
-def _since(value: str) -> datetime:
-    try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise FhirError.of(400, "invalid", f"Invalid _since '{value}': expected a FHIR instant", "_since") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def _int(value: str, name: str) -> int:
@@ -60,7 +55,7 @@ def everything(call: OperationCall) -> Outcome:
     after = 0
     for name, value in pairs:
         if name == "_since":
-            since = _since(value)
+            since = parse_instant(value.strip(), "_since").astimezone(timezone.utc)
         elif name == "_type":
             wanted = {t.strip() for t in value.split(",") if t.strip()}
             unknown = sorted(t for t in wanted if t not in resource_types())

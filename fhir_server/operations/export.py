@@ -37,6 +37,7 @@ from ..errors import FhirError, Issue, operation_outcome
 from ..jobs import queue
 from ..model.definitions import resource_types
 from ..rest.context import Outcome
+from ..rest.interactions import parse_instant
 from ..rest.operations import OperationCall, body_parameters, operation
 from ..storage.schema import idx_reference, job_files, resource_versions, resources
 from . import compartment_ref_condition, patient_compartment
@@ -70,12 +71,6 @@ def _prefer_async(headers: dict[str, str]) -> bool:
     return any(p.strip().lower() == "respond-async" for p in prefer.replace(";", ",").split(","))
 
 
-def _parse_since(value: str) -> datetime:
-    try:
-        dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise FhirError.of(400, "invalid", f"Invalid _since '{value}': expected a FHIR instant such as 2024-05-01T10:00:00Z", "_since") from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def _patient_id(reference: str) -> str | None:
@@ -163,7 +158,7 @@ def kick_off(call: OperationCall) -> Outcome:
             if value.strip().lower() not in OUTPUT_FORMATS:
                 raise FhirError.of(400, "not-supported", f"_outputFormat '{value}' is not supported: use application/fhir+ndjson", "_outputFormat")
         elif name == "_since":
-            since = _parse_since(value)
+            since = parse_instant(value.strip(), "_since").astimezone(timezone.utc)
         elif name == "_type":
             types.extend(t.strip() for t in value.split(",") if t.strip())
         elif name == "_typeFilter":

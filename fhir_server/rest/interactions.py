@@ -201,8 +201,9 @@ def _store(
         repo.write_version(conn, pk, res_type, res_id, version_id, now, content, http_method)
         delete_index(conn, pk)
     index_resource(conn, pk, res_type, parsed.plain)
-    old = jsonio.parse_plain(current.content) if current is not None and current.content else None
-    events.emit(conn, events.ResourceChange(res_type, res_id, version_id, method, old, parsed.plain))
+    if events.has_subscribers():  # parsing the old version costs; only listeners need it
+        old = jsonio.parse_plain(current.content) if current is not None and current.content else None
+        events.emit(conn, events.ResourceChange(res_type, res_id, version_id, method, old, parsed.plain))
     status = 201 if current is None or current.deleted else 200
     return Outcome(
         status=status,
@@ -364,7 +365,8 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
     now = now_utc()
     repo.write_version(conn, current.pk, res_type, res_id, version_id, now, None, "DELETE")
     delete_index(conn, current.pk)
-    events.emit(conn, events.ResourceChange(res_type, res_id, version_id, "delete", jsonio.parse_plain(current.content), None))
+    if events.has_subscribers():
+        events.emit(conn, events.ResourceChange(res_type, res_id, version_id, "delete", jsonio.parse_plain(current.content), None))
     out = Outcome(status=200, res_type=res_type, res_id=res_id, version_id=version_id, last_modified=http_date(now))
     out.headers["ETag"] = out.etag
     out.body = jsonio.dumps(operation_outcome([Issue("information", "informational", f"Deleted {res_type}/{res_id}")]))

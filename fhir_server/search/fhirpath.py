@@ -196,17 +196,7 @@ def _step_field(name: str) -> StepFn:
         out: list[Item] = []
         for node, _ in items:
             if isinstance(node, dict):
-                v = node.get(name, _MISSING)
-                if v is not _MISSING:
-                    if isinstance(v, list):
-                        out.extend([(x, None) for x in v])
-                    else:
-                        out.append((v, None))
-                    continue
-                for k in node:
-                    t = choices.get(k)
-                    if t is not None:
-                        out.append((node[k], t))
+                _field_of(node, name, choices, out)
         return out
 
     return step
