@@ -23,6 +23,7 @@ from ..rest.operations import OperationCall, dispatch
 from ..rest.projection import project, validate_summary
 from ..storage.database import Database
 from . import http
+from .fast_read import FAST_READER, FastReads
 
 log = logging.getLogger("fhir_server")
 
@@ -65,14 +66,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.settings = settings
     app.state.db = db
     base = settings.base_path.rstrip("/")
-    inline_reads = db.dialect == "sqlite"
 
     # ------------------------------------------------------------------ plumbing
 
+    app.add_middleware(FastReads, base_path=base)
     app.add_middleware(RequestIdMiddleware)
     _limit_request_threads(app)
-    if db.dialect == "postgresql":
-        _attach_async_reader(app, db)
+    _attach_fast_reader(app, db)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError):
@@ -244,14 +244,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     async def _read(request: Request, c, res_type: str, res_id: str):
         summary = validate_summary(request.query_params.get("_summary"))
         elements = request.query_params.get("_elements")
-        if inline_reads:
-            # A primary-key lookup on SQLite takes microseconds: running it on the
-            # event loop beats a hop to the thread pool and the GIL hand-offs.
-            with db.read() as conn:
-                out = ix.read(conn, c, res_type, res_id)
-        elif getattr(app.state, "async_reader", None) is not None:
+        reader = getattr(request.state, FAST_READER, None)
+        if reader is not None:
             ix.check_read(c, res_type, res_id)
-            out = ix.read_outcome(res_type, res_id, await app.state.async_reader.read_current(res_type, res_id))
+            out = ix.read_outcome(res_type, res_id, await reader.read_current(res_type, res_id))
         else:
             out = await in_read(ix.read, c, res_type, res_id)
         return _conditional_read_response(request, out, summary, elements)
@@ -328,26 +324,29 @@ def _limit_request_threads(app: FastAPI) -> None:
     app.router.lifespan_context = lifespan
 
 
-def _attach_async_reader(app: FastAPI, db: Database) -> None:
-    """Open an asyncio psycopg pool for reads by id with the app's lifespan."""
+def _attach_fast_reader(app: FastAPI, db: Database) -> None:
+    """Open the event-loop reader for reads by id (asyncpg or sqlite3) with the app's lifespan."""
     from contextlib import asynccontextmanager
 
-    from ..storage.async_reads import AsyncReader
+    from ..storage.async_reads import reader_for
     from ..storage.db import THREADPOOL_SIZE
 
     inner = app.router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(a):
-        reader = AsyncReader(db.engine.url.render_as_string(hide_password=False), THREADPOOL_SIZE)
-        await reader.open()
-        app.state.async_reader = reader
+        # Kept in the lifespan state (copied into each request's scope) rather than
+        # on app.state: each server running this app (a test client beside a live
+        # uvicorn, say) has its own event loop, and a reader belongs to one loop.
+        reader = reader_for(db.engine.url.render_as_string(hide_password=False), THREADPOOL_SIZE)
+        if reader is not None:
+            await reader.open()
         try:
             async with inner(a) as state:
-                yield state
+                yield {**(state or {}), FAST_READER: reader}
         finally:
-            app.state.async_reader = None
-            await reader.close()
+            if reader is not None:
+                await reader.close()
 
     app.router.lifespan_context = lifespan
 

@@ -18,13 +18,16 @@ FORMAT_PARAMS = ("_format", "_pretty")
 
 def response_media_type(request: Request) -> str:
     """The JSON flavour to answer with; 406 when only XML is acceptable."""
-    fmt = request.query_params.get("_format")
+    return negotiate(request.query_params.get("_format"), request.headers.get("accept", ""))
+
+
+def negotiate(fmt: str | None, accept: str) -> str:
+    """The media type for a `_format` parameter and an Accept header (406 when neither allows JSON)."""
     if fmt is not None:
         f = fmt.split(";")[0].strip().lower()
         if f in _JSON_FORMATS:
             return "application/json" if f == "application/json" else FHIR_JSON
         raise FhirError.of(406, "not-supported", f"_format '{fmt}' is not supported: this server speaks JSON (application/fhir+json)", "_format")
-    accept = request.headers.get("accept", "")
     if not accept:
         return FHIR_JSON
     kinds = [a.split(";")[0].strip().lower() for a in accept.split(",")]

@@ -356,9 +356,30 @@ def _parse(expr: str) -> list[list[tuple]] | None:
     return paths
 
 
+# `X.exists() and X != false` (Patient.deceased): true when X is there and is not the boolean false.
+_EXISTS_NOT_FALSE = re.compile(r"^(?P<path>[A-Za-z][\w.]*)\.exists\(\) and (?P=path) != false$")
+
+
+def _exists_not_false(path: str) -> Evaluator | None:
+    paths = _parse(path)
+    if paths is None or len(paths) != 1:
+        return None
+    fn = _compile_path(paths[0])
+
+    def run(node: Any, resource: dict) -> list[Item]:
+        items = fn(node)
+        # FHIRPath `!=` on a one-item collection compares the value; any other size is unequal to `false`.
+        return [(bool(items) and not (len(items) == 1 and items[0][0] is False), None)]
+
+    return run
+
+
 @lru_cache(maxsize=4096)
 def compile_expression(expr: str) -> Evaluator:
     """Compile once: the fast walker when the shape allows, else fhirpathpy."""
+    m = _EXISTS_NOT_FALSE.match(expr)
+    if m and (fast := _exists_not_false(m["path"])) is not None:
+        return fast
     paths = _parse(expr)
     if paths is None:
         return _fallback(expr)
@@ -419,6 +440,9 @@ def evaluate(expr: str, resource: dict, node: Any = None) -> list[Item]:
 
 
 def is_fast(expr: str) -> bool:
+    m = _EXISTS_NOT_FALSE.match(expr)
+    if m:
+        expr = m["path"]
     try:
         p = _Parser(expr)
         p.union()

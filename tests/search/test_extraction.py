@@ -70,11 +70,25 @@ def test_fast_shapes():
     tel = {"resourceType": "Patient", "telecom": [{"system": "phone", "value": "1"}, {"system": "email", "value": "e"}]}
     assert evaluate("Patient.telecom.where(system='email')", tel) == [({"system": "email", "value": "e"}, None)]
     assert is_fast("Bundle.entry[0].resource")
-    assert not is_fast("Patient.deceased.exists() and Patient.deceased != false")
+    assert is_fast("Patient.deceased.exists() and Patient.deceased != false")
+    assert not is_fast("Patient.deceased.exists() or Patient.active")
+
+
+@pytest.mark.parametrize("patient", [
+    {}, {"deceasedBoolean": True}, {"deceasedBoolean": False}, {"deceasedDateTime": "2020"},
+])
+def test_exists_and_not_false_agrees_with_fhirpathpy(patient):
+    """Patient.deceased's expression is compiled, not interpreted; it must answer as fhirpathpy does."""
+    from fhirpathpy import compile as fp_compile
+    from fhirpathpy.models import models
+
+    expr = "Patient.deceased.exists() and Patient.deceased != false"
+    res = {"resourceType": "Patient", **patient}
+    assert [v for v, _ in evaluate(expr, res)] == fp_compile(expr, models["r4"])(res)
 
 
 def test_fallback_expression():
-    assert [v for v, _ in evaluate("Patient.deceased.exists() and Patient.deceased != false",
+    assert [v for v, _ in evaluate("Patient.deceased.exists() or Patient.active",
                                    {"resourceType": "Patient", "deceasedDateTime": "2020"})] == [True]
     # a broken expression never raises at write time
     assert compile_expression("Patient.name.(((")({"resourceType": "Patient"}, {}) == []

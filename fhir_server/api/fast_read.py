@@ -1,0 +1,91 @@
+"""`GET [base]/Type/id` answered in front of the router.
+
+Reading one resource by id is the request a FHIR server serves most. Through
+FastAPI's routing, dependency solving and Request objects it costs several
+times the database lookup itself. This ASGI layer answers the plain form (no
+query string, no conditional headers, a JSON Accept, a current version) with
+one awaited lookup and the stored bytes. Everything else, including every
+error, goes on to the app, which answers it as before; a test holds the two
+paths to the same bytes and headers. Authorisation is the same seam
+(`interactions.check_read`) every other read passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from ..errors import FhirError
+from ..rest import interactions as ix
+from ..rest.context import RequestContext
+from ..security.authz import Principal
+from ..storage.repository import StoredResource
+from . import http
+
+log = logging.getLogger("fhir_server")
+
+# Headers whose presence asks for more than the plain read (the app handles them).
+_DEFER_HEADERS = frozenset((b"if-none-match", b"if-modified-since", b"if-match", b"prefer"))
+
+
+class Reader(Protocol):
+    async def read_current(self, res_type: str, res_id: str) -> StoredResource | None: ...
+
+
+# The lifespan state key of the server's Reader (None or absent: no fast path).
+FAST_READER = "fast_reader"
+
+
+class FastReads:
+    """ASGI middleware in front of the FastAPI router."""
+
+    def __init__(self, app, base_path: str) -> None:
+        self.app = app
+        self.prefix = base_path.rstrip("/") + "/"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
+            reader = (scope.get("state") or {}).get(FAST_READER)
+            if reader is not None and await self._try(reader, scope, send):
+                return
+        await self.app(scope, receive, send)
+
+    async def _try(self, reader: Reader, scope, send) -> bool:
+        """Answer the request and return True, or return False to let the app answer."""
+        path: str = scope["path"]
+        if not path.startswith(self.prefix):
+            return False
+        res_type, sep, res_id = path[len(self.prefix):].partition("/")
+        if not sep or not ix.ID_RE.match(res_id) or not res_type[:1].isupper():
+            return False
+        accept = ""
+        for k, v in scope["headers"]:
+            if k in _DEFER_HEADERS:
+                return False
+            if k == b"accept" and not accept:  # the first, as Starlette's headers.get()
+                accept = v.decode("latin-1")
+        try:
+            media = http.negotiate(None, accept)
+            state = scope.get("state") or {}
+            ctx = RequestContext(base_url="", principal=state.get("principal") or Principal(), request_id=state.get("request_id", ""))
+            ix.check_read(ctx, res_type, res_id)
+        except FhirError:
+            return False
+        stored = await reader.read_current(res_type, res_id)
+        if stored is None or stored.deleted or stored.content is None:
+            return False
+        body = stored.content
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", str(len(body)).encode()),
+                    (b"content-type", f"{media}; charset=utf-8".encode()),
+                    (b"etag", f'W/"{stored.version_id}"'.encode()),
+                    (b"last-modified", ix.http_date(stored.last_updated).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return True

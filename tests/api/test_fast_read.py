@@ -1,0 +1,155 @@
+"""Reads by id answered in front of the router (api/fast_read.py) must be the
+same reads the app gives, and leave everything else to the app."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import pytest
+
+from fhir_server.api.fast_read import FAST_READER, FastReads
+from fhir_server.security import authz
+from fhir_server.storage.repository import StoredResource
+
+IGNORED = {"date", "x-request-id", "server"}
+
+
+def _headers(r):
+    return {k: v for k, v in r.headers.items() if k not in IGNORED}
+
+
+@pytest.fixture
+def patient(client):
+    body = '{"resourceType":"Patient","name":[{"family":"Åström"}],"extension":[{"url":"http://e","valueDecimal":72.50}]}'
+    r = client.post("/fhir/Patient", content=body.encode(), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 201
+    return r.json()["id"]
+
+
+def test_server_opens_a_reader(client, database_url):
+    assert client.app_state.get(FAST_READER) is not None
+
+
+@pytest.mark.parametrize("accept", [None, "application/json", "application/fhir+json", "*/*"])
+def test_same_bytes_and_headers_as_the_app(client, patient, accept):
+    headers = {"Accept": accept} if accept else {}
+    fast = client.get(f"/fhir/Patient/{patient}", headers=headers)
+    # `_pretty=false` changes nothing in the answer but takes the read through the router
+    routed = client.get(f"/fhir/Patient/{patient}?_pretty=false", headers=headers)
+    assert fast.status_code == routed.status_code == 200
+    assert fast.content == routed.content
+    assert _headers(fast) == _headers(routed)
+    assert fast.headers["x-request-id"]
+    assert b"72.50" in fast.content
+
+
+def test_reader_sees_new_versions_at_once(client, patient):
+    client.put(f"/fhir/Patient/{patient}", json={"resourceType": "Patient", "id": patient, "active": True})
+    r = client.get(f"/fhir/Patient/{patient}")
+    assert r.headers["etag"] == 'W/"2"' and r.json()["active"] is True
+    client.delete(f"/fhir/Patient/{patient}")
+    gone = client.get(f"/fhir/Patient/{patient}")
+    assert gone.status_code == 410 and gone.json()["resourceType"] == "OperationOutcome"
+
+
+def test_errors_and_refusals_are_the_apps(client, patient):
+    assert client.get("/fhir/Patient/no-such-id").status_code == 404
+    assert client.get(f"/fhir/Patient/{patient}", headers={"Accept": "application/fhir+xml"}).status_code == 406
+    etag = client.get(f"/fhir/Patient/{patient}").headers["etag"]
+    assert client.get(f"/fhir/Patient/{patient}", headers={"If-None-Match": etag}).status_code == 304
+    authz.set_policies([type("Refuse", (), {"check": lambda self, p, req: "no" if req.interaction == "read" else None})()])
+    try:
+        r = client.get(f"/fhir/Patient/{patient}")
+    finally:
+        authz.set_policies([authz.AllowAll()])
+    assert r.status_code == 403 and r.json()["issue"][0]["code"] == "forbidden"
+
+
+# ---------------------------------------------------------------- the layer alone
+
+
+class FakeReader:
+    def __init__(self, stored):
+        self.stored = stored
+        self.calls = 0
+
+    async def read_current(self, res_type, res_id):
+        self.calls += 1
+        return self.stored
+
+
+STORED = StoredResource(1, "Patient", "p1", 3, datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), False,
+                        b'{"resourceType":"Patient","id":"p1"}')
+
+
+def _run(stored, path="/fhir/Patient/p1", query=b"", headers=(), method="GET"):
+    """Send one request through FastReads; returns (answered_by_layer, messages, reader)."""
+    reader = FakeReader(stored)
+    passed = []
+
+    async def downstream(scope, receive, send):
+        passed.append(scope["path"])
+
+    sent = []
+
+    async def send(m):
+        sent.append(m)
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": list(headers),
+             "state": {FAST_READER: reader}}
+    asyncio.run(FastReads(downstream, "/fhir")(scope, None, send))
+    return not passed, sent, reader
+
+
+def test_layer_answers_a_plain_read():
+    answered, sent, _ = _run(STORED)
+    assert answered
+    start = sent[0]
+    assert start["status"] == 200
+    assert dict(start["headers"])[b"etag"] == b'W/"3"'
+    assert dict(start["headers"])[b"last-modified"] == b"Fri, 02 Jan 2026 03:04:05 GMT"
+    assert sent[1]["body"] == STORED.content
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"query": b"_summary=true"},
+    {"headers": [(b"if-none-match", b'W/"3"')]},
+    {"headers": [(b"prefer", b"return=OperationOutcome")]},
+    {"headers": [(b"accept", b"application/fhir+xml")]},
+    {"path": "/fhir/Patient/p1/_history"},
+    {"path": "/fhir/Patient/$everything"},
+    {"path": "/fhir/patient/p1"},
+    {"path": "/fhir/NoSuchType/p1"},
+    {"path": "/other/Patient/p1"},
+    {"method": "DELETE"},
+])
+def test_layer_leaves_everything_else_to_the_app(kwargs):
+    answered, _, _ = _run(STORED, **kwargs)
+    assert not answered
+
+
+@pytest.mark.parametrize("stored", [None, StoredResource(1, "Patient", "p1", 4, STORED.last_updated, True, None)])
+def test_missing_and_deleted_go_to_the_app(stored):
+    answered, _, reader = _run(stored)
+    assert not answered and reader.calls == 1
+
+
+def test_postgres_reader_survives_dropped_connections(client, patient, database_url):
+    """Connections the server closes (restart, idle timeout) are replaced, not served as errors."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL reader only")
+    from sqlalchemy import create_engine, text
+
+    from fhir_server.storage.async_reads import APPLICATION_NAME
+
+    assert client.get(f"/fhir/Patient/{patient}").status_code == 200
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :a"),
+                              {"a": APPLICATION_NAME}).scalar()
+    engine.dispose()
+    assert killed >= 1
+    for _ in range(3):
+        r = client.get(f"/fhir/Patient/{patient}")
+        assert r.status_code == 200, r.text
