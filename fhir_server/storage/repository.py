@@ -232,24 +232,33 @@ def _flush_pipelined(conn: Connection, work: list[tuple]) -> None:
                         for r in group:
                             copy.write_row(tuple(r.values()))
         return
-    with raw.pipeline(), raw.cursor() as cur:
+    # One multi-row INSERT per table and column set: psycopg's executemany sends
+    # (and dumps, in Python) one statement per row, which cost more CPU than the
+    # rest of a single-resource create. A RawCursor takes `$n` placeholders as
+    # they are; the default cursor would re-parse each long statement's text.
+    from psycopg import RawCursor
+
+    with raw.pipeline(), RawCursor(raw) as cur:
         for table, rows in work:
-            by_keys: dict[tuple, list[dict]] = {}
+            by_keys: dict[tuple, list] = {}
             for r in rows:
-                by_keys.setdefault(tuple(r), []).append(r)
-            for keys, group in by_keys.items():
-                cur.executemany(_insert_sql(table, keys, conn.dialect), group)
+                by_keys.setdefault(tuple(r), []).extend(r.values())
+            for keys, params in by_keys.items():
+                cur.execute(_insert_values_sql(table.name, keys, len(params) // len(keys)), params, prepare=False)
 
 
 _SQL_CACHE: dict[tuple, str] = {}
 
 
-def _insert_sql(table, keys: tuple, dialect) -> str:
-    key = (table.name, keys, dialect.name)
+def _insert_values_sql(table: str, keys: tuple, n_rows: int) -> str:
+    key = (table, keys, n_rows)
     sql = _SQL_CACHE.get(key)
     if sql is None:
-        sql = str(table.insert().inline().compile(dialect=dialect, column_keys=list(keys)))
-        _SQL_CACHE[key] = sql
+        width = len(keys)
+        rows = ",".join("(" + ",".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(n_rows))
+        sql = f"INSERT INTO {table} ({', '.join(keys)}) VALUES {rows}"
+        if len(_SQL_CACHE) < 4096:
+            _SQL_CACHE[key] = sql
     return sql
 
 
