@@ -80,15 +80,8 @@ class PgReader:
         self._slots.put_nowait(await self._connect())  # fail at start-up, not on the first read
 
     async def _connect(self):
-        u = make_url(self.url)
-        return await asyncpg.connect(
-            host=u.host or "localhost",
-            port=u.port or 5432,
-            user=u.username,
-            password=u.password,
-            database=u.database,
-            server_settings={"plan_cache_mode": "force_custom_plan", "jit": "off", "application_name": APPLICATION_NAME},
-        )
+        dsn, settings = _asyncpg_dsn(self.url)
+        return await asyncpg.connect(dsn, server_settings=settings)
 
     async def close(self) -> None:
         slots, self._slots = self._slots, None
@@ -117,6 +110,23 @@ class PgReader:
             slots.put_nowait(conn)
             return None if row is None else _stored(row, row[4].astimezone(timezone.utc))
         raise AssertionError("unreachable")
+
+
+def _asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
+    """The SQLAlchemy URL as an asyncpg DSN (TLS and host parameters such as
+    `sslmode` carry over) and the server settings the sync engine also sets:
+    `options=-c k=v` from the URL, then the planner settings, then our name."""
+    u = make_url(url)
+    given = u.query.get("options", "")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    settings: dict[str, str] = {}
+    for part in given.split("-c"):
+        key, eq, value = part.strip().partition("=")
+        if eq:
+            settings[key.strip()] = value.strip()
+    settings.update({"plan_cache_mode": "force_custom_plan", "jit": "off", "application_name": APPLICATION_NAME})
+    dsn = u.set(drivername="postgresql").difference_update_query(["options"])
+    return dsn.render_as_string(hide_password=False), settings
 
 
 def reader_for(url: str, size: int) -> SqliteReader | PgReader | None:

@@ -153,3 +153,13 @@ def test_postgres_reader_survives_dropped_connections(client, patient, database_
     for _ in range(3):
         r = client.get(f"/fhir/Patient/{patient}")
         assert r.status_code == 200, r.text
+
+
+def test_asyncpg_dsn_keeps_tls_and_server_options():
+    from fhir_server.storage.async_reads import APPLICATION_NAME, _asyncpg_dsn
+
+    dsn, settings = _asyncpg_dsn("postgresql+psycopg://u:p%40ss@db:5433/fhir?sslmode=verify-full"
+                                 "&options=-c%20statement_timeout%3D5000")
+    assert dsn == "postgresql://u:p%40ss@db:5433/fhir?sslmode=verify-full"
+    assert settings["statement_timeout"] == "5000"
+    assert settings["application_name"] == APPLICATION_NAME and settings["jit"] == "off"
