@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 34bbb536db39
+Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 08:09:55.638239
+Create Date: 2026-11-22 09:50:12.457829
 """
 from alembic import op
 import sqlalchemy as sa
@@ -56,6 +56,132 @@ def upgrade() -> None:
     with op.batch_alter_table('hl7_outbox', schema=None) as batch_op:
         batch_op.create_index('ix_hl7_outbox_status_next', ['status', 'next_attempt'], unique=False)
 
+    op.create_table('idx_composite',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('res_type', sa.String(length=64), nullable=False),
+    sa.Column('param', sa.String(length=128), nullable=False),
+    sa.Column('grp', sa.Integer(), nullable=True),
+    sa.Column('components', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('idx_composite', schema=None) as batch_op:
+        batch_op.create_index('ix_idx_composite_res', ['res_pk'], unique=False)
+
+    op.create_table('idx_date',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('res_type', sa.String(length=64), nullable=False),
+    sa.Column('param', sa.String(length=128), nullable=False),
+    sa.Column('grp', sa.Integer(), nullable=True),
+    sa.Column('low', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('high', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('idx_date', schema=None) as batch_op:
+        batch_op.create_index('ix_idx_date_high', ['res_type', 'param', 'high'], unique=False)
+        batch_op.create_index('ix_idx_date_low', ['res_type', 'param', 'low'], unique=False)
+        batch_op.create_index('ix_idx_date_res', ['res_pk'], unique=False)
+
+    op.create_table('idx_number',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('res_type', sa.String(length=64), nullable=False),
+    sa.Column('param', sa.String(length=128), nullable=False),
+    sa.Column('grp', sa.Integer(), nullable=True),
+    sa.Column('value', sa.Float(), nullable=False),
+    sa.Column('low', sa.Float(), nullable=False),
+    sa.Column('high', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('idx_number', schema=None) as batch_op:
+        batch_op.create_index('ix_idx_number_res', ['res_pk'], unique=False)
+        batch_op.create_index('ix_idx_number_value', ['res_type', 'param', 'value'], unique=False)
+
+    op.create_table('idx_quantity',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('res_type', sa.String(length=64), nullable=False),
+    sa.Column('param', sa.String(length=128), nullable=False),
+    sa.Column('grp', sa.Integer(), nullable=True),
+    sa.Column('system', sa.String(length=256), nullable=True),
+    sa.Column('code', sa.String(length=64), nullable=True),
+    sa.Column('unit', sa.String(length=64), nullable=True),
+    sa.Column('value', sa.Float(), nullable=False),
+    sa.Column('low', sa.Float(), nullable=False),
+    sa.Column('high', sa.Float(), nullable=False),
+    sa.Column('canon_code', sa.String(length=64), nullable=True),
+    sa.Column('canon_value', sa.Float(), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('idx_quantity', schema=None) as batch_op:
+        batch_op.create_index('ix_idx_quantity_canon_code_canon_value', ['res_type', 'param', 'canon_code', 'canon_value'], unique=False)
+        batch_op.create_index('ix_idx_quantity_code_value', ['res_type', 'param', 'code', 'value'], unique=False)
+        batch_op.create_index('ix_idx_quantity_res', ['res_pk'], unique=False)
+
+    op.create_table('idx_reference',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('res_type', sa.String(length=64), nullable=False),
+    sa.Column('param', sa.String(length=128), nullable=False),
+    sa.Column('grp', sa.Integer(), nullable=True),
+    sa.Column('target_type', sa.String(length=64), nullable=True),
+    sa.Column('target_id', sa.String(length=64), nullable=True),
+    sa.Column('url', sa.String(length=1024), nullable=True),
+    sa.Column('ident_system', sa.String(length=512), nullable=True),
+    sa.Column('ident_value', sa.String(length=512), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('idx_reference', schema=None) as batch_op:
+        batch_op.create_index('ix_idx_reference_res', ['res_pk'], unique=False)
+        batch_op.create_index('ix_idx_reference_target_id_target_type', ['res_type', 'param', 'target_id', 'target_type'], unique=False)
+        batch_op.create_index('ix_idx_reference_url', ['res_type', 'param', 'url'], unique=False)
+
+    op.create_table('idx_string',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('res_type', sa.String(length=64), nullable=False),
+    sa.Column('param', sa.String(length=128), nullable=False),
+    sa.Column('grp', sa.Integer(), nullable=True),
+    sa.Column('value_norm', sa.String(length=512), nullable=False),
+    sa.Column('value_exact', sa.Text(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('idx_string', schema=None) as batch_op:
+        batch_op.create_index('ix_idx_string_res', ['res_pk'], unique=False)
+        batch_op.create_index('ix_idx_string_value_norm', ['res_type', 'param', 'value_norm'], unique=False)
+
+    op.create_table('idx_token',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('res_type', sa.String(length=64), nullable=False),
+    sa.Column('param', sa.String(length=128), nullable=False),
+    sa.Column('grp', sa.Integer(), nullable=True),
+    sa.Column('system', sa.String(length=512), nullable=True),
+    sa.Column('code', sa.String(length=512), nullable=True),
+    sa.Column('text_norm', sa.String(length=512), nullable=True),
+    sa.Column('type_system', sa.String(length=256), nullable=True),
+    sa.Column('type_code', sa.String(length=64), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('idx_token', schema=None) as batch_op:
+        batch_op.create_index('ix_idx_token_code_system', ['res_type', 'param', 'code', 'system'], unique=False)
+        batch_op.create_index('ix_idx_token_res', ['res_pk'], unique=False)
+        batch_op.create_index('ix_idx_token_system', ['res_type', 'param', 'system'], unique=False)
+
+    op.create_table('idx_uri',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('res_type', sa.String(length=64), nullable=False),
+    sa.Column('param', sa.String(length=128), nullable=False),
+    sa.Column('grp', sa.Integer(), nullable=True),
+    sa.Column('uri', sa.String(length=1024), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('idx_uri', schema=None) as batch_op:
+        batch_op.create_index('ix_idx_uri_res', ['res_pk'], unique=False)
+        batch_op.create_index('ix_idx_uri_uri', ['res_type', 'param', 'uri'], unique=False)
+
     op.create_table('jobs',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('kind', sa.String(length=32), nullable=False),
@@ -98,140 +224,6 @@ def upgrade() -> None:
         batch_op.create_index('ix_resources_type_updated', ['res_type', 'last_updated', 'pk'], unique=False)
         batch_op.create_index('ix_resources_updated', ['last_updated', 'pk'], unique=False)
 
-    op.create_table('idx_composite',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('res_type', sa.String(length=64), nullable=False),
-    sa.Column('param', sa.String(length=128), nullable=False),
-    sa.Column('grp', sa.Integer(), nullable=True),
-    sa.Column('components', sa.Text(), nullable=False),
-    sa.ForeignKeyConstraint(['res_pk'], ['resources.pk'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('idx_composite', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_composite_res', ['res_pk'], unique=False)
-
-    op.create_table('idx_date',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('res_type', sa.String(length=64), nullable=False),
-    sa.Column('param', sa.String(length=128), nullable=False),
-    sa.Column('grp', sa.Integer(), nullable=True),
-    sa.Column('low', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('high', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['res_pk'], ['resources.pk'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('idx_date', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_date_high', ['res_type', 'param', 'high'], unique=False)
-        batch_op.create_index('ix_idx_date_low', ['res_type', 'param', 'low'], unique=False)
-        batch_op.create_index('ix_idx_date_res', ['res_pk'], unique=False)
-
-    op.create_table('idx_number',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('res_type', sa.String(length=64), nullable=False),
-    sa.Column('param', sa.String(length=128), nullable=False),
-    sa.Column('grp', sa.Integer(), nullable=True),
-    sa.Column('value', sa.Float(), nullable=False),
-    sa.Column('low', sa.Float(), nullable=False),
-    sa.Column('high', sa.Float(), nullable=False),
-    sa.ForeignKeyConstraint(['res_pk'], ['resources.pk'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('idx_number', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_number_res', ['res_pk'], unique=False)
-        batch_op.create_index('ix_idx_number_value', ['res_type', 'param', 'value'], unique=False)
-
-    op.create_table('idx_quantity',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('res_type', sa.String(length=64), nullable=False),
-    sa.Column('param', sa.String(length=128), nullable=False),
-    sa.Column('grp', sa.Integer(), nullable=True),
-    sa.Column('system', sa.String(length=256), nullable=True),
-    sa.Column('code', sa.String(length=64), nullable=True),
-    sa.Column('unit', sa.String(length=64), nullable=True),
-    sa.Column('value', sa.Float(), nullable=False),
-    sa.Column('low', sa.Float(), nullable=False),
-    sa.Column('high', sa.Float(), nullable=False),
-    sa.Column('canon_code', sa.String(length=64), nullable=True),
-    sa.Column('canon_value', sa.Float(), nullable=True),
-    sa.ForeignKeyConstraint(['res_pk'], ['resources.pk'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('idx_quantity', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_quantity_canon_code_canon_value', ['res_type', 'param', 'canon_code', 'canon_value'], unique=False)
-        batch_op.create_index('ix_idx_quantity_code_value', ['res_type', 'param', 'code', 'value'], unique=False)
-        batch_op.create_index('ix_idx_quantity_res', ['res_pk'], unique=False)
-
-    op.create_table('idx_reference',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('res_type', sa.String(length=64), nullable=False),
-    sa.Column('param', sa.String(length=128), nullable=False),
-    sa.Column('grp', sa.Integer(), nullable=True),
-    sa.Column('target_type', sa.String(length=64), nullable=True),
-    sa.Column('target_id', sa.String(length=64), nullable=True),
-    sa.Column('url', sa.String(length=1024), nullable=True),
-    sa.Column('ident_system', sa.String(length=512), nullable=True),
-    sa.Column('ident_value', sa.String(length=512), nullable=True),
-    sa.ForeignKeyConstraint(['res_pk'], ['resources.pk'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('idx_reference', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_reference_res', ['res_pk'], unique=False)
-        batch_op.create_index('ix_idx_reference_target_id_target_type', ['res_type', 'param', 'target_id', 'target_type'], unique=False)
-        batch_op.create_index('ix_idx_reference_url', ['res_type', 'param', 'url'], unique=False)
-
-    op.create_table('idx_string',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('res_type', sa.String(length=64), nullable=False),
-    sa.Column('param', sa.String(length=128), nullable=False),
-    sa.Column('grp', sa.Integer(), nullable=True),
-    sa.Column('value_norm', sa.String(length=512), nullable=False),
-    sa.Column('value_exact', sa.Text(), nullable=False),
-    sa.ForeignKeyConstraint(['res_pk'], ['resources.pk'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('idx_string', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_string_res', ['res_pk'], unique=False)
-        batch_op.create_index('ix_idx_string_value_norm', ['res_type', 'param', 'value_norm'], unique=False)
-
-    op.create_table('idx_token',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('res_type', sa.String(length=64), nullable=False),
-    sa.Column('param', sa.String(length=128), nullable=False),
-    sa.Column('grp', sa.Integer(), nullable=True),
-    sa.Column('system', sa.String(length=512), nullable=True),
-    sa.Column('code', sa.String(length=512), nullable=True),
-    sa.Column('text_norm', sa.String(length=512), nullable=True),
-    sa.Column('type_system', sa.String(length=256), nullable=True),
-    sa.Column('type_code', sa.String(length=64), nullable=True),
-    sa.ForeignKeyConstraint(['res_pk'], ['resources.pk'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('idx_token', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_token_code_system', ['res_type', 'param', 'code', 'system'], unique=False)
-        batch_op.create_index('ix_idx_token_res', ['res_pk'], unique=False)
-        batch_op.create_index('ix_idx_token_system', ['res_type', 'param', 'system'], unique=False)
-
-    op.create_table('idx_uri',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
-    sa.Column('res_pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('res_type', sa.String(length=64), nullable=False),
-    sa.Column('param', sa.String(length=128), nullable=False),
-    sa.Column('grp', sa.Integer(), nullable=True),
-    sa.Column('uri', sa.String(length=1024), nullable=False),
-    sa.ForeignKeyConstraint(['res_pk'], ['resources.pk'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('idx_uri', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_uri_res', ['res_pk'], unique=False)
-        batch_op.create_index('ix_idx_uri_uri', ['res_type', 'param', 'uri'], unique=False)
-
     op.create_table('job_files',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('job_id', sa.String(length=64), nullable=False),
@@ -273,6 +265,16 @@ def downgrade() -> None:
 
     op.drop_table('resource_versions')
     op.drop_table('job_files')
+    with op.batch_alter_table('resources', schema=None) as batch_op:
+        batch_op.drop_index('ix_resources_updated')
+        batch_op.drop_index('ix_resources_type_updated')
+
+    op.drop_table('resources')
+    op.drop_table('load_progress')
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_index('ix_jobs_kind_state')
+
+    op.drop_table('jobs')
     with op.batch_alter_table('idx_uri', schema=None) as batch_op:
         batch_op.drop_index('ix_idx_uri_uri')
         batch_op.drop_index('ix_idx_uri_res')
@@ -316,16 +318,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_idx_composite_res')
 
     op.drop_table('idx_composite')
-    with op.batch_alter_table('resources', schema=None) as batch_op:
-        batch_op.drop_index('ix_resources_updated')
-        batch_op.drop_index('ix_resources_type_updated')
-
-    op.drop_table('resources')
-    op.drop_table('load_progress')
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_index('ix_jobs_kind_state')
-
-    op.drop_table('jobs')
     with op.batch_alter_table('hl7_outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_hl7_outbox_status_next')
 
