@@ -94,13 +94,14 @@ def main() -> None:
     ap.add_argument("--index-rows", default="0,30", help="index rows per create to try (a Patient has 20-35)")
     args = ap.parse_args()
 
-    from bench_ingest import fresh_database  # same directory
+    from benchlib import recreate_pg_database  # same directory
     from sqlalchemy.engine import make_url
 
     from fhir_server.storage.database import Database
     from fhir_server.storage.migrate import upgrade
 
-    url = fresh_database(args.pg_url, None, "floor")
+    url = args.pg_url
+    recreate_pg_database(url)
     db = Database(url)
     upgrade(db.engine)
     db.dispose()

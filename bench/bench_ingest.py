@@ -22,22 +22,17 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchlib import recreate_pg_database
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHEA = ROOT.parent / "shared" / "data" / "synthea-r4"
 
 
 def fresh_database(url: str | None, tmp: Path, tag: str) -> str:
+    """A new SQLite file under tmp, or the PostgreSQL database in url dropped and recreated."""
     if url is None:
         return f"sqlite:///{tmp / f'ingest-{tag}.sqlite'}"
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{u.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{u.database}"'))
-    admin.dispose()
+    recreate_pg_database(url)
     return url
 
 

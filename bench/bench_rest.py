@@ -37,8 +37,6 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchlib import free_port, recreate_pg_database, stop_group
 
 BENCH_DIR = Path(__file__).resolve().parent
 BARE_BODY_ENV = "FHIR_BENCH_BARE_BODY_FILE"
@@ -98,12 +98,6 @@ def serve_bare(port: int, workers: int) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Proc:
     """A child in its own session, so stopping it also stops uvicorn's worker processes."""
 
@@ -120,16 +114,7 @@ class Proc:
             return ""
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGINT)
-                self.popen.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.popen.wait()
+        stop_group(self.popen)
         self._log.close()
 
 
@@ -171,27 +156,6 @@ def keepalive_probe(port: int, path: str, n: int = 7) -> float:
 
 NAGLE_SUSPECT_MS = 30.0
 NAGLE_WARNINGS: list[str] = []
-
-
-def recreate_pg_database(pg_url: str) -> None:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(pg_url)
-    name = url.database
-    if not name:
-        raise SystemExit("--pg-url must name a database")
-    conninfo = psycopg.conninfo.make_conninfo(
-        host=url.host or "localhost",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password or None,
-        dbname="postgres",
-    )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        ident = '"' + name.replace('"', '""') + '"'
-        conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {ident}")
 
 
 # --------------------------------------------------------------------------------------

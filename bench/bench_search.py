@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import search_data as sd  # noqa: E402
+from benchlib import free_port, recreate_pg_database, stop_group  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:55433/fhir_search_bench"
 TARGET_P50_MS = 10.0  # indexed single-parameter searches at 1M on PostgreSQL
@@ -111,12 +110,6 @@ def pct(xs: list[float], p: float) -> float:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, db_url: str, log_path: Path):
         self.port = free_port()
@@ -146,31 +139,8 @@ class Server:
         raise RuntimeError("server did not start")
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGINT)
-                self.popen.wait(timeout=20)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.popen.wait()
+        stop_group(self.popen)
         self._log.close()
-
-
-def recreate_pg_database(pg_url: str) -> None:
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    u = make_url(pg_url)
-    conninfo = psycopg.conninfo.make_conninfo(host=u.host or "localhost", port=u.port or 5432,
-                                              user=u.username or "postgres", password=u.password or None,
-                                              dbname="postgres")
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        ident = '"' + u.database.replace('"', '""') + '"'
-        conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {ident}")
 
 
 # --------------------------------------------------------------------------- measuring

@@ -12,7 +12,6 @@ paths to the same bytes and headers. Authorisation is the same seam
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 from ..errors import FhirError
@@ -21,8 +20,6 @@ from ..rest.context import RequestContext
 from ..security.authz import Principal
 from ..storage.repository import StoredResource
 from . import http
-
-log = logging.getLogger("fhir_server")
 
 # Headers whose presence asks for more than the plain read (the app handles them).
 _DEFER_HEADERS = frozenset((b"if-none-match", b"if-modified-since", b"if-match", b"prefer"))

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from .repository import StoredResource
+from .repository import StoredResource, stored_from_row
 
 APPLICATION_NAME = "fhir_server.reads"  # how these connections show in pg_stat_activity
 _COLUMNS = "pk, res_type, res_id, version_id, last_updated, deleted, content"
-
-
-def _stored(row, updated: datetime) -> StoredResource:
-    pk, rtype, rid, vid, _, deleted, content = row
-    return StoredResource(pk, rtype, rid, vid, updated, bool(deleted), bytes(content) if content is not None else None)
 
 
 class SqliteReader:
@@ -53,9 +48,8 @@ class SqliteReader:
         row = self.conn.execute(self._SQL, (res_type, res_id)).fetchone()
         if row is None:
             return None
-        updated = datetime.fromisoformat(row[4])
-        updated = updated.replace(tzinfo=timezone.utc) if updated.tzinfo is None else updated.astimezone(timezone.utc)
-        return _stored(row, updated)
+        # sqlite3 hands back the text SQLAlchemy stored; parse it as SQLAlchemy would
+        return stored_from_row((*row[:4], datetime.fromisoformat(row[4]), *row[5:]))
 
 
 class PgReader:
@@ -108,7 +102,7 @@ class PgReader:
                     continue
                 raise
             slots.put_nowait(conn)
-            return None if row is None else _stored(row, row[4].astimezone(timezone.utc))
+            return None if row is None else stored_from_row(row)
         raise AssertionError("unreachable")
 
 

@@ -73,7 +73,7 @@ class Database:
 
 
 def _is_pg_integrity_error(exc: Exception) -> bool:
-    """psycopg's own IntegrityError (raised by the pipelined/COPY flush, which
+    """psycopg's own IntegrityError (raised by the raw-cursor/COPY flush, which
     bypasses SQLAlchemy's wrapping)."""
     try:
         import psycopg

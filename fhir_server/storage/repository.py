@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from psycopg import RawCursor
 from sqlalchemy import Connection, and_, bindparam, func, select, text, update
 
 from .schema import resource_versions, resources
@@ -44,7 +45,8 @@ _READ_CURRENT_FOR_UPDATE = _READ_CURRENT.with_for_update()
 _UPDATE_RESOURCE = update(resources).where(resources.c.pk == bindparam("b_pk"))
 
 
-def _row(r) -> StoredResource:
+def stored_from_row(r) -> StoredResource:
+    """(pk, res_type, res_id, version_id, last_updated, deleted, content) as a StoredResource, in UTC."""
     return StoredResource(r[0], r[1], r[2], r[3], _utc(r[4]), bool(r[5]), _bytes(r[6]))
 
 
@@ -63,7 +65,7 @@ def read_current(conn: Connection, res_type: str, res_id: str, for_update: bool 
     flush(conn)
     stmt = _READ_CURRENT_FOR_UPDATE if for_update and conn.dialect.name == "postgresql" else _READ_CURRENT
     r = conn.execute(stmt, {"t": res_type, "i": res_id}).first()
-    return _row(r) if r else None
+    return stored_from_row(r) if r else None
 
 
 def read_by_pks(conn: Connection, pks: list[int]) -> list[StoredResource]:
@@ -71,7 +73,7 @@ def read_by_pks(conn: Connection, pks: list[int]) -> list[StoredResource]:
     out: list[StoredResource] = []
     for i in range(0, len(pks), 500):
         chunk = pks[i : i + 500]
-        out.extend(_row(r) for r in conn.execute(select(*_COLS).where(resources.c.pk.in_(chunk))))
+        out.extend(stored_from_row(r) for r in conn.execute(select(*_COLS).where(resources.c.pk.in_(chunk))))
     return out
 
 
@@ -83,7 +85,7 @@ def read_version(conn: Connection, res_type: str, res_id: str, version_id: int):
             v.res_type == res_type, v.res_id == res_id, v.version_id == version_id
         )
     ).first()
-    return _row(r) if r else None
+    return stored_from_row(r) if r else None
 
 
 def insert_resource(
@@ -185,10 +187,10 @@ def flush(conn: Connection) -> None:
     if not buf:
         return
     conn.info[_BUFFER_KEY] = {}
-    # resources first, then versions, then index rows (foreign keys point that way)
+    # resources first, then versions (their foreign key points at resources), then index rows
     tables = sorted(buf, key=lambda t: {"resources": 0, "resource_versions": 1}.get(t.name, 2))
     if conn.dialect.name == "postgresql":
-        _flush_pipelined(conn, [(t, buf[t]) for t in tables])
+        _flush_postgres(conn, [(t, buf[t]) for t in tables])
         return
     for table in tables:
         rows = buf[table]
@@ -212,11 +214,11 @@ def _allocate_pk(conn: Connection) -> int:
     return pool.pop()
 
 
-# From this many buffered rows on, COPY beats a pipeline of INSERTs.
+# From this many buffered rows on, COPY beats one multi-row INSERT statement.
 COPY_THRESHOLD = 200
 
 
-def _flush_pipelined(conn: Connection, work: list[tuple]) -> None:
+def _flush_postgres(conn: Connection, work: list[tuple]) -> None:
     """PostgreSQL: every buffered table's rows in one statement, so the whole
     flush costs a single network round trip; large flushes (a transaction
     Bundle) stream each table with COPY instead."""
@@ -238,8 +240,6 @@ def _flush_pipelined(conn: Connection, work: list[tuple]) -> None:
     # a statement per row, and even one statement per table in a pipeline costs
     # more client CPU than the rest of the create. A RawCursor takes `$n`
     # placeholders as they are; the default cursor would re-parse the long text.
-    from psycopg import RawCursor
-
     shape: list[tuple] = []
     params: list = []
     for table, rows in work:

@@ -1,0 +1,47 @@
+"""Helpers the benchmark scripts share: ports, child process groups, throw-away databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(popen: subprocess.Popen) -> None:
+    """Stop a child started with start_new_session=True, and its own children
+    (uvicorn's workers): SIGINT, then SIGKILL after 20 s."""
+    if popen.poll() is not None:
+        return
+    try:
+        os.killpg(popen.pid, signal.SIGINT)
+        popen.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        popen.wait()
+
+
+def recreate_pg_database(pg_url: str) -> None:
+    """DROP and CREATE the database a PostgreSQL URL names (connecting to `postgres`)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(pg_url)
+    if not u.database:
+        raise SystemExit("the PostgreSQL URL must name a database")
+    conninfo = psycopg.conninfo.make_conninfo(host=u.host or "localhost", port=u.port or 5432,
+                                              user=u.username or "postgres", password=u.password or None,
+                                              dbname="postgres")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        ident = '"' + u.database.replace('"', '""') + '"'
+        conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {ident}")
