@@ -56,6 +56,14 @@ def app(settings):
     return build_app(settings)
 
 
+@pytest.fixture(scope="session")
+def auth_headers() -> dict[str, str]:
+    """Headers that let a test request act as a backend system client with full access
+    (`system/*.*`). Tests that build their own HTTP clients (live server, fhirpy, httpx)
+    send these. Empty until the server requires tokens; the security work fills it."""
+    return {}
+
+
 @pytest.fixture
 def client(app):
     from fastapi.testclient import TestClient
