@@ -22,6 +22,7 @@ from ..rest.capabilities import capability_statement
 from ..rest.operations import OperationCall, dispatch
 from ..rest.projection import project, validate_summary
 from ..storage.database import Database
+from ..storage.faults import classify, database_exception_types
 from . import http
 from .fast_read import FAST_READER, FastReads
 
@@ -87,6 +88,17 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
         return http.error_response(request, FhirError.of(exc.status_code, code, str(exc.detail)))
 
+    async def database_failure(request: Request, exc: Exception):
+        answer = classify(exc)  # 409/503/400, never the database's own text
+        if answer is None:
+            raise exc
+        rid = getattr(request.state, "request_id", "?")
+        log.warning("request %s: database failure answered %s: %s", rid, answer.status, (str(exc).splitlines() or [type(exc).__name__])[0][:200])
+        return http.error_response(request, answer)
+
+    for exc_type in database_exception_types():
+        app.add_exception_handler(exc_type, database_failure)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         rid = getattr(request.state, "request_id", "?")
@@ -106,11 +118,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         return await run_in_threadpool(run)
 
     async def in_read(fn, *args):
-        def run():
-            with db.read() as conn:
-                return fn(conn, *args)
-
-        return await run_in_threadpool(run)
+        return await run_in_threadpool(db.run_read, fn, *args)
 
     # ------------------------------------------------------------------ system level
 
