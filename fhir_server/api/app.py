@@ -25,6 +25,7 @@ from ..storage.database import Database
 from ..storage.faults import classify, database_exception_types
 from . import http
 from .fast_read import FAST_READER, FastReads
+from .guards import RequestLineGuard
 
 log = logging.getLogger("fhir_server")
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     # ------------------------------------------------------------------ plumbing
 
     app.add_middleware(FastReads, base_path=base)
+    app.add_middleware(RequestLineGuard)
     app.add_middleware(RequestIdMiddleware)
     _limit_request_threads(app)
     _attach_fast_reader(app, db)

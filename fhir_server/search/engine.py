@@ -26,6 +26,7 @@ import orjson
 from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
 from sqlalchemy.sql import FromClause
 
+from ..model.lexical import ascii_int
 from ..errors import FhirError
 from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
@@ -124,13 +125,7 @@ def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
 def _control(plan: _Plan, res_type: str | None, name: str, value: str) -> None:
     base, _, modifier = name.partition(":")
     if base == "_count":
-        try:
-            n = int(value)
-        except ValueError:
-            raise bad(f"_count must be a non-negative integer, got '{value}'", "_count") from None
-        if n < 0:
-            raise bad(f"_count must be a non-negative integer, got '{value}'", "_count")
-        plan.count = min(n, MAX_COUNT)
+        plan.count = min(ascii_int(value, "_count"), MAX_COUNT)
     elif base == "_sort":
         plan.sort = []
         for item in value.split(","):
