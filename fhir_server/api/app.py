@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,6 +20,7 @@ from ..errors import FhirError
 from ..model import jsonio
 from ..rest import history as history_mod
 from ..rest import interactions as ix
+from ..rest import limits
 from ..rest.capabilities import capability_statement
 from ..rest.operations import OperationCall, dispatch
 from ..rest.projection import project, validate_summary
@@ -25,10 +28,14 @@ from ..storage.database import Database
 from ..storage.faults import classify, database_exception_types
 from . import http
 from .fast_read import FAST_READER, FastReads
+from .access_log import AccessLog
+from .forwarding import ForwardingPolicy
 from .guards import RequestLineGuard
+from .health import attach_health
 
 log = logging.getLogger("fhir_server")
 
+GZIP_MINIMUM_BYTES = 16 * 1024
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/fhir+json", "application/json")
 WRITE_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 
@@ -71,15 +78,26 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     # ------------------------------------------------------------------ plumbing
 
+    limits.configure(settings)
+    app.state.forwarding = ForwardingPolicy(settings.public_base_url, settings.trusted_proxies)
     app.add_middleware(FastReads, base_path=base)
     app.add_middleware(RequestLineGuard)
+    # large responses (the CapabilityStatement, search pages, exports) compressed for clients that accept gzip
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5)
+    app.add_middleware(AccessLog, fmt=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
+    attach_health(app, db)
     _limit_request_threads(app)
     _attach_fast_reader(app, db)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError):
         return http.error_response(request, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):
+        # the client closed the connection (or was cut off by the body deadline): nothing to answer
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -127,7 +145,15 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @app.get(base + "/metadata")
     async def metadata(request: Request):
         c = ctx(request)
-        return http.fhir_response(request, capability_statement(c.base_url))
+        body = capability_statement(c.base_url)
+        summary = validate_summary(request.query_params.get("_summary"))
+        elements = request.query_params.get("_elements")
+        if summary == "count":
+            raise FhirError.of(400, "invalid", "_summary=count applies to searches, not to the CapabilityStatement", "_summary")
+        if summary or elements:
+            statement = jsonio.parse_plain(body)
+            body = jsonio.dumps(project(statement, summary, elements.split(",") if elements else None))
+        return http.fhir_response(request, body)
 
     @app.get(base + "/_history")
     async def system_history(request: Request):

@@ -21,6 +21,7 @@ from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from . import history as history_mod
 from . import interactions as ix
+from . import limits
 from .context import Outcome, RequestContext
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -179,6 +180,11 @@ def _execute(conn: Connection, ctx: RequestContext, entry: EntryRequest, assigne
     return Outcome(status=200, body=ix.search(conn, ctx, t, params))
 
 
+def _carries_resource(out: Outcome, include_resource: bool) -> bool:
+    """Whether the response entry for `out` holds its resource (reads, searches, Prefer: representation)."""
+    return out.body is not None and (include_resource or out.res_type is None or out.status == 200 and out.location is None)
+
+
 def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool) -> dict:
     response: dict = {"status": STATUS_TEXT.get(out.status, str(out.status))}
     if out.location and out.status in (200, 201):
@@ -192,7 +198,7 @@ def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool) -
     entry: dict = {}
     if out.res_type and out.res_id:
         entry["fullUrl"] = f"{ctx.base_url}/{out.res_type}/{out.res_id}"
-    if out.body is not None and (include_resource or out.res_type is None or out.status == 200 and out.location is None):
+    if _carries_resource(out, include_resource):
         import orjson
 
         entry["resource"] = orjson.Fragment(out.body)
@@ -267,6 +273,10 @@ def process_transaction(conn: Connection, ctx: RequestContext, bundle: dict, set
         except FhirError as exc:
             raise _entry_error(e.index, exc) from None
     include = ctx.prefer_return == "representation"
+    budget = limits.ResponseBudget()
+    for out in outcomes.values():
+        if _carries_resource(out, include):
+            budget.take(len(out.body), "The transaction response")  # 413: the transaction rolls back
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
@@ -277,6 +287,7 @@ def process_transaction(conn: Connection, ctx: RequestContext, bundle: dict, set
 def process_batch(db, ctx: RequestContext, bundle: dict, settings) -> dict:
     include = ctx.prefer_return == "representation"
     out_entries = []
+    budget = limits.ResponseBudget()
     for i, raw in enumerate(bundle.get("entry") or []):
         try:
             e = _parse_entry(i, raw, ctx.base_url)
@@ -284,6 +295,10 @@ def process_batch(db, ctx: RequestContext, bundle: dict, settings) -> dict:
                 if e.resource is not None:
                     _rewrite(conn, e.resource, {})
                 out = _execute(conn, ctx, e, None)
+            if _carries_resource(out, include) and not budget.fits(len(out.body)):
+                if e.method in ("GET", "HEAD"):
+                    raise limits.too_large(budget.limit, "This entry's response")
+                out.body = None  # written; its representation is left out of an over-large response
             out_entries.append(_response_entry(out, ctx, include))
         except FhirError as exc:
             err = _entry_error(i, exc)

@@ -19,6 +19,7 @@ from sqlalchemy import Connection
 
 from .. import events
 from ..model.lexical import is_version_id
+from . import limits
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..security.authz import AccessRequest, authorize
@@ -194,6 +195,7 @@ def _store(
         doc.clear()
         doc.update(reordered)
     content = jsonio.dumps(parsed.preserving)
+    limits.check_resource_size(content, res_type)
     http_method = {"create": "POST", "update": "PUT", "patch": "PATCH"}[method]
     if current is None:
         pk = repo.insert_resource(conn, res_type, res_id, version_id, now, content, http_method)

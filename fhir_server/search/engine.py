@@ -27,6 +27,7 @@ from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, 
 from sqlalchemy.sql import FromClause
 
 from ..model.lexical import ascii_int
+from ..rest import limits
 from ..errors import FhirError
 from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
@@ -350,7 +351,9 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
     bundle["link"] = links
 
     entries = []
+    budget = limits.ResponseBudget()
     for row in rows:
+        budget.take(len(row.content), "The search page")
         entries.append({
             "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
             "resource": _project(row.content, row.res_type, plan),
@@ -358,6 +361,7 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
         })
     if plan.includes and rows:
         for row in _includes(conn, plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows]):
+            budget.take(len(row.content), "The search page with its included resources")
             entries.append({
                 "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
                 "resource": orjson.Fragment(row.content),
