@@ -274,13 +274,15 @@ def process_transaction(conn: Connection, ctx: RequestContext, bundle: dict, set
             raise _entry_error(e.index, exc) from None
     include = ctx.prefer_return == "representation"
     budget = limits.ResponseBudget()
-    for out in outcomes.values():
-        if _carries_resource(out, include):
+    for e in entries:
+        out = outcomes[e.index]
+        if _carries_resource(out, include or e.method == "GET"):
             budget.take(len(out.body), "The transaction response")  # 413: the transaction rolls back
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
-        "entry": [_response_entry(outcomes[e.index], ctx, include) for e in entries],
+        # a GET entry's answer is the resource read (or the search Bundle), whatever Prefer says
+        "entry": [_response_entry(outcomes[e.index], ctx, include or e.method == "GET") for e in entries],
     }
 
 
@@ -295,11 +297,12 @@ def process_batch(db, ctx: RequestContext, bundle: dict, settings) -> dict:
                 if e.resource is not None:
                     _rewrite(conn, e.resource, {})
                 out = _execute(conn, ctx, e, None)
-            if _carries_resource(out, include) and not budget.fits(len(out.body)):
+            carries = include or e.method == "GET"  # a GET entry's answer is what it read
+            if _carries_resource(out, carries) and not budget.fits(len(out.body)):
                 if e.method in ("GET", "HEAD"):
                     raise limits.too_large(budget.limit, "This entry's response")
                 out.body = None  # written; its representation is left out of an over-large response
-            out_entries.append(_response_entry(out, ctx, include))
+            out_entries.append(_response_entry(out, ctx, carries))
         except FhirError as exc:
             err = _entry_error(i, exc)
             out_entries.append({"response": {"status": str(exc.status), "outcome": operation_outcome(err.issues)}})
