@@ -18,13 +18,12 @@ from urllib.parse import parse_qsl
 from sqlalchemy import Connection
 
 from .. import events
-from ..model.lexical import is_version_id
-from . import limits
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
+from ..model.lexical import is_version_id
 from ..security.authz import AccessRequest, authorize
 from ..storage import repository as repo
-from . import rules
+from . import limits, rules
 from .context import Outcome, RequestContext
 
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline

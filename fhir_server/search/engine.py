@@ -26,9 +26,9 @@ import orjson
 from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
 from sqlalchemy.sql import FromClause
 
+from ..errors import FhirError
 from ..model.lexical import ascii_int
 from ..rest import limits
-from ..errors import FhirError
 from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
 from . import custom, registry
