@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..config import Settings
-from ..rest.bundles import process_transaction
+from ..rest.bundles import run_transaction
 from ..rest.context import RequestContext
 from ..storage.database import Database
 from . import inbound, outbound
@@ -26,8 +26,7 @@ def make_apply_transaction(db: Database, settings: Settings):
     """A FHIR transaction Bundle applied atomically, as the v2 mapper needs it."""
 
     def apply_transaction(bundle: dict) -> dict:
-        with db.write() as conn:
-            return process_transaction(conn, RequestContext(base_url=""), bundle, settings)
+        return run_transaction(db, RequestContext(base_url=""), bundle, settings)
 
     return apply_transaction
 

@@ -14,6 +14,10 @@ from ..errors import FhirError
 from .db import make_engine
 
 
+class WriteConflict(FhirError):
+    """409: a concurrent writer won a unique-key race; retrying the whole write may succeed."""
+
+
 class Database:
     """Owns the engine. Writes run in one transaction (SQLite: BEGIN IMMEDIATE,
     so writers queue instead of failing to upgrade a lock); reads run in
@@ -52,10 +56,10 @@ class Database:
                     flush(conn)  # buffered version and index rows, before COMMIT
             except IntegrityError as exc:
                 # two writers created the same resource at once: the loser changes nothing
-                raise FhirError.of(409, "conflict", f"Concurrent write conflict, nothing was written; retry the request ({_first_line(exc)})") from None
+                raise WriteConflict.of(409, "conflict", f"Concurrent write conflict, nothing was written; retry the request ({_first_line(exc)})") from None
             except Exception as exc:
                 if _is_pg_integrity_error(exc):
-                    raise FhirError.of(409, "conflict", f"Concurrent write conflict, nothing was written; retry the request ({_first_line(exc)})") from None
+                    raise WriteConflict.of(409, "conflict", f"Concurrent write conflict, nothing was written; retry the request ({_first_line(exc)})") from None
                 raise
             finally:
                 discard_buffer(conn)
