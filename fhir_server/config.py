@@ -12,6 +12,7 @@ class Settings(BaseSettings):
 
     database_url: str = ""  # empty: FHIR_SERVER_DATABASE_URL or the embedded SQLite file
     base_path: str = "/fhir"
+    base_url_aliases: str = ""  # comma-separated absolute bases that also mean this server (references)
     max_body_bytes: int = 50 * 1024 * 1024
     max_bundle_entries: int = 10_000
     default_page_size: int = 20

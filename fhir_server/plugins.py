@@ -37,6 +37,7 @@ def attach(app, db, settings) -> None:
 
 
 PLUGIN_MODULES: list[str] = [
+    "fhir_server.search.local_base",
     "fhir_server.identifiers.rules",
     "fhir_server.operations.export",
     "fhir_server.operations.everything",
