@@ -50,7 +50,8 @@ def attach(app: FastAPI, db: Database, settings: Settings) -> None:
             ack = await run_in_threadpool(_oversize_ack, raw, settings.mllp_max_message_bytes)
         else:
             peer = request.client.host if request.client else ""
-            ack = await run_in_threadpool(inbound.process_message, raw, engine=db.engine, apply_transaction=apply, sender_hint=peer)
+            res = await run_in_threadpool(inbound.process_message_ex, raw, engine=db.engine, apply_transaction=apply, sender_hint=peer)
+            ack = res.app_ack or res.ack  # HTTP answers once: the application ACK when one is asked for
         return Response(content=ack.replace("\r", "\r\n") if request.query_params.get("crlf") else ack, media_type="application/hl7-v2; charset=utf-8")
 
     run_outbox = bool(settings.hl7_destinations.strip()) and settings.run_background_jobs
