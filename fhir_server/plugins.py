@@ -44,4 +44,8 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.reindex",
     "fhir_server.operations.match",
     "fhir_server.hl7v2.service",
+    "fhir_server.operations.lastn",
+    "fhir_server.operations.meta",
+    "fhir_server.operations.meta_add",
+    "fhir_server.operations.meta_delete",
 ]

@@ -88,6 +88,16 @@ def read_version(conn: Connection, res_type: str, res_id: str, version_id: int):
     return stored_from_row(r) if r else None
 
 
+def replace_current_content(conn: Connection, stored: StoredResource, content: bytes) -> None:
+    """Change the content of the current version in place, keeping its versionId and
+    lastUpdated (only $meta-add / $meta-delete do this: meta changes make no new version)."""
+    flush(conn)
+    conn.execute(_UPDATE_RESOURCE, {"b_pk": stored.pk, "version_id": stored.version_id, "last_updated": stored.last_updated,
+                                    "deleted": False, "content": content})
+    v = resource_versions.c
+    conn.execute(update(resource_versions).where(v.res_pk == stored.pk, v.version_id == stored.version_id).values(content=content))
+
+
 def insert_resource(
     conn: Connection, res_type: str, res_id: str, version_id: int, last_updated: datetime, content: bytes, method: str
 ) -> int:
