@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import yaml
 
 from . import ack
+from .distinct import check_distinct
 from .er7 import Message, Segment, Value
 
 MAPPING_DIR = Path(__file__).resolve().parents[2] / "mappings" / "v2"
@@ -776,22 +777,7 @@ def map_message(msg: Message, directory: str | None = None) -> dict:
             if chosen and key not in matches:
                 matches[key] = (rdef["resourceType"], chosen)
 
-    # A resource that must be another than one the message also carries (MRG: the merged
-    # patient is not the surviving one). Sharing an identifier means the same resource.
-    for key, items in built.items():
-        for item in items:
-            other = item["rdef"].get("distinct_from")
-            if not other or other not in built:
-                continue
-            mine = _identifier_keys(item["resource"])
-            theirs = set().union(*(_identifier_keys(o["resource"]) for o in built[other]))
-            if mine & theirs:
-                seg, fld = item["seg"], item["rdef"].get("distinct_field", 1)
-                sys_, val = sorted(mine & theirs)[0]
-                raise MappingError(
-                    f"{seg.name}-{fld} ({val}) identifies the same {item['rdef']['resourceType']} as the message's "
-                    f"{built[other][0]['seg'].name}: a resource cannot be merged into itself",
-                    f"{seg.name}^{seg.index}^{fld}", ack.ERR_INTERNAL)
+    check_distinct(built)  # MRG: the merged patient is not the surviving one
 
     # Phase 3: references and requests.
     entries: list[dict] = []
@@ -848,28 +834,6 @@ def map_message(msg: Message, directory: str | None = None) -> dict:
                                         {"name": "value", "valueCode": slot_status}]}]}})
     entries.extend(ctx.extra)
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-
-
-def _identifier_keys(resource: dict) -> set[tuple[str, str]]:
-    """(system, value) of every identifier; national numbers also as (canonical system,
-    normalised value), so `19121212-1212` and `191212121212` are one identifier."""
-    from ..identifiers import engine as id_engine
-    from ..identifiers import registry as id_registry
-
-    out = set()
-    for ident in resource.get("identifier") or []:
-        sys_, val = ident.get("system") or "", ident.get("value") or ""
-        if not val:
-            continue
-        out.add((sys_, val))
-        canonical = id_registry.canonical_system(sys_) if sys_ else None
-        if canonical:
-            try:
-                norm = id_engine.normalise(sys_, val)
-            except Exception:  # noqa: BLE001 - an invalid number compares as written
-                norm = None
-            out.add((canonical, norm or val))
-    return out
 
 
 def _ref_kinds(value: Any):

@@ -51,9 +51,10 @@ def run_with_retry(db, fn: Callable[..., Any], copy_of: Any = None, attempts: in
         try:
             with db.write() as conn:
                 return fn(conn) if copy_of is None else fn(conn, copy.deepcopy(copy_of))
-        except WriteConflict:
+        except WriteConflict as exc:
             if attempt == attempts:
                 raise
+            log.debug("write conflict, attempt %d of %d: %s", attempt, attempts, exc)
         except FhirError:
             raise
         except Exception as exc:
@@ -68,6 +69,7 @@ def run_with_retry(db, fn: Callable[..., Any], copy_of: Any = None, attempts: in
                 )
                 err.headers["Retry-After"] = "1"
                 raise err from None
+            log.debug("transient database error, attempt %d of %d: %s", attempt, attempts, exc)
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 0.5)
     raise AssertionError("unreachable")  # pragma: no cover
