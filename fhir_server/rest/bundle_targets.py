@@ -63,11 +63,15 @@ def lock_targets(conn: Connection, plan: TargetPlan) -> None:
         repo.lock_key(conn, "resource", res_type, res_id)
 
 
+class SameResourceTwice(FhirError):
+    """400: two entries of one transaction act on one resource (both are named)."""
+
+
 def _claim(plan: TargetPlan, key: tuple[str, str], index: int, what: dict[int, str]) -> None:
     other = plan.targets.get(key)
     if other is not None and other != index:
         first, second = sorted((other, index))
-        raise FhirError.of(
+        raise SameResourceTwice.of(
             400,
             "invalid",
             f"Bundle.entry[{first}] ({what[first]}) and Bundle.entry[{second}] ({what[second]}) both act on "
@@ -83,57 +87,70 @@ def plan_targets(conn: Connection, entries: list["EntryRequest"]) -> TargetPlan:
     what = {e.index: f"{e.method} {e.request.get('url')}" for e in entries}
     criteria_owner: dict[tuple[str, str], int] = {}
     for e in entries:
-        t = e.res_type
-        if not t or e.operation or e.method in ("GET", "HEAD"):
+        if not e.res_type or e.operation or e.method in ("GET", "HEAD"):
             continue
-        ix.check_type(t)
-        target: str | None = None
-        if e.method == "POST":
-            if e.request.get("ifNoneExist"):
-                crit = (t, ix._criteria_key(str(e.request["ifNoneExist"])))
-                if crit in criteria_owner:
-                    _claim(plan, ("criteria", f"{t}?{crit[1]}"), criteria_owner[crit], what)
-                    _claim(plan, ("criteria", f"{t}?{crit[1]}"), e.index, what)
-                criteria_owner[crit] = e.index
-                matches = ix._find(conn, t, e.request["ifNoneExist"])
-                if len(matches) == 1:
-                    target = matches[0][1]
-                    _claim(plan, (t, target), e.index, what)
-            if target is None:
-                target = plan.assigned[e.index] = str(uuid.uuid4())
-        elif e.method in ("PUT", "PATCH", "DELETE") and e.res_id:
-            ix.check_id(e.res_id)
-            target = e.res_id
-            _claim(plan, (t, target), e.index, what)
-        elif e.query:
-            matches = ix._find(conn, t, e.query, limit=2 if e.method != "DELETE" else 100)
-            if e.method == "PUT":
-                crit = (t, ix._criteria_key(e.query))
-                if crit in criteria_owner:
-                    _claim(plan, ("criteria", f"{t}?{crit[1]}"), criteria_owner[crit], what)
-                    _claim(plan, ("criteria", f"{t}?{crit[1]}"), e.index, what)
-                criteria_owner[crit] = e.index
-            if len(matches) == 1 or (e.method == "DELETE" and matches):
-                for _pk, mid in matches:
-                    _claim(plan, (t, mid), e.index, what)
-                target = matches[0][1] if len(matches) == 1 else None
-            elif not matches and e.method == "PUT":
-                body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
-                target = str(body_id) if body_id else str(uuid.uuid4())
-                if isinstance(e.resource, dict):
-                    e.resource["id"] = target
-                _claim(plan, (t, target), e.index, what)
-        if target and e.full_url and e.method in ("POST", "PUT"):
-            plan.mapping[e.full_url] = f"{t}/{target}"
-            if e.full_url.startswith(("http://", "https://")):
-                # an absolute fullUrl on our own base is also referenced relatively
-                tail = "/".join(e.full_url.rstrip("/").split("/")[-2:])
-                plan.mapping.setdefault(tail, f"{t}/{target}")
+        try:
+            _plan_entry(conn, plan, e, what, criteria_owner)
+        except SameResourceTwice:
+            raise
+        except FhirError as exc:
+            from .bundles import _entry_error
+
+            raise _entry_error(e.index, exc) from None
     # created resources are "targets" too (for lock order), but never collide: fresh uuids
     for e in entries:
         if e.index in plan.assigned and e.res_type:
             plan.targets.setdefault((e.res_type, plan.assigned[e.index]), e.index)
     return plan
+
+
+def _plan_entry(conn: Connection, plan: TargetPlan, e: "EntryRequest", what: dict[int, str],
+                criteria_owner: dict[tuple[str, str], int]) -> None:
+    """Resolve one write entry (see plan_targets)."""
+    t = e.res_type
+    ix.check_type(t)
+    target: str | None = None
+    if e.method == "POST":
+        if e.request.get("ifNoneExist"):
+            crit = (t, ix._criteria_key(str(e.request["ifNoneExist"])))
+            if crit in criteria_owner:
+                _claim(plan, ("criteria", f"{t}?{crit[1]}"), criteria_owner[crit], what)
+                _claim(plan, ("criteria", f"{t}?{crit[1]}"), e.index, what)
+            criteria_owner[crit] = e.index
+            matches = ix._find(conn, t, e.request["ifNoneExist"])
+            if len(matches) == 1:
+                target = matches[0][1]
+                _claim(plan, (t, target), e.index, what)
+        if target is None:
+            target = plan.assigned[e.index] = str(uuid.uuid4())
+    elif e.method in ("PUT", "PATCH", "DELETE") and e.res_id:
+        ix.check_id(e.res_id)
+        target = e.res_id
+        _claim(plan, (t, target), e.index, what)
+    elif e.query:
+        matches = ix._find(conn, t, e.query, limit=2 if e.method != "DELETE" else 100)
+        if e.method == "PUT":
+            crit = (t, ix._criteria_key(e.query))
+            if crit in criteria_owner:
+                _claim(plan, ("criteria", f"{t}?{crit[1]}"), criteria_owner[crit], what)
+                _claim(plan, ("criteria", f"{t}?{crit[1]}"), e.index, what)
+            criteria_owner[crit] = e.index
+        if len(matches) == 1 or (e.method == "DELETE" and matches):
+            for _pk, mid in matches:
+                _claim(plan, (t, mid), e.index, what)
+            target = matches[0][1] if len(matches) == 1 else None
+        elif not matches and e.method == "PUT":
+            body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
+            target = str(body_id) if body_id else str(uuid.uuid4())
+            if isinstance(e.resource, dict):
+                e.resource["id"] = target
+            _claim(plan, (t, target), e.index, what)
+    if target and e.full_url and e.method in ("POST", "PUT"):
+        plan.mapping[e.full_url] = f"{t}/{target}"
+        if e.full_url.startswith(("http://", "https://")):
+            # an absolute fullUrl on our own base is also referenced relatively
+            tail = "/".join(e.full_url.rstrip("/").split("/")[-2:])
+            plan.mapping.setdefault(tail, f"{t}/{target}")
 
 
 __all__ = ["TargetPlan", "plan_targets", "lock_criteria", "lock_targets", "criteria_keys"]

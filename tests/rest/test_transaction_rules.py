@@ -195,3 +195,10 @@ def test_concurrent_opposite_order_transactions_never_500(live_server, auth_head
         va = len(c.get(f"{live_server}/Patient/{a}/_history").json()["entry"])
         vb = len(c.get(f"{live_server}/Patient/{b}/_history").json()["entry"])
     assert va == vb == ok  # each successful transaction wrote both, once
+
+
+def test_planning_errors_name_the_entry(client):
+    r = client.post("/fhir", json=_tx([_put(f"ok-{uuid.uuid4().hex[:6]}"),
+                                        {"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": "Patient?bogus-param=1"}}]))
+    assert r.status_code == 400, r.text
+    assert r.json()["issue"][0]["diagnostics"].startswith("Bundle.entry[1]")
