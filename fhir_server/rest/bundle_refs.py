@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from ..model.definitions import COMPLEX, PRIMITIVE, RESOURCE, Struct, struct_for
+from ..model.definitions import PRIMITIVE, RESOURCE, Struct, struct_for
 
 URI_TYPES = frozenset({"uri", "url", "oid", "uuid"})
 _NARRATIVE_LINK = re.compile(r"""(<(?:a|img)\b[^>]*?\b(?:href|src)\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
@@ -50,7 +50,7 @@ def rewrite(resource: Any, mapping: dict[str, str], resolve_conditional: Resolve
     if struct is None:  # unknown type: validation will refuse it; still rewrite plain references
         walker.untyped(resource, str(rtype))
     else:
-        walker.walk(resource, struct, rtype)
+        walker.walk(resource, struct, lambda: rtype)
     return dangling
 
 
@@ -60,7 +60,7 @@ class _Walker:
         self.resolve = resolve
         self.dangling = dangling
 
-    def reference(self, node: dict, path: str) -> None:
+    def reference(self, node: dict, path: Callable[[], str]) -> None:
         ref = node.get("reference")
         if not isinstance(ref, str):
             return
@@ -71,36 +71,44 @@ class _Walker:
             self.mapping[ref] = resolved
             node["reference"] = resolved
         elif ref.startswith("urn:uuid:"):
-            self.dangling.append((f"{path}.reference", ref))
+            self.dangling.append((f"{path()}.reference", ref))
 
-    def walk(self, node: dict, struct: Struct, path: str) -> None:
+    def walk(self, node: dict, struct: Struct, path: Callable[[], str]) -> None:
+        """Paths are built only when reported (a closure per level): the walk visits
+        every element of every resource of a Bundle and must stay cheap."""
         elements = struct.elements
-        for key in list(node):
+        for key, value in node.items():
             info = elements.get(key)
             if info is None:
                 continue
-            value = node[key]
-            many = isinstance(value, list)
-            items = value if many else [value]
-            for i, item in enumerate(items):
-                where = f"{path}.{key}[{i}]" if many else f"{path}.{key}"
-                if info.kind == PRIMITIVE:
-                    new = self.primitive(info.type, item)
-                    if new is not item:
-                        if many:
-                            value[i] = new
-                        else:
+            kind = info.kind
+            if kind == PRIMITIVE:
+                if info.type in URI_TYPES or info.type == "xhtml":
+                    if isinstance(value, list):
+                        for i, item in enumerate(value):
+                            new = self.primitive(info.type, item)
+                            if new is not item:
+                                value[i] = new
+                    else:
+                        new = self.primitive(info.type, value)
+                        if new is not value:
                             node[key] = new
-                elif info.kind == COMPLEX and isinstance(item, dict):
-                    if info.type == "Reference":
-                        self.reference(item, where)
-                    if info.struct is not None:
-                        self.walk(item, info.struct, where)
-                elif info.kind == RESOURCE and isinstance(item, dict):
+                continue
+            many = isinstance(value, list)
+            for i, item in enumerate(value if many else (value,)):
+                if not isinstance(item, dict):
+                    continue
+                where = _child(path, key, i if many else None)
+                if kind == RESOURCE:
                     inner = item.get("resourceType")
                     sub = struct_for(inner) if isinstance(inner, str) else None
                     if sub is not None:
                         self.walk(item, sub, where)
+                    continue
+                if info.type == "Reference":
+                    self.reference(item, where)
+                if info.struct is not None:  # complex, backbone, or a primitive's `_x` (extensions)
+                    self.walk(item, info.struct, where)
 
     def primitive(self, type_code: str, value: Any) -> Any:
         if not isinstance(value, str):
@@ -114,12 +122,16 @@ class _Walker:
     def untyped(self, node: Any, path: str) -> None:
         if isinstance(node, dict):
             if isinstance(node.get("reference"), str):
-                self.reference(node, path)
+                self.reference(node, lambda: path)
             for k, v in node.items():
                 self.untyped(v, f"{path}.{k}")
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 self.untyped(v, f"{path}[{i}]")
+
+
+def _child(parent: Callable[[], str], key: str, index: int | None) -> Callable[[], str]:
+    return lambda: f"{parent()}.{key}" + (f"[{index}]" if index is not None else "")
 
 
 __all__ = ["rewrite", "URI_TYPES"]

@@ -115,6 +115,8 @@ def test_urn_uuid_replaced_in_uri_elements_and_narrative_not_canonical(client):
         {"fullUrl": oid_url, "resource": {"resourceType": "Organization", "name": "x"}, "request": {"method": "POST", "url": "Organization"}},
         {"resource": {
             "resourceType": "DocumentReference", "status": "current",
+            "date": "2024-05-01T10:00:00Z",
+            "_date": {"extension": [{"url": "http://example.org/src", "valueReference": {"reference": pat_url}}]},
             "text": {"status": "generated", "div": div},
             "subject": {"reference": pat_url},
             "custodian": {"reference": oid_url},
@@ -129,6 +131,7 @@ def test_urn_uuid_replaced_in_uri_elements_and_narrative_not_canonical(client):
     assert doc["content"][0]["attachment"]["url"] == locs[0]
     assert doc["subject"]["reference"] == locs[1]
     assert doc["custodian"]["reference"] == locs[2]
+    assert doc["_date"]["extension"][0]["valueReference"]["reference"] == locs[1]  # extension on a primitive
     assert doc["extension"][0]["valueUri"] == locs[1]
     assert doc["extension"][1]["valueCanonical"] == canonical  # canonical is not replaced
     assert f'href="{locs[1]}"' in doc["text"]["div"] and f'src="{locs[0]}"' in doc["text"]["div"]
