@@ -76,6 +76,7 @@ def serve(
     workers: int = typer.Option(1, help="Worker processes"),
     database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL", help="SQLAlchemy URL; default: SQLite under ./data/"),
     mllp_port: int = typer.Option(0, envvar="FHIR_SERVER_MLLP_PORT", help="Listen for HL7 v2 over MLLP on this port (0 = off)"),
+    mllp_host: str = typer.Option(None, envvar="FHIR_SERVER_MLLP_HOST", help="Interface for the MLLP listener; default: --host"),
     log_level: str = typer.Option("info"),
 ):
     """Start the server (migrating the database first)."""
@@ -84,6 +85,7 @@ def serve(
     settings = _settings(database_url)
     if mllp_port:
         os.environ["FHIR_SERVER_MLLP_PORT"] = str(mllp_port)
+    os.environ["FHIR_SERVER_MLLP_HOST"] = mllp_host or host  # the MLLP listener binds where HTTP does
     logging.basicConfig(level=log_level.upper())
     _prepare_database(settings)
     typer.echo(f"FHIR base: http://{host}:{port}{settings.base_path}")

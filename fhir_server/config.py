@@ -12,6 +12,7 @@ class Settings(BaseSettings):
 
     database_url: str = ""  # empty: FHIR_SERVER_DATABASE_URL or the embedded SQLite file
     base_path: str = "/fhir"
+    base_url_aliases: str = ""  # comma-separated absolute bases that also mean this server (references)
     max_body_bytes: int = 50 * 1024 * 1024
     max_bundle_entries: int = 10_000
     default_page_size: int = 20
@@ -19,7 +20,7 @@ class Settings(BaseSettings):
     export_dir: str = "data/export"
     export_retention_hours: int = 24
     mllp_port: int = 0  # 0 = no MLLP listener
-    mllp_host: str = "0.0.0.0"
+    mllp_host: str = "127.0.0.1"  # `serve` sets it to --host unless FHIR_SERVER_MLLP_HOST / --mllp-host say otherwise
     mllp_max_message_bytes: int = 1024 * 1024
     hl7_destinations: str = ""  # comma-separated host:port list for outbound SIU
     run_background_jobs: bool = True

@@ -175,7 +175,7 @@ def _store(
     warnings: list[Issue],
 ) -> Outcome:
     """Write a new version of (res_type, res_id): versions, indexes, events."""
-    from ..search import custom
+    from ..search import custom, local_base
     from ..search.indexer import delete_index, index_resource
 
     custom.maybe_refresh(conn)  # index custom parameters another process activated
@@ -202,7 +202,8 @@ def _store(
         pk = current.pk
         repo.write_version(conn, pk, res_type, res_id, version_id, now, content, http_method)
         delete_index(conn, pk)
-    index_resource(conn, pk, res_type, parsed.plain)
+    with local_base.serving(ctx.base_url):
+        index_resource(conn, pk, res_type, parsed.plain)
     if events.has_subscribers():  # parsing the old version costs; only listeners need it
         old = jsonio.parse_plain(current.content) if current is not None and current.content else None
         events.emit(conn, events.ResourceChange(res_type, res_id, version_id, method, old, parsed.plain))

@@ -489,11 +489,13 @@ def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, 
     return out
 
 
-def find_matches(conn: Connection, res_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[tuple[int, str]]:
-    """(pk, id) of up to ``limit`` live matches, for conditional create/update/delete."""
+def find_matches(conn: Connection, res_type: str, params: list[tuple[str, str]], limit: int = 2,
+                 base_url: str = "") -> list[tuple[int, str]]:
+    """(pk, id) of up to ``limit`` live matches, in pk order, for conditional
+    create/update/delete and operations that post-process matches ($lastn)."""
     flush(conn)
     r = resources
-    req = SearchRequest(res_type, [(k, v) for k, v in params if k not in CONTROL_PARAMS | IGNORED_PARAMS], "")
+    req = SearchRequest(res_type, [(k, v) for k, v in params if k not in CONTROL_PARAMS | IGNORED_PARAMS], base_url)
     plan = _plan(conn, req, r)
     q = select(r.c.pk, r.c.res_id).where(*plan.conds).order_by(r.c.pk).limit(limit)
     return [(row.pk, row.res_id) for row in conn.execute(q).all()]

@@ -19,7 +19,7 @@ from sqlalchemy.sql.elements import BooleanClauseList
 
 from ..errors import FhirError
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
-from . import national, registry
+from . import local_base, national, registry
 from .registry import SearchParam
 from .values import (
     LEN_CODE,
@@ -279,6 +279,8 @@ def _reference(ctx: QueryContext, sp: SearchParam, modifier: str, v: str, t: Fro
     local = raw
     if base and raw.startswith(base + "/"):
         local = raw[len(base) + 1:]
+    elif "://" in raw:  # another spelling of our base: an alias, or behind a proxy
+        local = local_base.local_form(raw, base) or raw
     rtype, rid, url = parse_reference(local)
     if rtype and rid:
         cond = and_(t.c.target_type == rtype, t.c.target_id == cut(rid, LEN_ID))

@@ -11,10 +11,14 @@ from sqlalchemy import Connection, Engine
 
 from ..errors import FhirError
 from .db import make_engine
-from .faults import classify, is_connection_error
+from .faults import classify, is_connection_error, is_retryable
 
 log = logging.getLogger("fhir_server.storage")
 T = TypeVar("T")
+
+
+class WriteConflict(FhirError):
+    """409: a concurrent writer won a unique-key race; retrying the whole write may succeed."""
 
 
 class Database:
@@ -56,12 +60,16 @@ class Database:
             except FhirError:
                 raise
             except Exception as exc:
-                # two writers created the same resource at once, a deadlock, a lost
-                # connection...: the transaction rolled back, so nothing was written
+                # two writers created the same resource at once, a lost connection...: the
+                # transaction rolled back, so nothing was written. Deadlocks and serialization
+                # failures rise as they are, so that run_with_retry can run the work again; the
+                # HTTP edge classifies whatever escapes.
                 answer = classify(exc)
-                if answer is None:
+                if answer is None or is_retryable(exc):
                     raise
                 log.warning("write failed and rolled back (%s): %s", answer.status, _first_line(exc))
+                if answer.status == 409:
+                    raise WriteConflict(409, answer.issues) from None
                 raise answer from None
             finally:
                 discard_buffer(conn)

@@ -131,3 +131,10 @@ def database_exception_types() -> tuple[type[BaseException], ...]:
 
     return (DBAPIError, DisconnectionError, psycopg.Error, sqlite3.Error, asyncpg.PostgresError,
             asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, ConnectionError)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (PostgreSQL 40P01/40001/55P03) or a busy SQLite
+    file: the whole transaction may simply be run again (rest/retry.py does)."""
+    err = _driver_error(exc)
+    return _sqlstate(err) in ("40001", "40P01", "55P03") or _is_sqlite_busy(err)
