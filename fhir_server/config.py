@@ -24,6 +24,15 @@ class Settings(BaseSettings):
     mllp_max_message_bytes: int = 1024 * 1024
     hl7_destinations: str = ""  # comma-separated host:port list for outbound SIU
     run_background_jobs: bool = True
+    # reliability and operation (docs/operations.md)
+    public_base_url: str = ""  # e.g. https://fhir.example.org/fhir; when set, always the base in links
+    trusted_proxies: str = "127.0.0.1,::1"  # addresses/networks whose X-Forwarded-* headers are believed
+    access_log: str = "text"  # off | text | json (one line per request)
+    max_resource_bytes: int = 8 * 1024 * 1024  # one resource on write (413 beyond)
+    max_response_bytes: int = 64 * 1024 * 1024  # one batch/transaction/search response (413 beyond)
+    http_header_timeout: float = 10.0  # seconds for a request head to arrive
+    http_body_timeout: float = 60.0  # seconds for a request body to arrive after its head
+    limit_concurrency: int = 1000  # connections + requests in flight per worker (503 beyond)
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

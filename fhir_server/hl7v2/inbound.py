@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,12 +24,15 @@ from typing import Callable, Iterator
 
 from sqlalchemy import Connection, Engine, select, update
 
+from fhir_server.model.jsonguard import bad_char_message
 from fhir_server.storage.schema import hl7_inbound
 
 from . import ack as ackmod
 from .ack import AckError, build_ack, header_of
 from .er7 import ER7Error, Message, decode_bytes, parse, peek_header
 from .mapping import MappingError, UnsupportedMessage, map_message
+
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,11 @@ def process_message_ex(
     """process_message with the details the MLLP listener and tests need."""
     text = decode_bytes(raw)
     try:
+        why = bad_char_message(text.replace("\x0b", "").replace("\x1c", ""))  # MLLP framing aside
+        if why is not None:
+            # stored and refused the same on every database (PostgreSQL text cannot hold U+0000)
+            text = _CONTROL_CHARS.sub("\ufffd", text)
+            raise ER7Error(f"the message {why}")
         msg = parse(text)
     except ER7Error as exc:
         header = peek_header(text)

@@ -23,6 +23,7 @@ from ..model import jsonio
 from . import bundle_refs, bundle_targets
 from . import history as history_mod
 from . import interactions as ix
+from . import limits
 from .context import Outcome, RequestContext
 from .retry import run_with_retry
 
@@ -168,9 +169,15 @@ def _execute(conn: Connection, ctx: RequestContext, entry: EntryRequest, assigne
     return Outcome(status=200, body=ix.search(conn, ctx, t, params))
 
 
+def _carries_resource(out: Outcome, include_resource: bool, method: str = "") -> bool:
+    """Whether the response entry for `out` holds its resource: a GET (read, vread, search,
+    history) always carries what it read (http.html#transaction-response); writes carry
+    theirs on `return=representation`."""
+    return out.body is not None and (method == "GET" or include_resource or out.res_type is None or out.status == 200 and out.location is None)
+
+
 def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool, method: str = "") -> dict:
-    """One response entry. A GET (read, vread, search, history) always carries what it
-    read (http.html#transaction-response); writes carry theirs on `return=representation`."""
+    """One response entry of a batch/transaction response."""
     response: dict = {"status": STATUS_TEXT.get(out.status, str(out.status))}
     if out.location and out.status in (200, 201):
         response["location"] = out.location
@@ -183,7 +190,7 @@ def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool, m
     entry: dict = {}
     if out.res_type and out.res_id:
         entry["fullUrl"] = f"{ctx.base_url}/{out.res_type}/{out.res_id}"
-    if out.body is not None and (method == "GET" or include_resource or out.res_type is None or out.status == 200 and out.location is None):
+    if _carries_resource(out, include_resource, method):
         entry["resource"] = orjson.Fragment(out.body)
     if method == "HEAD":
         entry.pop("resource", None)
@@ -231,6 +238,11 @@ def process_transaction(conn: Connection, ctx: RequestContext, bundle: dict, set
         except FhirError as exc:
             raise _entry_error(e.index, exc) from None
     include = ctx.prefer_return == "representation"
+    budget = limits.ResponseBudget()
+    for e in entries:
+        out = outcomes[e.index]
+        if _carries_resource(out, include, e.method):
+            budget.take(len(out.body), "The transaction response")  # 413: the transaction rolls back
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
@@ -243,6 +255,7 @@ def process_batch(db, ctx: RequestContext, bundle: dict, settings) -> dict:
     entry answers with its OperationOutcome, the others still run."""
     include = ctx.prefer_return == "representation"
     out_entries = []
+    budget = limits.ResponseBudget()
     for i, raw in enumerate(bundle.get("entry") or []):
         try:
             e = _parse_entry(i, raw, ctx.base_url)
@@ -253,6 +266,10 @@ def process_batch(db, ctx: RequestContext, bundle: dict, settings) -> dict:
                 return _execute(conn, ctx, e, None)
 
             out = run_with_retry(db, one, copy_of=None)
+            if _carries_resource(out, include, e.method) and not budget.fits(len(out.body)):
+                if e.method in ("GET", "HEAD"):
+                    raise limits.too_large(budget.limit, "This entry's response")
+                out.body = None  # written; its representation is left out of an over-large response
             out_entries.append(_response_entry(out, ctx, include, e.method))
         except FhirError as exc:
             err = _entry_error(i, exc)

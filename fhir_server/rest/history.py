@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection
 
+from ..model.lexical import ascii_int
 from ..errors import FhirError
 from ..model import jsonio
 from ..security.authz import AccessRequest, authorize
@@ -72,12 +73,7 @@ def history(
             raise FhirError.of(400, "not-supported", f"Parameter '{name}' is not supported for history", name)
     since = parse_instant(args["_since"], "_since") if "_since" in args else None
     at = [_parse_at(v) for k, v in params if k == "_at"] or None
-    try:
-        count = min(int(args.get("_count", DEFAULT_COUNT)), MAX_COUNT)
-        if count < 0:
-            raise ValueError
-    except ValueError:
-        raise FhirError.of(400, "invalid", f"Invalid _count '{args.get('_count')}': a non-negative integer is required", "_count") from None
+    count = min(ascii_int(args["_count"], "_count"), MAX_COUNT) if "_count" in args else DEFAULT_COUNT
     before = _decode_cursor(args["_page"]) if "_page" in args else None
 
     if res_id:
