@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     mllp_max_message_bytes: int = 1024 * 1024
     hl7_destinations: str = ""  # comma-separated host:port list for outbound SIU
     run_background_jobs: bool = True
+    terminology_load: bool = True  # load terminology/ (R4 CodeSystems, ValueSets, ConceptMaps) at start-up
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

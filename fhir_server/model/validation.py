@@ -289,6 +289,10 @@ def _translate(err: dict, root: str) -> Issue | None:
     if etype in ("missing", "model_field_validation.missing"):
         return Issue("error", "required", f"Missing required element '{name}'", [path])
     if etype == "extra_forbidden":
+        if fields and fields[-1].startswith("_"):
+            # a primitive-extension sibling the walk has checked (and would have reported if unknown);
+            # the R4B model lacks some, e.g. Extension's `_valueString`
+            return None
         return Issue("error", "structure", f"Unknown element '{name}'", [path])
     if isinstance(value, dict) or not loc:
         # model-level validators: invariants, choice groups, primitive-extension rules

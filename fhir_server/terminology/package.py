@@ -52,6 +52,9 @@ class PackageResolver:
             if isinstance(url, str):
                 self.by_url[(r["resourceType"], url)] = r
 
+    def by_url_values(self, res_type: str) -> list[dict]:
+        return [r for (t, _u), r in self.by_url.items() if t == res_type]
+
     def resource(self, res_type: str, url: str) -> dict | None:
         return self.by_url.get((res_type, url))
 
