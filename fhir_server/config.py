@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     hl7_destinations: str = ""  # comma-separated host:port list for outbound SIU
     run_background_jobs: bool = True
     terminology_load: bool = True  # load terminology/ (R4 CodeSystems, ValueSets, ConceptMaps) at start-up
+    required_profiles: str = ""  # "Type=profile-url,...": writes of Type must conform (422 otherwise)
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

@@ -45,4 +45,5 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.hl7v2.service",
     "fhir_server.operations.validate",
     "fhir_server.terminology",
+    "fhir_server.model.required_profiles",
 ]
