@@ -35,6 +35,7 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +90,38 @@ def _bindings(defs: Path) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
+# The project has no canonical base of its own yet; its derived resources use this one.
+NATIONAL_VS_URL = "http://fhir-server.example.org/fhir/ValueSet/national-identifier-types"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+def national_identifier_types(mapping: Path) -> dict:
+    """ValueSet of the Identifier.type codes (HL7 v2 table 0203) of the national schemes in mappings/.
+
+    Table 0203 defines ``NNxxx`` as a template (xxx = ISO 3166 alpha-3 country), not
+    as codes, so the set is published as an expansion: one entry per type code used,
+    its display naming the schemes that use it."""
+    import yaml
+
+    raw = yaml.safe_load(mapping.read_text(encoding="utf-8"))
+    by_code: dict[str, list[str]] = {}
+    for scheme in raw["schemes"]:
+        by_code.setdefault(scheme["type_code"], []).append(scheme["name"])
+    contains = []
+    for code, names in sorted(by_code.items()):
+        kind = "National unique individual identifier" if code == "NI" else f"National person identifier ({code[2:]})"
+        contains.append({"system": V2_0203, "code": code, "display": f"{kind}: {', '.join(names)}"})
+    return {
+        "resourceType": "ValueSet", "id": "national-identifier-types", "url": NATIONAL_VS_URL,
+        "name": "NationalIdentifierTypes", "title": "Identifier types of the national person identifiers served",
+        "status": "active", "experimental": False,
+        "description": "Identifier.type codes (HL7 v2 table 0203) of the national person identifier schemes in "
+                       "mappings/national_identifiers.yaml. Derived by scripts/derive_terminology.py.",
+        "expansion": {"identifier": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, NATIONAL_VS_URL)}",
+                      "timestamp": "2026-01-01T00:00:00Z", "total": len(contains), "contains": contains},
+    }
+
+
 def _write_ndjson(path: Path, resources: list[dict]) -> None:
     # mtime=0: the same input gives the same bytes (the file's hash marks the loaded version)
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as fh:
@@ -133,6 +166,10 @@ def derive(defs: Path, out_dir: Path) -> dict:
     _write_ndjson(out_dir / "r4-codesystems.ndjson.gz", by_type["CodeSystem"])
     _write_ndjson(out_dir / "r4-valuesets.ndjson.gz", by_type["ValueSet"])
     _write_ndjson(out_dir / "r4-conceptmaps.ndjson.gz", by_type["ConceptMap"])
+    local = out_dir / "local"
+    local.mkdir(exist_ok=True)
+    national = national_identifier_types(REPO / "mappings" / "national_identifiers.yaml")
+    (local / "ValueSet-national-identifier-types.json").write_text(json.dumps(national, indent=1) + "\n", encoding="utf-8")
     tables = {"fhirVersion": "4.0.1", "bindings": bindings, "valueSets": value_sets, "open": open_sets}
     (out_dir / "bindings.json").write_text(json.dumps(tables, separators=(",", ":")) + "\n", encoding="utf-8")
     return {k: len(v) for k, v in by_type.items()} | {

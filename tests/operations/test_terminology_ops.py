@@ -218,3 +218,27 @@ def test_translate_by_source_target_and_reverse(client):
 
 def test_translate_needs_a_code(client):
     assert client.get("/fhir/ConceptMap/$translate", params={"url": "http://example.org/cm/spec"}).status_code == 400
+
+
+# ---------------------------------------------------------------- mission data
+
+
+def test_national_identifier_types_value_set(client):
+    from fhir_server.identifiers.registry import all_schemes
+
+    e = _expansion(client.get("/fhir/ValueSet/$expand", params={
+        "url": "http://fhir-server.example.org/fhir/ValueSet/national-identifier-types"}))
+    codes = {c["code"] for c in e["contains"]}
+    assert codes == {s.type_code for s in all_schemes()}
+    assert {"NNSWE", "NNPOL", "NNDNK", "NNNOR", "NNFIN"} <= codes
+
+
+def test_practice_setting_specialties_for_booking_searches(client):
+    """R4's practice-setting codes (SNOMED CT) are PractitionerRole.specialty's binding: expandable and usable in :in."""
+    vs = "http://hl7.org/fhir/ValueSet/c80-practice-codes"
+    e = _expansion(client.get("/fhir/ValueSet/$expand", params={"url": vs, "filter": "cardiology"}))
+    assert any(c["code"] == "394579002" for c in e["contains"])  # Cardiology
+    role = {"resourceType": "PractitionerRole", "specialty": [{"coding": [{"system": "http://snomed.info/sct", "code": "394579002"}]}]}
+    rid = client.post("/fhir/PractitionerRole", json=role, headers=H).json()["id"]
+    found = client.get("/fhir/PractitionerRole", params={"specialty:in": vs, "_id": rid}).json()
+    assert [x["resource"]["id"] for x in found.get("entry", [])] == [rid]
