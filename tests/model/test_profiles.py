@@ -43,7 +43,8 @@ BP = _sd(OBS_PROFILE, "Observation", [
 VALUE_SET = {"resourceType": "ValueSet", "url": VS, "status": "active", "compose": {"include": [
     {"system": "http://hl7.org/fhir/observation-status", "concept": [{"code": "final"}, {"code": "amended"}]}]}}
 
-GOOD_PATIENT = {"resourceType": "Patient", "gender": "female", "birthDate": "1912-12-12",
+# inactive: the identity-uniqueness rule must not clash with other tests' Tolvan Tolvansson in the shared database
+GOOD_PATIENT = {"resourceType": "Patient", "active": False, "gender": "female", "birthDate": "1912-12-12",
                 "identifier": [{"use": "official", "system": PNR, "value": "19121212-1212"}],
                 "name": [{"family": "Tolvansson", "given": ["Tolvan"]}]}
 
@@ -121,8 +122,7 @@ def test_required_profile_on_write(client):
         assert r.status_code == 422
         expressions = {e for i in r.json()["issue"] for e in i.get("expression", [])}
         assert {"Patient.identifier", "Patient.birthDate", "Patient.name"} <= expressions
-        ok = {**GOOD_PATIENT, "identifier": [{"use": "official", "system": PNR, "value": "19121212-1212"}],
-              "active": False}  # inactive: no identity-uniqueness clash with other tests' Tolvan
+        ok = GOOD_PATIENT
         assert client.post("/fhir/Patient", json=ok, headers=H).status_code == 201
         assert client.post("/fhir/Observation", json={"resourceType": "Observation", "status": "final",
                                                       "code": {"text": "x"}}, headers=H).status_code == 201
