@@ -39,10 +39,8 @@ def value_set_of(conn, call: OperationCall, p: OpParams) -> dict:
     own = instance_resource(conn, call)
     if own is not None:
         return own
-    given = p.complex("valueSet")
+    given = p.resource("valueSet", "ValueSet")
     if given is not None:
-        if given.get("resourceType") != "ValueSet":
-            raise FhirError.of(400, "invalid", "The 'valueSet' parameter must hold a ValueSet", "valueSet")
         return given
     url = p.str("url")
     if not url:

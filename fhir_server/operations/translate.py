@@ -21,7 +21,7 @@ from ..rest.context import Outcome
 from ..rest.operations import OperationCall, operation
 from ..storage.schema import resources
 from ..terminology.package import package_resolver
-from ..terminology.params import OpParams, parameters
+from ..terminology.params import OpParams, check_coding, parameters
 from ..terminology.service import DbResolver
 from ._terminology import instance_resource
 
@@ -33,10 +33,8 @@ def _maps(conn, call: OperationCall, p: OpParams) -> list[dict]:
     own = instance_resource(conn, call)
     if own is not None:
         return [own]
-    given = p.complex("conceptMap")
+    given = p.resource("conceptMap", "ConceptMap")
     if given is not None:
-        if given.get("resourceType") != "ConceptMap":
-            raise FhirError.of(400, "invalid", "The 'conceptMap' parameter must hold a ConceptMap", "conceptMap")
         return [given]
     url = p.str("url")
     if url:
@@ -97,7 +95,8 @@ def _translate(cm: dict, system: str | None, code: str, target_system: str | Non
 def translate(call: OperationCall) -> Outcome:
     p = OpParams(call)
     cc = p.complex("codeableConcept")
-    codings = [c for c in (cc or {}).get("coding") or [] if isinstance(c, dict)] if cc else []
+    raw = (cc or {}).get("coding")
+    codings = [check_coding(c, "codeableConcept") for c in raw] if isinstance(raw, list) else []
     coding = p.coding("coding")
     if coding:
         codings.append(coding)

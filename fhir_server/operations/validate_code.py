@@ -17,7 +17,7 @@ from ..model import jsonio
 from ..rest.context import Outcome
 from ..rest.operations import OperationCall, operation
 from ..terminology.expand import TerminologyError, expand
-from ..terminology.params import OpParams, fail, parameters
+from ..terminology.params import OpParams, check_coding, fail, parameters
 from ..terminology.service import DbResolver
 from ._terminology import code_system_for
 from .expand import value_set_of
@@ -28,7 +28,8 @@ DEFINITION_VS = "http://hl7.org/fhir/OperationDefinition/ValueSet-validate-code"
 def _codings(p: OpParams) -> list[dict]:
     cc = p.complex("codeableConcept")
     if cc is not None:
-        codings = [c for c in cc.get("coding") or [] if isinstance(c, dict)]
+        raw = cc.get("coding")
+        codings = [check_coding(c, "codeableConcept") for c in raw] if isinstance(raw, list) else []
         if not codings:
             raise FhirError.of(400, "invalid", "codeableConcept has no coding", "codeableConcept")
         return codings

@@ -93,6 +93,21 @@ class OpParams:
             raise FhirError.of(400, "invalid", f"Parameter '{name}' must be a complex value (POST a Parameters resource)", name)
         return vals[0]
 
+    def resource(self, name: str, res_type: str) -> dict | None:
+        """A resource parameter (POSTed Parameters ``resource``), validated like a write: 400 when invalid."""
+        vals = self.values.get(name)
+        if not vals:
+            return None
+        value = vals[0]
+        if not isinstance(value, dict) or value.get("resourceType") != res_type:
+            raise FhirError.of(400, "invalid", f"The '{name}' parameter must hold a {res_type}", name)
+        from ..model.validation import validate_resource
+
+        errors = validate_resource(value, res_type)
+        if errors:
+            raise FhirError(400, errors)
+        return value
+
     def coding(self, name: str) -> dict | None:
         """A Coding parameter; on GET also accepted as system|code text."""
         vals = self.values.get(name)
@@ -102,9 +117,14 @@ class OpParams:
         if isinstance(v, str):
             system, sep, code = v.partition("|")
             return {"system": system, "code": code} if sep else {"code": v}
-        if not isinstance(v, dict):
-            raise FhirError.of(400, "invalid", f"Parameter '{name}' must be a Coding", name)
-        return v
+        return check_coding(v, name)
+
+
+def check_coding(v, name: str) -> dict:
+    """A Coding whose system, code, version and display are strings (400 otherwise)."""
+    if not isinstance(v, dict) or any(k in v and not isinstance(v[k], str) for k in ("system", "code", "version", "display")):
+        raise FhirError.of(400, "invalid", f"Parameter '{name}' must be a Coding (system, code, display as strings)", name)
+    return v
 
 
 def parameters(*items: tuple[str, Any]) -> dict:

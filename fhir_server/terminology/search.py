@@ -8,7 +8,8 @@
 
 ``token_codes`` returns the (system, code) pairs to match; the query builder
 turns them into chunked ``IN`` lists. Unknown value sets or systems, and value
-sets that cannot be expanded, are 400s (404 would say the search endpoint is missing).
+sets that cannot be expanded, are 400s (404 would say the search endpoint is missing), as are
+sets of more than ``MAX_CODES`` codes (bind-parameter limits).
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from ..errors import FhirError
 from ..storage import repository as repo
 from .expand import TerminologyError, expand, split_canonical
 from .service import DbResolver
+
+
+# Each code becomes a bound parameter (twice: with its system and without); SQLite allows 32,766 per statement.
+MAX_CODES = 10_000
 
 
 def _bad(message: str, expression: str) -> FhirError:
@@ -44,7 +49,11 @@ def token_codes(conn, modifier: str, value: str, name: str) -> list[tuple[str | 
     try:
         if modifier in ("in", "not-in"):
             vs = _value_set(conn, resolver, value, name)
-            return [(e.system, e.code) for e in expand(vs, resolver)]
+            pairs = [(e.system, e.code) for e in expand(vs, resolver)]
+            if len(pairs) > MAX_CODES:
+                raise FhirError.of(400, "too-costly", f"'{name}': the value set has {len(pairs)} codes; "
+                                                      f"at most {MAX_CODES} can be searched with :{modifier}", name)
+            return pairs
         system, sep, code = value.partition("|")
         if not sep or not system or not code:
             raise _bad(f"':{modifier}' takes system|code, got '{value}'", name)
@@ -55,6 +64,10 @@ def token_codes(conn, modifier: str, value: str, name: str) -> list[tuple[str | 
         if concept is None:
             raise _bad(f"Code '{code}' is not in CodeSystem {system}", name)
         related = cs.descendants(concept.code) if modifier == "below" else cs.ancestors(concept.code)
-        return [(system, concept.code)] + [(system, c) for c in related]
+        pairs = [(system, concept.code)] + [(system, c) for c in related]
+        if len(pairs) > MAX_CODES:
+            raise FhirError.of(400, "too-costly", f"'{name}': {code} has {len(pairs)} related codes; "
+                                                  f"at most {MAX_CODES} can be searched", name)
+        return pairs
     except TerminologyError as exc:
         raise _bad(f"'{name}': {exc.message}", name) from None

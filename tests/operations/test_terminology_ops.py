@@ -242,3 +242,28 @@ def test_practice_setting_specialties_for_booking_searches(client):
     rid = client.post("/fhir/PractitionerRole", json=role, headers=H).json()["id"]
     found = client.get("/fhir/PractitionerRole", params={"specialty:in": vs, "_id": rid}).json()
     assert [x["resource"]["id"] for x in found.get("entry", [])] == [rid]
+
+
+@pytest.mark.parametrize("path,params", [
+    ("/fhir/ValueSet/$expand", [{"name": "valueSet", "resource": {"resourceType": "ValueSet", "status": "active",
+                                                                   "compose": {"include": {"system": "x"}}}}]),
+    ("/fhir/ValueSet/$expand", [{"name": "valueSet", "resource": {"resourceType": "Patient"}}]),
+    ("/fhir/ValueSet/$validate-code", [{"name": "url", "valueUri": GENDER_VS},
+                                       {"name": "coding", "valueCoding": {"system": GENDER_CS, "code": "male", "id": "x"}},
+                                       {"name": "codeableConcept", "valueCodeableConcept": {"coding": [{"system": 1}]}}]),
+    ("/fhir/ConceptMap/$translate", [{"name": "conceptMap", "resource": {"resourceType": "ConceptMap", "group": "x"}},
+                                     {"name": "code", "valueCode": "a"}]),
+    ("/fhir/CodeSystem/$lookup", [{"name": "coding", "valueString": "x", "valueCode": "y"}]),
+])
+def test_malformed_operation_inputs_are_400(client, path, params):
+    r = client.post(path, json={"resourceType": "Parameters", "parameter": params}, headers=H)
+    assert r.status_code == 400, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_search_in_too_large_a_value_set_is_400(client, monkeypatch):
+    from fhir_server.terminology import search
+
+    monkeypatch.setattr(search, "MAX_CODES", 3)
+    r = client.get("/fhir/Patient", params={"gender:in": GENDER_VS})
+    assert r.status_code == 400 and r.json()["issue"][0]["code"] == "too-costly"
