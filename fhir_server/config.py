@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     http_header_timeout: float = 10.0  # seconds for a request head to arrive
     http_body_timeout: float = 60.0  # seconds for a request body to arrive after its head
     limit_concurrency: int = 1000  # connections + requests in flight per worker (503 beyond)
+    terminology_load: bool = True  # load terminology/ (R4 CodeSystems, ValueSets, ConceptMaps) at start-up
+    required_profiles: str = ""  # "Type=profile-url,...": writes of Type must conform (422 otherwise)
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

@@ -48,4 +48,7 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.meta",
     "fhir_server.operations.meta_add",
     "fhir_server.operations.meta_delete",
+    "fhir_server.operations.validate",
+    "fhir_server.terminology",
+    "fhir_server.model.required_profiles",
 ]

@@ -29,3 +29,17 @@ def run(conn: Connection, res_type: str, res_id: str | None, resource: dict) -> 
     for rule in list(_rules.values()):
         warnings.extend(rule(conn, res_type, res_id, resource))
     return warnings
+
+
+def collect(conn: Connection, res_type: str, res_id: str | None, resource: dict) -> list[Issue]:
+    """Every rule's verdict, none stopping the others (for $validate): a rule that
+    refuses contributes its FhirError's issues, one that accepts its warnings."""
+    from ..errors import FhirError
+
+    issues: list[Issue] = []
+    for rule in list(_rules.values()):
+        try:
+            issues.extend(rule(conn, res_type, res_id, resource))
+        except FhirError as exc:
+            issues.extend(exc.issues)
+    return issues

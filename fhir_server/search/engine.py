@@ -91,7 +91,7 @@ def _is_ignorable(err: FhirError) -> bool:
 
 def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
     plan = _Plan()
-    ctx = QueryContext(req.base_url)
+    ctx = QueryContext(req.base_url, conn=conn)
     res_type = req.res_type
     if res_type is not None and not registry.is_resource_type(res_type):
         raise FhirError.of(404, "not-found", f"Unknown resource type '{res_type}'")
