@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     mllp_max_message_bytes: int = 1024 * 1024
     hl7_destinations: str = ""  # comma-separated host:port list for outbound SIU
     run_background_jobs: bool = True
+    # A QuestionnaireResponse whose Questionnaire this server does not hold: warn | refuse
+    unknown_questionnaire: str = "warn"
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

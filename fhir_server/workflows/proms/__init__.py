@@ -1,0 +1,15 @@
+"""Patient-reported outcomes: responses checked against their Questionnaire,
+scores stored as Observations, the Questionnaires we ship, the registry pull.
+
+Plugin hooks (fhir_server.plugins): `setup` registers the write rule and the
+scoring subscriber; `on_database` loads resources/questionnaires/.
+"""
+
+from __future__ import annotations
+
+
+def setup(settings) -> None:
+    from ...rest import rules
+    from .rule import make_rule
+
+    rules.register(make_rule(getattr(settings, "unknown_questionnaire", "warn")), "questionnaire_response_rule")
