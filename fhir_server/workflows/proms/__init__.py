@@ -13,3 +13,14 @@ def setup(settings) -> None:
     from .rule import make_rule
 
     rules.register(make_rule(getattr(settings, "unknown_questionnaire", "warn")), "questionnaire_response_rule")
+    from ... import events
+    from .hooks import on_change
+
+    events.subscribe(on_change)
+
+
+def on_database(db, settings) -> None:
+    """Serve the Questionnaires shipped in resources/questionnaires/."""
+    from ..common import QUESTIONNAIRES, load_shipped
+
+    load_shipped(db, QUESTIONNAIRES, "Questionnaire")
