@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     run_background_jobs: bool = True
     # A QuestionnaireResponse whose Questionnaire this server does not hold: warn | refuse
     unknown_questionnaire: str = "warn"
+    # Types recorded in the commit-ordered change feed that [base]/$changes serves
+    change_feed_types: str = "QuestionnaireResponse,Observation"
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

@@ -44,4 +44,5 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.match",
     "fhir_server.hl7v2.service",
     "fhir_server.workflows.proms",
+    "fhir_server.operations.changes",
 ]
