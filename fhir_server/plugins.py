@@ -45,4 +45,6 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.hl7v2.service",
     "fhir_server.workflows.proms",
     "fhir_server.operations.changes",
+    "fhir_server.workflows.triage",
+    "fhir_server.operations.queue_position",
 ]
