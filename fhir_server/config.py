@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     # A QuestionnaireResponse whose Questionnaire this server does not hold: warn | refuse
     unknown_questionnaire: str = "warn"
     # Types recorded in the commit-ordered change feed that [base]/$changes serves
-    change_feed_types: str = "QuestionnaireResponse,Observation"
+    change_feed_types: str = "QuestionnaireResponse,Observation,Communication"
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

@@ -47,4 +47,5 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.changes",
     "fhir_server.workflows.triage",
     "fhir_server.operations.queue_position",
+    "fhir_server.operations.chat_poll",
 ]

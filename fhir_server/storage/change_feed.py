@@ -56,12 +56,15 @@ def decode_cursor(token: str | None) -> tuple[int, int]:
         raise FhirError.of(400, "invalid", "Invalid _cursor: pass the value from the previous answer's next link", "_cursor") from None
 
 
-def read_after(conn: Connection, cursor: tuple[int, int], types: list[str], limit: int) -> list:
+def read_after(conn: Connection, cursor: tuple[int, int], types: list[str], limit: int, res_ids: list[str] | None = None) -> list:
     """Up to `limit` feed rows after `cursor`, in commit order, joined with their
-    versions: (txid, seq, res_type, res_id, version_id, last_updated, method, deleted, content)."""
+    versions: (txid, seq, res_type, res_id, version_id, last_updated, method, deleted, content).
+    `res_ids` restricts to those ids (at most a few thousand)."""
     f, v = change_feed.c, resource_versions.c
     txid, seq = cursor
     conds = [or_(f.txid > txid, and_(f.txid == txid, f.seq > seq)), f.res_type.in_(types)]
+    if res_ids is not None:
+        conds.append(f.res_id.in_(res_ids[:5000]))
     if conn.dialect.name == "postgresql":
         conds.append(f.txid < literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
     stmt = (
