@@ -130,6 +130,8 @@ class _Walker:
         self.issues.append(Issue("error", code, message, [expression]))
 
     def walk(self, q_items: list, qr_items: Any, path: str, enabled: bool) -> None:
+        if qr_items is None:
+            qr_items = []
         if not isinstance(qr_items, list):
             return
         by_link = {q.get("linkId"): q for q in q_items if isinstance(q, dict)}
@@ -176,7 +178,7 @@ class _Walker:
         for j, ans in enumerate(answers):
             for code, message, suffix in check_answer(q_item, ans, self.options_of):
                 self.error(code, message, f"{here}.answer[{j}]{suffix}")
-            if "item" in ans:
+            if "item" in ans or q_item.get("item"):
                 self.walk(q_item.get("item") or [], ans.get("item"), f"{here}.answer[{j}]", enabled)
 
     def read_only(self, q_item: dict, answers: list[dict], here: str) -> None:

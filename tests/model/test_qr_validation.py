@@ -129,6 +129,8 @@ INVALID = {
     "required nested in group missing": (qr(base=False, *[BASE[0], {"linkId": "grp", "item": [a("grp.b", {"valueString": "x"})]}, a("cigs", {"valueInteger": 11})]), "required", "QuestionnaireResponse.item[1].item"),
     "required under answer missing": (qr(a("pain", {"valueBoolean": True, "item": []})), "required", "QuestionnaireResponse.item[2].answer[0].item"),
     "required in present optional group": (qr({"linkId": "opt", "item": []}), "required", "QuestionnaireResponse.item[2].item"),
+    "required in present optional group without item": (qr({"linkId": "opt"}), "required", "QuestionnaireResponse.item[2].item"),
+    "required under answer, no answer.item": (qr(a("pain", {"valueBoolean": True})), "required", "QuestionnaireResponse.item[2].answer[0].item"),
     "answer to disabled item (=)": (qr(base=False, *[a("smoker", {"valueBoolean": False}), BASE[1], a("cigs", {"valueInteger": 3})]), "business-rule", "QuestionnaireResponse.item[2]"),
     "answer to disabled item (any, none true)": (qr(base=False, *[a("smoker", {"valueBoolean": False}), {"linkId": "grp", "item": [a("grp.b", {"valueString": "x"})]}], status="in-progress"), "business-rule", "QuestionnaireResponse.item[1].item[0]"),
     "disabled (>=)": (qr(a("sev", {"valueInteger": 1}), a("ge", {"valueInteger": 1})), "business-rule", "QuestionnaireResponse.item[3]"),
@@ -148,7 +150,8 @@ INVALID = {
     "maxDecimalPlaces": (qr(a("weight", {"valueDecimal": 72.55})), "value", "QuestionnaireResponse.item[2].answer[0].value"),
     "display item with an answer": (qr(a("intro", {"valueString": "x"})), "structure", "QuestionnaireResponse.item[2].answer[0]"),
     "group with an answer": (qr(base=False, *[BASE[0], {"linkId": "grp", "answer": [{"valueString": "x"}], "item": BASE[1]["item"]}]), "structure", "QuestionnaireResponse.item[1].answer[0]"),
-    "question children under item.item": (qr({"linkId": "pain", "answer": [{"valueBoolean": True}], "item": [a("pain.where", {"valueString": "x"})]}), "structure", "QuestionnaireResponse.item[2].item[0]"),
+    "question children under item.item": (qr({"linkId": "pain", "answer": [{"valueBoolean": True}], "item": [a("pain.where", {"valueString": "x"})]}),
+                                           ["structure", "required"], ["QuestionnaireResponse.item[2].item[0]", "QuestionnaireResponse.item[2].answer[0].item"]),
     "unknown linkId nested under answer": (qr(a("pain", {"valueBoolean": True, "item": [a("pain.where", {"valueString": "k"}), a("nope", {"valueString": "x"})]})), "structure", "QuestionnaireResponse.item[2].answer[0].item[1].linkId"),
     "wrong type nested in group": (qr(base=False, *[BASE[0], {"linkId": "grp", "item": [a("grp.a", {"valueString": "yes"})]}]), "value", "QuestionnaireResponse.item[1].item[0].answer[0].value"),
     "answer without value": (qr(a("name", {})), "structure", "QuestionnaireResponse.item[2].answer[0]"),
@@ -166,7 +169,9 @@ def test_invalid(name):
     issues = validate_response(response, Q)
     assert issues, f"{name}: expected an error"
     assert all(i.severity == "error" for i in issues)
-    if code is not None:
+    if isinstance(code, list):  # several problems at once
+        assert [(i.code, i.expression) for i in issues] == [(c, [e]) for c, e in zip(code, expression)], name
+    elif code is not None:
         assert [(i.code, i.expression) for i in issues] == [(code, [expression])], name
 
 
