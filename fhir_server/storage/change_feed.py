@@ -28,18 +28,28 @@ from sqlalchemy import Connection, and_, literal_column, or_, select, text
 from ..errors import FhirError
 from .schema import change_feed, resource_versions
 
-_PG_INSERT = text(
-    "INSERT INTO change_feed (txid, res_type, res_id, version_id) "
-    "VALUES (pg_current_xact_id()::text::bigint, :t, :i, :v)"
-)
+_TXID = "change_feed_txid"
+
+
+def _txid(conn: Connection) -> int:
+    """The writing transaction's id, asked once per transaction (0 on SQLite)."""
+    if conn.dialect.name != "postgresql":
+        return 0
+    tx = conn.get_transaction()
+    cached = conn.info.get(_TXID)
+    if cached is not None and cached[0] is tx:
+        return cached[1]
+    txid = int(conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one())
+    conn.info[_TXID] = (tx, txid)
+    return txid
 
 
 def record(conn: Connection, res_type: str, res_id: str, version_id: int) -> None:
-    """Add a written version to the feed (inside the write's transaction)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(_PG_INSERT, {"t": res_type, "i": res_id, "v": version_id})
-    else:
-        conn.execute(change_feed.insert().values(txid=0, res_type=res_type, res_id=res_id, version_id=version_id))
+    """Add a written version to the feed (inside the write's transaction; buffered
+    with the version rows, so a transaction Bundle pays one round trip for its txid)."""
+    from .repository import buffer_rows
+
+    buffer_rows(conn, change_feed, [{"txid": _txid(conn), "res_type": res_type, "res_id": res_id, "version_id": version_id}])
 
 
 def encode_cursor(txid: int, seq: int) -> str:
