@@ -67,7 +67,6 @@ def _scored_item(code: str, text: str) -> dict:
 
 def _instrument(key: str, title: str, panel: tuple[str, str], total: tuple[str, str], items, difficulty: str) -> dict:
     scored = [_scored_item(c, t) for c, t in items]
-    links = " or ".join(f"linkId = '{c}'" for c, _ in items)
     return {
         "resourceType": "Questionnaire",
         "id": key,
@@ -90,7 +89,7 @@ def _instrument(key: str, title: str, panel: tuple[str, str], total: tuple[str, 
             {"linkId": total[0], "code": [_coding(*total)], "text": total[1], "type": "integer", "readOnly": True,
              "extension": [{"url": CALC, "valueExpression": {
                  "language": "text/fhirpath",
-                 "expression": f"%resource.item.where({links}).answer.value.weight().sum()"}}]},
+                 "expression": "%resource.item.answer.value.weight().sum()"}}]},
         ],
     }
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from decimal import Decimal
 from typing import Any
 
@@ -87,19 +89,32 @@ def _lookup(table: dict, coding: dict) -> Decimal | None:
     return table.get((None, code))
 
 
-def _weight_fn(table: dict):
-    def weight(coll: list) -> list:
-        out = []
-        for v in coll:
-            if isinstance(v, dict) and "code" in v:
-                w = _lookup(table, v)
-                if w is not None:
-                    out.append(int(w) if w == w.to_integral_value() else float(w))
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                out.append(v)
-        return out
+_table: ContextVar[dict] = ContextVar("weights", default={})
 
-    return weight
+
+def _weight(coll: list) -> list:
+    """FHIRPath weight()/ordinal(): the weights of Coding answers in the
+    Questionnaire being scored (held in a context variable, so that compiled
+    expressions are shared between Questionnaires); numbers pass through."""
+    table = _table.get()
+    out = []
+    for v in coll:
+        if isinstance(v, dict) and "code" in v:
+            w = _lookup(table, v)
+            if w is not None:
+                out.append(int(w) if w == w.to_integral_value() else float(w))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(v)
+    return out
+
+
+_OPTIONS = {"userInvocationTable": {name: {"fn": _weight, "arity": {0: []}} for name in ("weight", "ordinal")}}
+
+
+@lru_cache(maxsize=256)
+def compiled(expression: str):
+    """A FHIRPath expression parsed once (parsing costs more than evaluating)."""
+    return fhirpathpy.compile(expression, fhirpath_models["r4"], _OPTIONS)
 
 
 def _number(result: list) -> Decimal | None:
@@ -114,8 +129,14 @@ def _number(result: list) -> Decimal | None:
 def compute_scores(response: dict, questionnaire: dict) -> list[Score]:
     """The scores of `response` (any status); [] when the Questionnaire defines none."""
     table = weights(questionnaire)
-    fn = _weight_fn(table)
-    options = {"userInvocationTable": {name: {"fn": fn, "arity": {0: []}} for name in ("weight", "ordinal")}}
+    token = _table.set(table)
+    try:
+        return _compute(response, questionnaire, table)
+    finally:
+        _table.reset(token)
+
+
+def _compute(response: dict, questionnaire: dict, table: dict) -> list[Score]:
     q_code = [c for c in questionnaire.get("code") or [] if isinstance(c, dict)]
     scores: list[Score] = []
     for item in _walk(questionnaire.get("item") or []):
@@ -127,7 +148,7 @@ def compute_scores(response: dict, questionnaire: dict) -> list[Score]:
                 continue
             try:
                 subject = copy.deepcopy(response)  # fhirpathpy annotates what it is given
-                result = fhirpathpy.evaluate(subject, expr["expression"], {"resource": subject, "questionnaire": copy.deepcopy(questionnaire)}, fhirpath_models["r4"], options=options)
+                result = compiled(expr["expression"])(subject, {"resource": subject, "questionnaire": copy.deepcopy(questionnaire)})
             except Exception as exc:  # a Questionnaire's broken expression must not fail the patient's write
                 log.warning("calculatedExpression of %s/%s failed: %s", questionnaire.get("url"), item.get("linkId"), exc)
                 continue

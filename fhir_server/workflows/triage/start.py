@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 import logging
 
-import fhirpathpy
-from fhirpathpy.models import models as fhirpath_models
 from sqlalchemy import Connection
 
 from ..common import put
 from ..proms.hooks import on_completed
+from ..proms.scoring import compiled
 
 log = logging.getLogger("fhir_server.triage")
 TASK_CODE = {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}], "text": "Care-seeking visit"}
@@ -39,7 +38,7 @@ def priority_for(response: dict, rule: dict) -> str:
     for candidate in rule.get("priority") or []:
         subject = copy.deepcopy(response)
         try:
-            result = fhirpathpy.evaluate(subject, candidate["when"], {"resource": subject}, fhirpath_models["r4"])
+            result = compiled(candidate["when"])(subject, {"resource": subject})
         except Exception as exc:  # a broken rule must not lose the patient's visit
             log.warning("triage rule %r failed: %s", candidate.get("when"), exc)
             continue
