@@ -36,5 +36,10 @@ class Settings(BaseSettings):
     terminology_load: bool = True  # load terminology/ (R4 CodeSystems, ValueSets, ConceptMaps) at start-up
     required_profiles: str = ""  # "Type=profile-url,...": writes of Type must conform (422 otherwise)
 
+    # A QuestionnaireResponse whose Questionnaire this server does not hold: warn | refuse
+    unknown_questionnaire: str = "warn"
+    # Types recorded in the commit-ordered change feed that [base]/$changes serves
+    change_feed_types: str = "QuestionnaireResponse,Observation,Communication"
+
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

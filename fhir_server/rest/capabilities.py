@@ -24,6 +24,7 @@ def register_operation(name: str, definition: str, types: tuple[str, ...] | None
 
 
 def _search_params(res_type: str) -> list[dict]:
+    from ..search.ordered import codes_of, system_for_param
     from ..search.registry import search_parameters_for
 
     out = []
@@ -35,6 +36,9 @@ def _search_params(res_type: str) -> list[dict]:
             entry["definition"] = sp.url
         if getattr(sp, "description", None):
             entry["documentation"] = sp.description
+        if sp.type == "token" and (system := system_for_param(res_type, code)):
+            rank = " < ".join(codes_of(system))
+            entry["documentation"] = (entry.get("documentation", "") + f" _sort follows the rank of the ordered code system {system} ({rank}), not the alphabet.").strip()
         out.append(entry)
     return out
 
