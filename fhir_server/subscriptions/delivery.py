@@ -72,7 +72,7 @@ class Deliverer:
 
     # ------------------------------------------------------------ claiming
 
-    def _claim(self, now: datetime) -> str | None:
+    def _claim(self, now: datetime, skip: set[str] = frozenset()) -> str | None:
         s, e = subscriptions.c, subscription_events.c
         ws_ids = sorted(self.sockets.bound_ids()) if self.sockets else []
         channel = s.channel_type == "rest-hook"
@@ -85,7 +85,7 @@ class Deliverer:
         )
         pending = exists().where(e.sub_id == s.id, e.status == "pending")
         with self.db.write() as conn:
-            q = select(s.id).where(free, channel, pending).order_by(s.next_attempt, s.id).limit(1)
+            q = select(s.id).where(free, channel, pending, s.id.notin_(sorted(skip))).order_by(s.next_attempt, s.id).limit(1)
             if conn.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True, of=subscriptions)
             sub_id = conn.execute(q).scalar()
@@ -104,13 +104,15 @@ class Deliverer:
     # ------------------------------------------------------------ the loop
 
     def run_once(self) -> int:
-        """Queue due heartbeats, then deliver until nothing is due; returns events sent."""
+        """Queue due heartbeats, then serve each due subscription once; returns events sent."""
         self.queue_heartbeats()
         sent = 0
+        served: set[str] = set()
         while True:
-            sub_id = self._claim(utcnow())
+            sub_id = self._claim(utcnow(), served)
             if sub_id is None:
                 return sent
+            served.add(sub_id)
             sent += self._deliver(sub_id)
 
     def queue_heartbeats(self) -> None:
