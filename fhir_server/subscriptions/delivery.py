@@ -124,7 +124,7 @@ class Deliverer:
         for row in rows:
             last = _aware(row.last_sent)
             due = now - timedelta(seconds=row.heartbeat_seconds)
-            if last is not None and last > due:
+            if last is None or last > due:  # last_sent is set when a subscription starts
                 continue
             with self.db.write() as conn:
                 claimed = conn.execute(update(subscriptions).where(

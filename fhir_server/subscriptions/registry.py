@@ -92,7 +92,7 @@ def sync_subscription(conn: Connection, change: events.ResourceChange) -> None:
     if existing is None:
         conn.execute(subscriptions.insert().values(
             id=sub_id, events_since_start=0, failures=0, next_attempt=None, last_error=None,
-            lease_owner=None, lease_until=None, last_sent=None, owner=owner, **{k: v for k, v in values.items() if k != "owner"},
+            lease_owner=None, lease_until=None, last_sent=now, owner=owner, **{k: v for k, v in values.items() if k != "owner"},
         ))
     else:
         if status == "active" and existing.status != "active" and owner is not None:
