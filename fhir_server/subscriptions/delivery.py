@@ -161,10 +161,11 @@ class Deliverer:
                                  .values(attempts=e.attempts + 1, last_error=error))
                 delay = min(self.settings.subscription_retry_max_seconds,
                             self.settings.subscription_retry_base_seconds * 2 ** (failures - 1))
+                next_attempt = utcnow() + timedelta(seconds=delay)
                 if spec.channel_type == "websocket":
-                    failures = sub.failures  # a closed socket is not the endpoint failing: wait for a new bind
-                self._release(sub_id, failures=failures, last_error=error,
-                              next_attempt=utcnow() + timedelta(seconds=delay))
+                    # a socket that went away is not a failing endpoint: the events wait for the next bind
+                    failures, next_attempt = sub.failures, None
+                self._release(sub_id, failures=failures, last_error=error, next_attempt=next_attempt)
                 if failures >= self.settings.subscription_max_failures and sub.status == "active":
                     self._set_status(sub_id, spec, "error", f"Delivery failed {failures} times in a row; last: {error}")
                 return sent
