@@ -51,12 +51,20 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt
 
 
-def http_send(request: notify.Request, timeout: float) -> None:
-    """Send one rest-hook request; raise unless the answer is 2xx."""
-    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-        resp = client.request(request.method, request.url, content=request.body, headers=request.headers)
-    if not 200 <= resp.status_code < 300:
-        raise RuntimeError(f"endpoint answered HTTP {resp.status_code}")
+class HttpSender:
+    """Sends rest-hook requests over one pooled client (keep-alive per endpoint);
+    raises unless the answer is 2xx. Redirects are not followed."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __call__(self, request: notify.Request, timeout: float) -> None:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(follow_redirects=False)
+        resp = client.request(request.method, request.url, content=request.body, headers=request.headers, timeout=timeout)
+        if not 200 <= resp.status_code < 300:
+            raise RuntimeError(f"endpoint answered HTTP {resp.status_code}")
 
 
 class Deliverer:
@@ -67,7 +75,7 @@ class Deliverer:
         self.db = db
         self.settings = settings
         self.sockets = sockets
-        self.send = send or http_send
+        self.send = send or HttpSender()
         self.owner = owner or worker_name()
 
     # ------------------------------------------------------------ claiming
