@@ -17,6 +17,13 @@ def setup(settings) -> None:
     rules.register_preparer("Subscription", registry.prepare_subscription, "subscriptions")
     events.subscribe(matching.on_change)
     from ..operations import subscription_events, subscription_status, subscription_ws_token  # noqa: F401  (register)
+    from ..rest.capabilities import register_resource_extension
+    from . import topics
+    from .spec import BACKPORT
+
+    for url in sorted(topics.all_topics()):
+        register_resource_extension("Subscription", {"url": BACKPORT + "capabilitystatement-subscriptiontopic-canonical",
+                                                     "valueCanonical": url})
 
 
 def attach(app, db, settings) -> None:

@@ -221,3 +221,12 @@ def test_status_and_events_operations(client, subscribe, receiver, deliver):
     assert client.get(f"/fhir/Subscription/{sub['id']}/$events", params={"content": "all"}).status_code == 400
     assert client.get("/fhir/Subscription/unknown-sub/$status").status_code == 404
     assert client.get("/fhir/Subscription/$status").status_code == 400
+
+
+def test_capability_statement_lists_the_topics(client):
+    statement = client.get("/fhir/metadata").json()
+    entry = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"][0]
+    canonicals = {e["valueCanonical"] for e in entry.get("extension", [])
+                  if e["url"].endswith("capabilitystatement-subscriptiontopic-canonical")}
+    assert canonicals == set(topics.all_topics())
+    assert {"status", "events", "get-ws-binding-token"} <= {op["name"] for op in entry["operation"]}
