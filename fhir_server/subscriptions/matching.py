@@ -192,6 +192,8 @@ def on_change(conn: Connection, change: events.ResourceChange) -> None:
     now = utcnow()
     for row in rows:  # in id order: concurrent writers lock subscription rows in one order
         spec = SubscriptionSpec.from_json(json.loads(row.spec))
+        if spec.end and datetime.fromisoformat(spec.end) <= now:
+            continue  # R4 Subscription.end: past its end, nothing more is queued
         try:
             matched, topic_url = _matches(conn, spec, change)
         except FhirError as exc:  # criteria that stopped being valid (a SearchParameter removed): no event

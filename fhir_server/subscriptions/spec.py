@@ -53,6 +53,7 @@ class SubscriptionSpec:
     timeout_seconds: int | None = None
     max_count: int = 1
     base_url: str = ""  # the FHIR base the subscriber used, for references in notifications
+    end: str | None = None  # Subscription.end (instant, UTC ISO): no events after it
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -153,6 +154,14 @@ def parse_subscription(resource: dict, settings, topic_lookup) -> SubscriptionSp
         raise _bad("Subscription.criteria is required", "Subscription.criteria")
     spec = SubscriptionSpec(kind="r4", channel_type=ctype, endpoint=endpoint, payload=payload,
                             content="full-resource" if payload else "empty", headers=list(headers))
+    end = resource.get("end")
+    if end is not None:
+        from ..search.values import parse_date_range
+
+        try:
+            spec.end = parse_date_range(end)[1].isoformat()
+        except Exception:
+            raise _bad(f"Subscription.end '{end}' is not a valid instant", "Subscription.end") from None
     topic = topic_lookup(criteria.strip())
     if topic is not None:
         _read_topic_parts(spec, resource, channel, topic)

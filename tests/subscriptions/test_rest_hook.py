@@ -229,3 +229,19 @@ def test_visibility_rechecked_at_delivery(client, subscribe, receiver, deliver, 
     with app.state.db.read() as conn:
         statuses = conn.execute(select(subscription_events.c.status).where(subscription_events.c.sub_id == sub["id"])).scalars().all()
     assert statuses == ["withheld"]
+
+
+def test_subscription_end_stops_events(client, subscribe, receiver, deliver):
+    family = _family()
+    ended = r4_subscription(f"Patient?family={family}", receiver.url)
+    ended["end"] = "2001-01-01T00:00:00Z"
+    subscribe(ended)
+    running = r4_subscription(f"Patient?family={family}", receiver.url + "/running")
+    running["end"] = "2999-01-01T00:00:00Z"
+    subscribe(running)
+    bad = r4_subscription(f"Patient?family={family}", receiver.url)
+    bad["end"] = "yesterday"
+    subscribe(bad, expect=400)
+    _patient(client, family)
+    deliver()
+    assert [r["path"] for r in receiver.requests] == ["/hook/running"]
