@@ -139,14 +139,31 @@ def topic_subscription(topic: str, endpoint: str | None, filters: list[str] = ()
     return sub
 
 
+def loopback_only(sender):
+    """Tests send only to this machine: any other target fails like a dead endpoint
+    (the shared test database also holds the official example Subscriptions)."""
+    from urllib.parse import urlsplit
+
+    from fhir_server.subscriptions.spec import _is_loopback
+
+    def send(request, timeout):
+        if not _is_loopback(urlsplit(request.url).hostname or ""):
+            raise RuntimeError(f"tests do not send to {request.url}")
+        sender(request, timeout)
+
+    return send
+
+
 @pytest.fixture
 def deliver(app, settings):
     """Run one delivery round in this thread (the test app runs no background worker)."""
-    from fhir_server.subscriptions.delivery import Deliverer
+    from fhir_server.subscriptions.delivery import Deliverer, HttpSender
+
+    send = loopback_only(HttpSender())
 
     def run(**overrides) -> int:
         s = settings.model_copy(update=overrides) if overrides else settings
-        return Deliverer(app.state.db, s, app.state.subscription_sockets).run_once()
+        return Deliverer(app.state.db, s, app.state.subscription_sockets, send=send).run_once()
 
     return run
 

@@ -10,7 +10,9 @@ import httpx
 
 from fhir_server.subscriptions.delivery import Deliverer
 
-from .conftest import topic_subscription
+from fhir_server.subscriptions.delivery import HttpSender
+
+from .conftest import loopback_only, topic_subscription
 
 
 def _wait_for(predicate, timeout: float = 60.0) -> None:
@@ -95,7 +97,7 @@ def test_concurrent_workers_share_the_queue_without_sending_twice(client, subscr
     for i in range(24):
         task = {"resourceType": "Task", "status": "requested", "intent": "order", "owner": {"reference": owners[i % 4]}}
         assert client.post("/fhir/Task", json=task).status_code == 201
-    workers = [Deliverer(app.state.db, settings) for _ in range(3)]
+    workers = [Deliverer(app.state.db, settings, send=loopback_only(HttpSender())) for _ in range(3)]
     threads = [threading.Thread(target=w.run_once) for w in workers]
     for t in threads:
         t.start()

@@ -57,10 +57,10 @@ def test_channel_checks(subscribe, receiver):
     assert subscribe(bad_type, expect=400)["issue"][0]["expression"] == ["Subscription.channel.type"]
     bad_payload = r4_subscription("Patient?family=x", receiver.url, payload="text/plain")
     subscribe(bad_payload, expect=400)
-    refused = subscribe(r4_subscription("Patient?family=x", "http://example.org/hook"), expect=422)
+    refused = subscribe(r4_subscription("Patient?family=x", "http://receiver.invalid/hook"), expect=422)
     assert "https" in refused["issue"][0]["diagnostics"]
     subscribe(r4_subscription("Patient?family=x", "ftp://127.0.0.1/x"), expect=400)
-    assert subscribe(r4_subscription("Patient?family=x", "https://example.org/hook"))["status"] == "active"
+    assert subscribe(r4_subscription("Patient?family=x", "https://receiver.invalid/hook"))["status"] == "active"
 
 
 def test_allow_list_admits_plain_http_host(settings):
