@@ -41,5 +41,14 @@ class Settings(BaseSettings):
     # Types recorded in the commit-ordered change feed that [base]/$changes serves
     change_feed_types: str = "QuestionnaireResponse,Observation,Communication"
 
+    # Subscriptions (docs/subscriptions.md)
+    subscription_allowed_hosts: str = ""  # comma-separated hosts whose http:// rest-hook endpoints are allowed
+    subscription_allow_loopback_http: bool = True  # http:// to 127.0.0.0/8, ::1 and localhost (development, tests)
+    subscription_max_failures: int = 5  # consecutive failed deliveries before status becomes error
+    subscription_retry_base_seconds: float = 2.0  # back-off: base * 2**(failures-1), capped below
+    subscription_retry_max_seconds: float = 300.0
+    subscription_delivery_timeout_seconds: float = 10.0
+    subscription_poll_seconds: float = 0.5
+
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

@@ -51,10 +51,10 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.validate",
     "fhir_server.terminology",
     "fhir_server.model.required_profiles",
-
     "fhir_server.workflows.proms",
     "fhir_server.operations.changes",
     "fhir_server.workflows.triage",
     "fhir_server.operations.queue_position",
     "fhir_server.operations.chat_poll",
+    "fhir_server.subscriptions.plugin",
 ]
