@@ -1,14 +1,14 @@
 """change feed for registry pulls (issue 16)
 
 Revision ID: 0016_change_feed
-Revises: 0001
+Revises: 0002_subscriptions
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = '0016_change_feed'
-down_revision = '0001'
+down_revision = '0002_subscriptions'
 branch_labels = None
 depends_on = None
 
