@@ -30,14 +30,24 @@ def _ids(client, url: str, rtype: str = "Observation") -> set[str]:
     return {e["resource"]["id"] for e in r.json().get("entry", []) if e["resource"]["resourceType"] == rtype}
 
 
-def test_every_search_form_agrees_on_absolute_references_to_own_base(client, alias):
+@pytest.fixture
+def behind_proxy(app, auth_headers):
+    """The app as a reverse proxy on this host reaches it (peer 127.0.0.1, a trusted proxy by default)."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, base_url="http://testserver", headers=auth_headers, client=("127.0.0.1", 50000)) as c:
+        yield c
+
+
+def test_every_search_form_agrees_on_absolute_references_to_own_base(client, behind_proxy, alias):
     pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
     mine = {
         _obs(client, f"Patient/{pid}"),
         _obs(client, f"http://testserver/fhir/Patient/{pid}"),
         _obs(client, f"HTTP://TESTSERVER:80/fhir/Patient/{pid}/_history/1"),
         _obs(client, f"{alias}/Patient/{pid}"),
-        _obs(client, f"https://proxy.example.org/pre/fhir/Patient/{pid}",
+        # through a reverse proxy on loopback (X-Forwarded-* are believed from trusted proxies only)
+        _obs(behind_proxy, f"https://proxy.example.org/pre/fhir/Patient/{pid}",
              headers={"X-Forwarded-Host": "proxy.example.org", "X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/pre"}),
     }
     foreign = _obs(client, f"http://other.example.org/fhir/Patient/{pid}")
