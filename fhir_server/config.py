@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     notify_sms_username: str = ""
     notify_sms_password: str = ""
     notify_sms_token: str = ""  # sent as `Authorization: Bearer ...` when set
-    notify_sms_body: str = '{"to": "{to}", "message": {text_json}, "reference": "{key}"}'
+    # $to, $text, $text_json (the text as a JSON string) and $key (idempotency key) are filled in
+    notify_sms_body: str = '{"to": "$to", "message": $text_json, "reference": "$key"}'
     notify_sms_message_id_field: str = "id"  # where the gateway's JSON reply carries its message id
 
     def resolved_database_url(self) -> str:

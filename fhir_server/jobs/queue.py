@@ -132,7 +132,7 @@ def enqueue(conn: Connection, kind: str, params: dict, job_id: str | None = None
     `not_before` (UTC): the job is not claimed before then (state `scheduled`)."""
     job_id = job_id or uuid.uuid4().hex
     now = utcnow()
-    state, due = (SCHEDULED, not_before) if not_before is not None else (QUEUED, None)
+    state, due = (SCHEDULED, _utc(not_before)) if not_before is not None else (QUEUED, None)
     conn.execute(
         jobs.insert().values(
             id=job_id, kind=kind, state=state, params=json.dumps(params), cursor=None, progress=None,
