@@ -45,4 +45,7 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.hl7v2.service",
     "fhir_server.notify",
     "fhir_server.workflows.booking",
+    "fhir_server.operations.appointment_find",
+    "fhir_server.operations.appointment_hold",
+    "fhir_server.operations.appointment_book",
 ]

@@ -95,7 +95,11 @@ def _check_appointment(conn: Connection, res_id: str | None, appt: dict) -> None
         slot_status = slot.get("status")
         if slot_status == "busy":
             holders = claims.holders(conn, slot_id)
-            raise claims.taken(slot_id, index, holders[0][1] if holders else None)
+            t = now()
+            live = [h for h in holders if h[2] is None or h[2] > t]
+            if not holders or len(live) >= claims.capacity(slot):  # stale holds give way (on_change expires them)
+                raise claims.taken(slot_id, index, (live or holders)[0][1] if holders else None)
+            continue
         if slot_status != "free":
             raise FhirError.of(409, "conflict", f"Slot/{slot_id} is {slot_status} and cannot be booked", f"Appointment.slot[{index}]")
     lo = min((x for x in lows if x), default=None)

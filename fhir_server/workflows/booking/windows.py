@@ -166,8 +166,8 @@ def check_for_appointment(conn: Connection, settings, appointment: dict, cancell
 
 def _span(d: timedelta) -> str:
     minutes = int(d.total_seconds() // 60)
-    if minutes % (24 * 60) == 0 and minutes >= 24 * 60:
-        return f"{minutes // (24 * 60)} day(s)"
+    if minutes % (24 * 60) == 0 and minutes >= 48 * 60:
+        return f"{minutes // (24 * 60)} days"
     if minutes % 60 == 0 and minutes >= 60:
-        return f"{minutes // 60} hour(s)"
-    return f"{minutes} minutes"
+        return f"{minutes // 60} hour{'s' if minutes > 60 else ''}"
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
