@@ -14,6 +14,8 @@ GET (or POST with a Parameters body) with:
 Returns a searchset Bundle of `proposed` Appointments, earliest first, each
 referencing its Slot; none is stored. Slots outside the organisation's online
 booking window (lead time, horizon: mappings/booking/rules.yaml) are left out.
+The free Slots come from the `booking_slots` index (workflows/booking/slot_index.py):
+one range scan on (schedule, status, start) or (status, start).
 Errors: 400 for a malformed parameter value.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import orjson
+from sqlalchemy import and_, or_, select
 
 from ..clock import now
 from ..errors import FhirError
@@ -29,10 +31,12 @@ from ..model import jsonio
 from ..rest.context import Outcome
 from ..rest.interactions import parse_instant
 from ..rest.operations import OperationCall, body_parameters, operation
-from ..search.engine import SearchRequest, execute_search, find_matches
+from ..search.engine import find_matches
+from ..storage.schema import booking_slots, idx_reference, resources
 from ..workflows.booking import windows
 from ..workflows.booking.proposals import proposal
-from ..workflows.booking.resources import fhir_instant, instant, read
+from ..workflows.booking.resources import instant
+from ..workflows.booking.slot_index import token_pattern
 
 DEFINITION = "http://fhir.org/guides/argonaut/scheduling/OperationDefinition/appointment-find"
 MAX_COUNT = 100
@@ -48,10 +52,12 @@ def _ref(value: str, rtype: str, name: str) -> str:
 
 
 def _schedules(conn, actors: list[str]) -> list[str]:
-    ids: set[str] = set()
-    for actor in actors:
-        ids.update(rid for _pk, rid in find_matches(conn, "Schedule", [("actor", actor), ("active:not", "false")], limit=1000))
-    return sorted(ids)
+    """Ids of the Schedules whose `actor` is one of `actors` (from the reference index)."""
+    ref = idx_reference
+    conds = [and_(ref.c.target_type == a.split("/")[0], ref.c.target_id == a.split("/")[1]) for a in actors]
+    stmt = select(ref.c.res_pk).where(ref.c.res_type == "Schedule", ref.c.param == "actor", or_(*conds))
+    q = select(resources.c.res_id, resources.c.content).where(resources.c.pk.in_(stmt), resources.c.deleted.is_(False))
+    return sorted(rid for rid, content in conn.execute(q) if jsonio.parse_plain(content).get("active", True) is not False)
 
 
 @operation("find", ("type",), types=("Appointment",), definition=DEFINITION)
@@ -71,13 +77,13 @@ def find(call: OperationCall) -> Outcome:
     actors += [_ref(v, "Location", "location") for v in get("location")]
     orgs = [_ref(v, "Organization", "organization") for v in get("organization")]
     patient = _ref(get("patient")[0], "Patient", "patient") if get("patient") else None
-    query: list[tuple[str, str]] = [("status", "free"), ("start", f"ge{fhir_instant(start)}"),
-                                    ("start", f"lt{fhir_instant(end)}"), ("_sort", "start")]
-    for name, sp in (("specialty", "specialty"), ("service-type", "service-type"), ("visit-type", "appointment-type")):
+    filters: list[tuple[str, list[str]]] = []
+    for name, prefix in (("specialty", "sp"), ("service-type", "st"), ("visit-type", "vt")):
         for v in get(name):
-            query.append((sp, v))
+            filters.append((prefix, [x for x in v.split(",") if x]))
     entries: list[dict] = []
     with call.db.read() as conn:
+        schedules = None
         if actors or orgs:
             org_actors = list(orgs)
             for org in orgs:
@@ -89,36 +95,69 @@ def find(call: OperationCall) -> Outcome:
                 schedules = sorted(org_schedules if schedules is None else set(schedules) & org_schedules)
             if not schedules:
                 return _bundle(call, [])
-            query.append(("schedule", ",".join(f"Schedule/{s}" for s in schedules)))
-        sched_cache: dict[str, tuple[list[dict], windows.Rules]] = {}
-        page = 0
-        seen: set[str] = set()
-        while len(entries) < count and page < 20:
-            batch = orjson.loads(execute_search(conn, SearchRequest("Slot", query + [("_count", str(count * 2))], call.ctx.base_url)))
-            slots = [e["resource"] for e in batch.get("entry") or [] if e.get("resource", {}).get("resourceType") == "Slot"]
-            for slot in slots:
-                if slot["id"] in seen:
-                    continue
-                seen.add(slot["id"])
+        sched_cache: dict[str, tuple[list[dict], windows.Rules] | None] = {}
+        after: tuple | None = None
+        for _page in range(20):
+            rows = _free_slots(conn, start, end, schedules, filters, after, count * 2)
+            _read_schedules(conn, call.settings, rows, sched_cache)
+            for slot_id, content, slot_start in rows:
+                after = (slot_start, slot_id)
+                slot = jsonio.parse_plain(content)
                 sref = (slot.get("schedule") or {}).get("reference") or ""
-                if sref not in sched_cache:
-                    sched = read(conn, "Schedule", sref.split("/")[-1]) or {}
-                    rules = windows.rules_for(call.settings, windows.organizations_of_slot(conn, slot))
-                    sched_cache[sref] = ([a for a in sched.get("actor") or [] if a.get("reference")], rules)
-                sched_actors, rules = sched_cache[sref]
-                slot_start = instant(slot.get("start"))
-                if slot_start is None or slot_start < t + rules.min_lead or slot_start > t + rules.max_ahead:
+                known = sched_cache.get(sref.split("/")[-1], False)
+                if known is None:
+                    continue
+                sched_actors, rules = known or ([], windows.rules_for(call.settings, []))
+                at = instant(slot.get("start"))
+                if at is None or at < t + rules.min_lead or at > t + rules.max_ahead:
                     continue
                 entries.append(proposal(slot, sched_actors, patient))
                 if len(entries) >= count:
-                    break
-            nxt = next((l["url"] for l in batch.get("link") or [] if l.get("relation") == "next"), None)
-            if not nxt or len(slots) == 0:
+                    return _bundle(call, entries)
+            if len(rows) < count * 2:
                 break
-            last = slots[-1]["start"]
-            query = [q for q in query if not (q[0] == "start" and q[1].startswith("ge"))] + [("start", f"ge{last}")]
-            page += 1
     return _bundle(call, entries)
+
+
+def _read_schedules(conn, settings, rows, cache: dict) -> None:
+    """Schedule id -> (its actors, the booking rules of its organisation), for the
+    Schedules of `rows` not yet in `cache` (one query)."""
+    wanted = set()
+    for _sid, content, _at in rows:
+        ref = (jsonio.parse_plain(content).get("schedule") or {}).get("reference") or ""
+        if ref.startswith("Schedule/") and ref[9:] not in cache:
+            wanted.add(ref[9:])
+    if not wanted:
+        return
+    q = select(resources.c.res_id, resources.c.content).where(
+        resources.c.res_type == "Schedule", resources.c.res_id.in_(sorted(wanted)), resources.c.deleted.is_(False))
+    for sid, content in conn.execute(q):
+        sched = jsonio.parse_plain(content)
+        if sched.get("active") is False:
+            cache[sid] = None  # an inactive Schedule offers nothing
+            continue
+        rules = windows.rules_for(settings, windows.organizations_of_schedule(conn, sched))
+        cache[sid] = ([a for a in sched.get("actor") or [] if a.get("reference")], rules)
+
+
+def _free_slots(conn, start, end, schedules, filters, after, limit):
+    """(slot id, content, start) of free Slots starting in [start, end), earliest first,
+    after the keyset `after` = (start, slot id). The ordered, limited scan runs on
+    the index alone, then the few rows it keeps are joined to their contents."""
+    b, r = booking_slots, resources
+    stmt = select(b.c.slot_id, b.c.start).where(b.c.status == "free", b.c.start >= start, b.c.start < end)
+    if schedules is not None:
+        stmt = stmt.where(b.c.schedule_id.in_(schedules))
+    for prefix, values in filters:
+        stmt = stmt.where(or_(*[b.c.codes.like(token_pattern(prefix, v)) for v in values]))
+    if after is not None:
+        stmt = stmt.where(or_(b.c.start > after[0], and_(b.c.start == after[0], b.c.slot_id > after[1])))
+    ids = stmt.order_by(b.c.start, b.c.slot_id).limit(limit).subquery()
+    q = (select(ids.c.slot_id, r.c.content, ids.c.start)
+         .join(r, and_(r.c.res_type == "Slot", r.c.res_id == ids.c.slot_id))
+         .where(r.c.deleted.is_(False))
+         .order_by(ids.c.start, ids.c.slot_id))
+    return [tuple(row) for row in conn.execute(q)]
 
 
 def _bundle(call: OperationCall, proposals: list[dict]) -> Outcome:

@@ -277,6 +277,23 @@ booking_slot_claims = Table(
 )
 Index("ix_booking_slot_claims_appointment", booking_slot_claims.c.appointment_id)
 
+# Booking: one row per Slot, kept by a change subscriber in the Slot's write
+# transaction, so that Appointment/$find is one range scan over an index on
+# (schedule, start) or (status, start) however many Slots there are. `codes`
+# holds " sp:system|code st:system|code vt:system|code " (specialty, service
+# type, visit type) for the optional filters.
+booking_slots = Table(
+    "booking_slots",
+    metadata,
+    Column("slot_id", String(64), primary_key=True),
+    Column("schedule_id", String(64), nullable=True),
+    Column("start", DateTime(timezone=True), nullable=True),
+    Column("status", String(24), nullable=False),
+    Column("codes", Text, nullable=False),
+)
+Index("ix_booking_slots_schedule_start", booking_slots.c.schedule_id, booking_slots.c.status, booking_slots.c.start, booking_slots.c.slot_id)
+Index("ix_booking_slots_status_start", booking_slots.c.status, booking_slots.c.start, booking_slots.c.slot_id)
+
 # Notifications (fhir_server/notify): one row per (CommunicationRequest, channel),
 # the idempotency key that keeps a message from being sent twice.
 notify_deliveries = Table(

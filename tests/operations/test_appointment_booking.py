@@ -212,3 +212,33 @@ def test_bad_bodies_are_400(client):
     assert client.post("/fhir/Appointment/$hold", json={"resourceType": "Parameters", "parameter": [
         {"name": "appt-resource", "resource": {"resourceType": "Patient"}}]}, headers=FHIR_JSON).status_code == 400
     assert client.get("/fhir/Appointment/$book").status_code == 400
+
+
+def test_find_filters_by_codes_and_skips_inactive_schedules(client):
+    pract, sched = make_schedule(client)
+    t0 = future(days=12)
+    slot = make_slot(client, sched["id"], t0, service_code="vaccination")
+    q = {"practitioner": f"Practitioner/{pract['id']}", "start": iso(t0 - timedelta(minutes=1)), "end": iso(t0 + timedelta(hours=1))}
+    assert len(_find(client, **q, specialty="http://snomed.info/sct|394814009")) == 1
+    assert len(_find(client, **q, specialty="394814009")) == 1
+    assert len(_find(client, **q, **{"service-type": "http://example.org/service|vaccination,x|y"})) == 1
+    assert len(_find(client, **q, **{"visit-type": "ROUTINE"})) == 1
+    assert _find(client, **q, **{"visit-type": "WALKIN"}) == []
+    # without a practitioner the specialty search finds it too, until its Schedule is made inactive
+    q2 = {"start": q["start"], "end": q["end"], "service-type": "http://example.org/service|vaccination", "_count": "100"}
+    assert f"Slot/{slot['id']}" in [a["slot"][0]["reference"] for a in _find(client, **q2)]
+    sched["active"] = False
+    assert client.put(f"/fhir/Schedule/{sched['id']}", json=sched, headers=FHIR_JSON).status_code == 200
+    assert f"Slot/{slot['id']}" not in [a["slot"][0]["reference"] for a in _find(client, **q2)]
+    assert _find(client, **q) == []
+
+
+def test_slot_index_tokens():
+    from fhir_server.workflows.booking.slot_index import code_tokens, token_pattern
+
+    slot = {"specialty": [{"coding": [{"system": "http://snomed.info/sct", "code": "394814009"}]}],
+            "appointmentType": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0276", "code": "ROUTINE"}]}}
+    tokens = code_tokens(slot)
+    assert " sp:http://snomed.info/sct|394814009 " in tokens and " vt:|ROUTINE " in tokens
+    assert token_pattern("sp", "394814009") == "% sp:%|394814009 %"
+    assert token_pattern("st", "a|b%_") == "% st:a|b %"

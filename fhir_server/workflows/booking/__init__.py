@@ -12,11 +12,12 @@ from __future__ import annotations
 def setup(settings) -> None:
     from ... import events
     from ...rest import rules
-    from . import holds, integrity, lifecycle
+    from . import holds, integrity, lifecycle, slot_index
 
     integrity.configure(settings)
     rules.register(integrity.check_write, name="booking.slot-integrity")
     events.subscribe(integrity.on_change)
+    events.subscribe(slot_index.on_slot_change)
     holds.register()
     lifecycle.configure(settings)
     integrity.add_hook(lifecycle.on_appointment_change)

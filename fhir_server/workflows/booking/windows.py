@@ -87,6 +87,11 @@ def organizations_of_slot(conn: Connection, slot: dict) -> list[str]:
     """Keys ("Organization/id", "system|value") of the organisations behind a Slot's Schedule."""
     sched_ref = ((slot.get("schedule") or {}).get("reference") or "")
     sched = read(conn, "Schedule", sched_ref.split("/")[-1]) if sched_ref.startswith("Schedule/") else None
+    return organizations_of_schedule(conn, sched)
+
+
+def organizations_of_schedule(conn: Connection, sched: dict | None) -> list[str]:
+    """Keys of the organisations behind a Schedule's actors (see organizations_of_slot)."""
     org_refs: list[str] = []
     for actor in (sched or {}).get("actor") or []:
         ref = actor.get("reference") or ""
