@@ -16,8 +16,8 @@ def setup(settings) -> None:
 
     integrity.configure(settings)
     rules.register(integrity.check_write, name="booking.slot-integrity")
-    events.subscribe(integrity.on_change)
-    events.subscribe(slot_index.on_slot_change)
+    events.subscribe(integrity.on_change, types=("Appointment", "Slot"))
+    events.subscribe(slot_index.on_slot_change, types=("Slot",))
     holds.register()
     lifecycle.configure(settings)
     integrity.add_hook(lifecycle.on_appointment_change)
