@@ -50,5 +50,28 @@ class Settings(BaseSettings):
     subscription_delivery_timeout_seconds: float = 10.0
     subscription_poll_seconds: float = 0.5
 
+    # Booking (docs/booking.md)
+    booking_hold_minutes: int = 10  # how long Appointment/$hold reserves a Slot
+    booking_timezone: str = "Europe/Stockholm"  # default local time zone (a Location may say otherwise)
+    booking_rules_file: str = ""  # empty: mappings/booking/rules.yaml
+    # Notifications (docs/notifications.md)
+    notify_default_language: str = "en"
+    notify_reminder_hour: int = 18  # local hour, the day before the appointment
+    notify_templates_dir: str = ""  # empty: terminology/templates/notify
+    notify_smtp_host: str = ""  # empty: no e-mail channel
+    notify_smtp_port: int = 25
+    notify_smtp_username: str = ""
+    notify_smtp_password: str = ""
+    notify_smtp_starttls: bool = False
+    notify_smtp_from: str = "no-reply@localhost"
+    notify_smtp_timeout: float = 30.0
+    notify_sms_url: str = ""  # empty: no SMS channel
+    notify_sms_username: str = ""
+    notify_sms_password: str = ""
+    notify_sms_token: str = ""  # sent as `Authorization: Bearer ...` when set
+    # $to, $text, $text_json (the text as a JSON string) and $key (idempotency key) are filled in
+    notify_sms_body: str = '{"to": "$to", "message": $text_json, "reference": "$key"}'
+    notify_sms_message_id_field: str = "id"  # where the gateway's JSON reply carries its message id
+
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

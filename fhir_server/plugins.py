@@ -57,4 +57,9 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.queue_position",
     "fhir_server.operations.chat_poll",
     "fhir_server.subscriptions.plugin",
+    "fhir_server.notify",
+    "fhir_server.workflows.booking",
+    "fhir_server.operations.appointment_find",
+    "fhir_server.operations.appointment_hold",
+    "fhir_server.operations.appointment_book",
 ]
