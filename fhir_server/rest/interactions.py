@@ -107,7 +107,9 @@ def _validate(res_type: str, parsed: ParsedResource) -> None:
     warnings: list[Issue] = []
     errors = validate_resource(parsed.plain, res_type, warnings)
     if errors:
-        raise FhirError(400, errors)
+        # A resource that parses but holds a code outside a required binding is
+        # unprocessable (422, http.html#2.21.0.11); anything structural is a 400.
+        raise FhirError(422 if all(i.code == "code-invalid" for i in errors) else 400, errors)
     parsed.warnings = warnings
     parsed.validated_as = res_type
 

@@ -184,8 +184,19 @@ def test_in_progress_tells_the_patient_once(client, monkeypatch):
     assert sent == [(patient, tid)]
 
 
-def test_your_turn_without_notifier_does_not_fail_the_update(client):
+def test_your_turn_for_an_unknown_patient_does_not_fail_the_update(client):
     qr = client.post("/fhir/QuestionnaireResponse", json=_symptoms("Patient/nn", NO, NO)).json()
     tid = visit_task_id(qr["id"])
     task = client.get(f"/fhir/Task/{tid}").json()
     assert client.put(f"/fhir/Task/{tid}", json={**task, "status": "in-progress"}).status_code == 200
+
+
+def test_your_turn_is_queued_with_the_notifier(client):
+    """The real notifier: a CommunicationRequest for the patient, about the visit Task."""
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "telecom": [{"system": "sms", "value": "+46701234567"}]}).json()["id"]
+    qr = client.post("/fhir/QuestionnaireResponse", json=_symptoms(f"Patient/{pid}", NO, NO)).json()
+    tid = visit_task_id(qr["id"])
+    task = client.get(f"/fhir/Task/{tid}").json()
+    assert client.put(f"/fhir/Task/{tid}", json={**task, "status": "in-progress"}).status_code == 200
+    found = client.get(f"/fhir/CommunicationRequest?subject=Patient/{pid}").json().get("entry", [])
+    assert [e["resource"]["about"][0]["reference"] for e in found] == [f"Task/{tid}"]

@@ -3,9 +3,8 @@
 Runs in the Task update's transaction. The message goes out through the
 notifier of the booking work (fhir_server.notify: SMS/e-mail via the jobs
 outbox), which queues it in this same transaction, so a rolled-back update
-sends nothing. Until that notifier is installed the trigger does nothing and
-says so in the log. WIRING after merge: `_deliver` below is the one place that
-calls the notifier; adapt its one call line to the notifier's signature.
+sends nothing. A patient the notifier cannot reach (no such Patient) is logged
+and does not fail the Task update.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from ... import events
 from .start import TASK_CODE, TRIAGE_TAG
 
 log = logging.getLogger("fhir_server.triage")
-TEMPLATE = "triage-your-turn"
+TEMPLATE = "queue-your-turn"
 
 
 def is_visit(task: dict) -> bool:
@@ -32,13 +31,18 @@ def is_visit(task: dict) -> bool:
 
 
 def _deliver(conn: Connection, patient: str, task: dict) -> bool:
-    """Queue the message with the notifier; False when no notifier is installed."""
+    """Queue "it's your turn" with the notifier (fhir_server/notify), in the Task's write
+    transaction; one message per visit Task (idempotency key)."""
+    from ...errors import FhirError
+    from ...notify import queue_notification
+
+    owner = ((task.get("owner") or {}).get("display")) or ""
     try:
-        from ...notify import notify  # the booking work's notifier (not on main yet)
-    except ImportError:
-        log.info("no notifier installed: 'your turn' for %s (Task/%s) not sent", patient, task.get("id"))
+        queue_notification(conn, patient, TEMPLATE, {"where": f" ({owner})" if owner else ""},
+                           reason_ref=f"Task/{task.get('id')}", key=f"your-turn:Task/{task.get('id')}")
+    except FhirError as exc:
+        log.warning("'your turn' for %s (Task/%s) not queued: %s", patient, task.get("id"), exc)
         return False
-    notify(conn, recipient=patient, template=TEMPLATE, context={"task": f"Task/{task.get('id')}"})  # WIRING: one line
     return True
 
 
