@@ -23,6 +23,18 @@ class Settings(BaseSettings):
     mllp_max_message_bytes: int = 1024 * 1024
     hl7_destinations: str = ""  # comma-separated host:port list for outbound SIU
     run_background_jobs: bool = True
+    # Binary content (docs/documents.md): filesystem under blob_dir, or an S3-compatible store
+    blob_store: str = "filesystem"  # filesystem | s3
+    blob_dir: str = "data/blobs"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""  # empty: AWS; else e.g. http://minio:9000
+    s3_region: str = ""
+    s3_access_key_id: str = ""  # empty: boto3's usual credential chain
+    s3_secret_access_key: str = ""
+    s3_create_bucket: bool = False
+    upload_rules: str = ""  # YAML file; empty: mappings/documents/upload-rules.yaml
+    clamd_address: str = ""  # unix:/path/clamd.ctl or host:port; empty: no virus scan
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

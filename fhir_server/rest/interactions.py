@@ -221,6 +221,7 @@ def _prepare_write(conn: Connection, ctx: RequestContext, interaction: str, res_
     check_type(res_type)
     _validate(res_type, parsed)
     authorize(ctx.principal, AccessRequest(interaction, res_type, res_id, parsed.plain))
+    rules.transform(conn, ctx, res_type, res_id, parsed)
     return rules.run(conn, res_type, res_id, parsed.plain)
 
 
