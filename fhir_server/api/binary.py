@@ -190,11 +190,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     if not first.isdigit() or (last and not last.isdigit()):
         return None
     a = int(first)
-    b = int(last) if last else size - 1
-    if b < a:
-        return None
     if a >= size:
         return "unsatisfiable"
+    b = int(last) if last else size - 1
+    if b < a:
+        return None  # invalid range-spec: ignored
     return a, min(b, size - 1)
 
 
