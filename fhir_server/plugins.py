@@ -44,4 +44,6 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.match",
     "fhir_server.hl7v2.service",
     "fhir_server.documents",
+    "fhir_server.workflows.claims",
+    "fhir_server.operations.claim_submit",
 ]
