@@ -83,6 +83,8 @@ def _owner(team: str, insurer: dict) -> dict | None:
 def submit(conn, ctx, parsed: ix.ParsedResource, book_path: str | None = None) -> dict:
     """Store the Claim and its ClaimResponse (and Task / guarantee); returns the ClaimResponse."""
     claim_in = parsed.plain
+    if claim_in.get("status") != "active":
+        raise FhirError.of(422, "business-rule", f"Only an active claim is submitted (Claim.status is '{claim_in.get('status')}')", "Claim.status")
     if not records.ref_of(claim_in.get("patient")):
         raise FhirError.of(422, "required", "Claim.patient must reference the Patient", "Claim.patient")
     for doc in (parsed.plain, parsed.preserving):
