@@ -24,23 +24,40 @@ class ResourceChange:
 
 Subscriber = Callable[[Connection, ResourceChange], None]
 _subscribers: list[Subscriber] = []
+# Subscribers to some resource types only: writes of other types do not pay for them.
+_typed: dict[str, list[Subscriber]] = {}
 
 
-def subscribe(fn: Subscriber) -> Subscriber:
-    if fn not in _subscribers:
-        _subscribers.append(fn)
+def subscribe(fn: Subscriber, types: tuple[str, ...] | None = None) -> Subscriber:
+    """Call `fn` on every change, or (types) on changes of those resource types only."""
+    if types is None:
+        if fn not in _subscribers:
+            _subscribers.append(fn)
+        return fn
+    for t in types:
+        fns = _typed.setdefault(t, [])
+        if fn not in fns:
+            fns.append(fn)
     return fn
 
 
 def unsubscribe(fn: Subscriber) -> None:
     if fn in _subscribers:
         _subscribers.remove(fn)
+    for fns in _typed.values():
+        if fn in fns:
+            fns.remove(fn)
 
 
-def has_subscribers() -> bool:
-    return bool(_subscribers)
+def has_subscribers(res_type: str | None = None) -> bool:
+    """Whether a change (of `res_type`, or of any type when None) has listeners."""
+    if _subscribers:
+        return True
+    if res_type is None:
+        return any(_typed.values())
+    return bool(_typed.get(res_type))
 
 
 def emit(conn: Connection, change: ResourceChange) -> None:
-    for fn in list(_subscribers):
+    for fn in [*_subscribers, *_typed.get(change.res_type, ())]:
         fn(conn, change)

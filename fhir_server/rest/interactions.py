@@ -201,7 +201,7 @@ def _store(
         repo.write_version(conn, pk, res_type, res_id, version_id, now, content, http_method)
         delete_index(conn, pk)
     index_resource(conn, pk, res_type, parsed.plain)
-    if events.has_subscribers():  # parsing the old version costs; only listeners need it
+    if events.has_subscribers(res_type):  # parsing the old version costs; only listeners need it
         old = jsonio.parse_plain(current.content) if current is not None and current.content else None
         events.emit(conn, events.ResourceChange(res_type, res_id, version_id, method, old, parsed.plain))
     status = 201 if current is None or current.deleted else 200
@@ -366,7 +366,7 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
     now = now_utc()
     repo.write_version(conn, current.pk, res_type, res_id, version_id, now, None, "DELETE")
     delete_index(conn, current.pk)
-    if events.has_subscribers():
+    if events.has_subscribers(res_type):
         events.emit(conn, events.ResourceChange(res_type, res_id, version_id, "delete", jsonio.parse_plain(current.content), None))
     out = Outcome(status=200, res_type=res_type, res_id=res_id, version_id=version_id, last_modified=http_date(now))
     out.headers["ETag"] = out.etag

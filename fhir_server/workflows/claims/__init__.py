@@ -19,4 +19,4 @@ def setup(settings) -> None:
     from .decisions import on_claim_response, transform_claim_response
 
     rules.register_transform(transform_claim_response, "claims.decision")
-    events.subscribe(on_claim_response)
+    events.subscribe(on_claim_response, types=("ClaimResponse",))
