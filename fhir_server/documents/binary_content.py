@@ -85,6 +85,36 @@ def _set_content(doc: dict, info: BlobInfo) -> None:
     doc["_data"] = {**{k: v for k, v in data_el.items() if k != "extension"}, "extension": others + [content_extension(info)]}
 
 
+_NEW_BLOBS = "documents.new_blobs"
+
+
+def _forget(conn) -> None:
+    conn.info.pop(_NEW_BLOBS, None)
+
+
+def _drop_new_blobs(conn) -> None:
+    for key in conn.info.pop(_NEW_BLOBS, ()):
+        try:
+            blobs.current().delete(key)
+        except Exception:  # best effort: the write failed anyway
+            pass
+
+
+def store_in_transaction(conn, declared: str | None, key: str, data: bytes) -> BlobInfo:
+    """Ingest in-memory content during a database write; if that transaction rolls
+    back, the blob is deleted again (nothing half-written)."""
+    from sqlalchemy import event
+
+    settings = doc_settings.current()
+    info = ingest_bytes(load_rules(settings.upload_rules), declared, key, data, settings.clamd_address or None)
+    engine = conn.engine
+    if not event.contains(engine, "rollback", _drop_new_blobs):
+        event.listen(engine, "rollback", _drop_new_blobs)
+        event.listen(engine, "commit", _forget)
+    conn.info.setdefault(_NEW_BLOBS, []).append(info.key)
+    return info
+
+
 def decode_data(value: str) -> bytes:
     compact = "".join(value.split())
     if not _B64.match(compact) or len(compact) % 4:
@@ -118,8 +148,7 @@ def transform_binary(conn, ctx, res_type: str, res_id: str | None, parsed) -> No
     declared = plain.get("contentType")
     rules = load_rules(doc_settings.current().upload_rules)
     if isinstance(plain.get("data"), str):
-        data = decode_data(plain["data"])
-        info = ingest_bytes(rules, declared, new_key(res_id), data, doc_settings.current().clamd_address or None)
+        info = store_in_transaction(conn, declared, new_key(res_id), decode_data(plain["data"]))
     else:
         key = blob_key(plain)
         if key is None:  # no content at all: a metadata-only Binary is valid R4

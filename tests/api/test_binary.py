@@ -203,3 +203,27 @@ def test_virus_scan_over_http(client, settings, monkeypatch, clamd_address):
     r = _upload(client, PDF + EICAR)
     assert r.status_code == 422
     assert "virus" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_failed_transaction_leaves_no_blob(client, settings):
+    from pathlib import Path
+
+    def blob_files():
+        return sorted(p for p in Path(settings.blob_dir).rglob("*.bin"))
+
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "active": True}).json()["id"]
+    before = blob_files()
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:7f6d3a1e-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "Binary", "contentType": "image/png", "data": base64.b64encode(image_bytes("PNG")).decode()},
+         "request": {"method": "POST", "url": "Binary"}},
+        {"resource": {"resourceType": "Patient", "id": pid, "active": False},
+         "request": {"method": "PUT", "url": f"Patient/{pid}", "ifMatch": 'W/"99"'}},
+    ]}
+    r = client.post("/fhir", json=bundle)
+    assert r.status_code == 412, r.text
+    assert blob_files() == before
+    bundle["entry"].pop()
+    r = client.post("/fhir", json=bundle)
+    assert r.status_code == 200, r.text
+    assert len(blob_files()) == len(before) + 1

@@ -11,10 +11,8 @@ from __future__ import annotations
 import io
 import uuid
 
-from ...documents import settings as doc_settings
-from ...documents.binary_content import content_extension
-from ...documents.ingest import ingest_bytes, new_key
-from ...documents.upload_rules import load_rules
+from ...documents.binary_content import content_extension, store_in_transaction
+from ...documents.ingest import new_key
 from . import records
 from .responses import approved_count, now_instant
 
@@ -117,9 +115,8 @@ def issue_guarantee(conn, wctx, claim: dict, response: dict, policy, case_ref: s
         response.get("preAuthPeriod") or {},
         lines,
     )
-    settings = doc_settings.current()
     binary_id, doc_id = str(uuid.uuid4()), str(uuid.uuid4())
-    info = ingest_bytes(load_rules(settings.upload_rules), "application/pdf", new_key(binary_id), pdf)
+    info = store_in_transaction(conn, "application/pdf", new_key(binary_id), pdf)
     records.create(conn, wctx, {
         "resourceType": "Binary",
         "meta": {"tag": [records.WORKFLOW_TAG]},
