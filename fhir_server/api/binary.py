@@ -27,7 +27,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..documents import settings as doc_settings
-from ..documents.binary_content import content_extension, content_info, decode_data, without_content_extension
+from ..documents.binary_content import blob_key, content_extension, content_info, decode_data, without_content_extension
 from ..documents.ingest import Ingest, new_key
 from ..documents.upload_rules import load_rules
 from ..errors import FhirError
@@ -137,7 +137,12 @@ def _load(db, ctx: RequestContext, res_id: str, vid: str | None, raw: bool):
         resource = jsonio.parse_plain(out.body)
         if raw:
             _check_security_context(conn, ctx, resource)
-    return out, resource, content_info(resource)
+    info = content_info(resource)
+    if info is None and blob_key(resource):
+        err = FhirError.of(503, "transient", f"The content of Binary/{res_id} is not available from the document store right now")
+        err.headers["Retry-After"] = "30"
+        raise err
+    return out, resource, info
 
 
 def _check_security_context(conn, ctx: RequestContext, binary: dict) -> None:

@@ -227,3 +227,15 @@ def test_failed_transaction_leaves_no_blob(client, settings):
     r = client.post("/fhir", json=bundle)
     assert r.status_code == 200, r.text
     assert len(blob_files()) == len(before) + 1
+
+
+def test_content_lost_from_the_store_is_503_not_a_broken_file(client):
+    from fhir_server.storage import blobs
+
+    body = _upload(client).json()
+    key = next(e["valueString"] for e in body["_data"]["extension"][0]["extension"] if e["url"] == "key")
+    blobs.current().delete(key)
+    for accept in ("application/pdf", "application/fhir+json"):
+        r = client.get(f"/fhir/Binary/{body['id']}", headers={"Accept": accept})
+        assert r.status_code == 503
+        assert r.headers["retry-after"]
