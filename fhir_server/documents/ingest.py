@@ -8,6 +8,7 @@ nothing reaches the store (or the scanner) for content that will be refused.
 
 from __future__ import annotations
 
+import codecs
 import uuid
 
 from ..errors import FhirError
@@ -41,6 +42,8 @@ class Ingest:
         self.size = 0
         self.writer = None
         self.scan = None
+        # text types: the whole content must be UTF-8, checked as it passes
+        self.text = codecs.getincrementaldecoder("utf-8")() if self.rule.kind == "text" else None
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
@@ -65,6 +68,8 @@ class Ingest:
         self._pass(head)
 
     def _pass(self, chunk: bytes) -> None:
+        if self.text is not None:
+            self._decode(chunk)
         if self.scan is not None:
             self.scan.feed(chunk)
         try:
@@ -72,9 +77,19 @@ class Ingest:
         except (BlobStoreError, OSError) as exc:
             raise store_unavailable(exc) from exc
 
+    def _decode(self, chunk: bytes, final: bool = False) -> None:
+        try:
+            self.text.decode(chunk, final)
+        except UnicodeDecodeError:
+            raise FhirError.of(415, "not-supported", f"The content was declared as {self.rule.mime} but is not UTF-8 text; nothing was stored", "Binary.contentType") from None
+        if b"\0" in chunk:
+            raise FhirError.of(415, "not-supported", f"The content was declared as {self.rule.mime} but holds binary data; nothing was stored", "Binary.contentType")
+
     def finish(self) -> BlobInfo:
         if self.writer is None:
             self._open()
+        if self.text is not None:
+            self._decode(b"", final=True)
         if self.scan is not None:
             self.scan.verdict()
         try:

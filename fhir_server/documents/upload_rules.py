@@ -27,6 +27,7 @@ class TypeRule:
     mime: str
     label: str
     max_bytes: int
+    kind: str = "binary"  # binary: the file signature must be this type; text: UTF-8 text with no file signature
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,10 @@ class UploadRules:
         aliases: dict[str, str] = {}
         for entry in data.get("types") or []:
             mime = str(entry["mime"]).lower()
-            types[mime] = TypeRule(mime, str(entry.get("label") or mime), int(entry["max_bytes"]))
+            kind = str(entry.get("kind") or "binary")
+            if kind not in ("binary", "text"):
+                raise ValueError(f"upload rule {mime}: kind must be binary or text")
+            types[mime] = TypeRule(mime, str(entry.get("label") or mime), int(entry["max_bytes"]), kind)
             aliases[mime] = mime
             for alias in entry.get("aliases") or []:
                 aliases[str(alias).lower()] = mime
@@ -64,7 +68,10 @@ class UploadRules:
     def check_bytes(self, rule: TypeRule, head: bytes) -> None:
         """Refuse (415) when the first bytes are not `rule`'s type."""
         seen = sniff(head)
-        if seen is not None and self.aliases.get(seen, seen) == rule.mime:
+        if rule.kind == "text":
+            if seen is None and is_text(head):
+                return
+        elif seen is not None and self.aliases.get(seen, seen) == rule.mime:
             return
         raise FhirError.of(
             415,
@@ -76,6 +83,17 @@ class UploadRules:
     def check_size(self, rule: TypeRule, size: int) -> None:
         if size > rule.max_bytes:
             raise FhirError.of(413, "too-costly", f"A {rule.label} may be at most {rule.max_bytes} bytes; this one is larger")
+
+
+def is_text(head: bytes) -> bool:
+    """UTF-8 text without NUL bytes (a multi-byte character cut at the end of `head` is fine)."""
+    if b"\0" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3 and exc.reason == "unexpected end of data"
+    return True
 
 
 def media_type(value: str | None) -> str:

@@ -118,11 +118,21 @@ def test_executable_labelled_pdf_is_415_and_nothing_is_written(client):
 
 
 def test_types_not_allowed_are_415(client):
-    r = _upload(client, b"hello", "text/plain")
+    r = _upload(client, b"<html><script>alert(1)</script>", "text/html")
     assert r.status_code == 415
     assert "allowed" in r.json()["issue"][0]["diagnostics"]
     r = client.post("/fhir/Binary", json={"resourceType": "Binary", "contentType": "application/x-sh", "data": base64.b64encode(b"#!/bin/sh\n").decode()})
     assert r.status_code == 415
+
+
+def test_text_is_utf8_text_with_no_file_signature(client):
+    r = _upload(client, "Henvisning: knæ, 3 behandlinger".encode(), "text/plain; charset=utf-8")
+    assert r.status_code == 201, r.text
+    assert client.get(f"/fhir/Binary/{r.json()['id']}").headers["content-type"].startswith("text/plain")
+    assert _upload(client, b"\x7fELF\x02\x01\x01\x00" + bytes(300), "text/plain").status_code == 415
+    late = b"plain text " * 2000 + b"\xff\xfe not utf-8"  # past the sniffed head
+    r = _upload(client, late, "text/plain")
+    assert r.status_code == 415 and "UTF-8" in r.json()["issue"][0]["diagnostics"]
 
 
 def test_bad_base64_is_400(client):
