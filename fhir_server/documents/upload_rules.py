@@ -67,6 +67,7 @@ class UploadRules:
 
     def check_bytes(self, rule: TypeRule, head: bytes) -> None:
         """Refuse (415) when the first bytes are not `rule`'s type."""
+        head = head[:SNIFF_BYTES]
         seen = sniff(head)
         if rule.kind == "text":
             if seen is None and is_text(head):
