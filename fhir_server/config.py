@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     http_header_timeout: float = 10.0  # seconds for a request head to arrive
     http_body_timeout: float = 60.0  # seconds for a request body to arrive after its head
     limit_concurrency: int = 1000  # connections + requests in flight per worker (503 beyond)
+    terminology_load: bool = True  # load terminology/ (R4 CodeSystems, ValueSets, ConceptMaps) at start-up
+    required_profiles: str = ""  # "Type=profile-url,...": writes of Type must conform (422 otherwise)
+
+    # A QuestionnaireResponse whose Questionnaire this server does not hold: warn | refuse
+    unknown_questionnaire: str = "warn"
+    # Types recorded in the commit-ordered change feed that [base]/$changes serves
+    change_feed_types: str = "QuestionnaireResponse,Observation,Communication"
+
+    # Subscriptions (docs/subscriptions.md)
+    subscription_allowed_hosts: str = ""  # comma-separated hosts whose http:// rest-hook endpoints are allowed
+    subscription_allow_loopback_http: bool = True  # http:// to 127.0.0.0/8, ::1 and localhost (development, tests)
+    subscription_max_failures: int = 5  # consecutive failed deliveries before status becomes error
+    subscription_retry_base_seconds: float = 2.0  # back-off: base * 2**(failures-1), capped below
+    subscription_retry_max_seconds: float = 300.0
+    subscription_delivery_timeout_seconds: float = 10.0
+    subscription_poll_seconds: float = 0.5
     # Binary content (docs/documents.md): filesystem under blob_dir, or an S3-compatible store
     blob_store: str = "filesystem"  # filesystem | s3
     blob_dir: str = "data/blobs"

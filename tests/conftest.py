@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Apps that tests build for themselves skip loading the ~2,400 shipped terminology resources
+# (seconds per fresh database); the session app (`settings` below) loads them.
+os.environ.setdefault("FHIR_SERVER_TERMINOLOGY_LOAD", "false")
 
 
 def shared_data(*parts: str) -> Path:
@@ -51,6 +54,7 @@ def settings(database_url, tmp_path_factory):
         export_dir=str(tmp_path_factory.mktemp("export")),
         blob_dir=str(tmp_path_factory.mktemp("blobs")),
         run_background_jobs=False,
+        terminology_load=True,
     )
 
 

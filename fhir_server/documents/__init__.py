@@ -17,5 +17,9 @@ def setup(settings) -> None:
 
     doc_settings.use(settings)
     blobs.configure(settings)
-    rules.register_transform(transform_binary, "documents.binary")
-    rules.register_transform(transform_document_reference, "documents.attachments")
+    rules.register_preparer("Binary", lambda conn, ctx, res_id, parsed: transform_binary(conn, ctx, "Binary", res_id, parsed), "documents.binary")
+    rules.register_preparer(
+        "DocumentReference",
+        lambda conn, ctx, res_id, parsed: transform_document_reference(conn, ctx, "DocumentReference", res_id, parsed),
+        "documents.attachments",
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import Any
@@ -18,13 +18,12 @@ from urllib.parse import parse_qsl
 from sqlalchemy import Connection
 
 from .. import events
-from ..model.lexical import is_version_id
-from . import limits
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
+from ..model.lexical import is_version_id
 from ..security.authz import AccessRequest, authorize
 from ..storage import repository as repo
-from . import rules
+from . import limits, rules
 from .context import Outcome, RequestContext
 
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
@@ -38,6 +37,7 @@ class ParsedResource:
     plain: dict
     preserving: dict
     validated_as: str | None = None  # set once validated, so it is not done twice
+    warnings: list[Issue] = field(default_factory=list)  # from validation (extensible/preferred bindings)
 
     @classmethod
     def from_bytes(cls, body: bytes) -> "ParsedResource":
@@ -104,10 +104,11 @@ def _validate(res_type: str, parsed: ParsedResource) -> None:
 
     if parsed.validated_as == res_type:
         return
-    issues = validate_resource(parsed.plain, res_type)
-    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    warnings: list[Issue] = []
+    errors = validate_resource(parsed.plain, res_type, warnings)
     if errors:
         raise FhirError(400, errors)
+    parsed.warnings = warnings
     parsed.validated_as = res_type
 
 
@@ -225,8 +226,8 @@ def _prepare_write(conn: Connection, ctx: RequestContext, interaction: str, res_
     check_type(res_type)
     _validate(res_type, parsed)
     authorize(ctx.principal, AccessRequest(interaction, res_type, res_id, parsed.plain))
-    rules.transform(conn, ctx, res_type, res_id, parsed)
-    return rules.run(conn, res_type, res_id, parsed.plain)
+    rules.prepare(conn, ctx, res_type, res_id, parsed)
+    return parsed.warnings + rules.run(conn, res_type, res_id, parsed.plain)
 
 
 def create(

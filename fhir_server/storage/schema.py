@@ -261,3 +261,18 @@ custom_search_params = Table(
     Column("state", String(16), nullable=False),  # pending | active
     Column("updated", DateTime(timezone=True), nullable=False),
 )
+
+# Change feed (registry pulls): one row per written version of the feed's types,
+# numbered in commit order. txid is the writing PostgreSQL transaction
+# (pg_current_xact_id; 0 on SQLite, whose writers commit one at a time), so a
+# reader can stop below the oldest transaction still in flight.
+change_feed = Table(
+    "change_feed",
+    metadata,
+    Column("seq", PK, primary_key=True, autoincrement=True),
+    Column("txid", BigInteger, nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+)
+Index("ix_change_feed_txid_seq", change_feed.c.txid, change_feed.c.seq)

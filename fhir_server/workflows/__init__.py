@@ -1,3 +1,1 @@
-"""The mission's rules on top of the generic engine (booking, PROMs, claims, ...).
-
-Each workflow reacts inside the write's transaction (DESIGN.md)."""
+"""The mission's workflows on top of the generic engine; each reacts to writes in their transaction."""

@@ -18,5 +18,9 @@ def setup(settings) -> None:
     from ...rest import rules
     from .decisions import on_claim_response, transform_claim_response
 
-    rules.register_transform(transform_claim_response, "claims.decision")
+    rules.register_preparer(
+        "ClaimResponse",
+        lambda conn, ctx, res_id, parsed: transform_claim_response(conn, ctx, "ClaimResponse", res_id, parsed),
+        "claims.decision",
+    )
     events.subscribe(on_claim_response, types=("ClaimResponse",))
