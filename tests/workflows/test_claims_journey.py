@@ -95,16 +95,20 @@ def test_danish_journey(http, events, tmp_path):
 
     # 3. Invalid decisions are refused and change nothing.
     bad = [
-        decision(more_id, P, I, "preauthorization", "approved-ish", item=eligible_items(3)),
-        decision(more_id, P, I, "preauthorization", "queued", item=eligible_items(3)),
-        decision(more_id, "Patient/someone-else", I, "preauthorization", item=eligible_items(3)),
-        decision(more_id, P, I, "claim", item=eligible_items(3)),
-        decision(more_id, P, I, "preauthorization"),  # no approved count
+        # outside the required value set: refused by the generic binding check (terminology module, 400)
+        (decision(more_id, P, I, "preauthorization", "approved-ish", item=eligible_items(3)), 400),
+        # valid codes, but not a decision the workflow can act on: 422
+        (decision(more_id, P, I, "preauthorization", "queued", item=eligible_items(3)), 422),
+        (decision(more_id, "Patient/someone-else", I, "preauthorization", item=eligible_items(3)), 422),
+        (decision(more_id, P, I, "claim", item=eligible_items(3)), 422),
+        (decision(more_id, P, I, "preauthorization"), 422),  # no approved count
     ]
-    for body in bad:
+    for body, status in bad:
         r = http.post("/ClaimResponse", json=body)
-        assert r.status_code == 422, (body, r.text)
+        assert r.status_code == status, (body, r.text)
         assert r.json()["resourceType"] == "OperationOutcome"
+        if body["outcome"] == "approved-ish":
+            assert r.json()["issue"][0]["expression"] == ["ClaimResponse.outcome"]
     assert http.get(f"/Task/{task['resource']['id']}").json()["status"] == "requested"
 
     # 4. The case handler approves 3 more: the Task closes, a second guarantee lands in the case.
