@@ -5,10 +5,10 @@ Checked in the write (a transform, so it sees the caller): when
 
 - the caller must not be a patient or their proxy (403): insurers decide;
 - `patient` and `use` must be the Claim's (422);
-- `outcome` must be a decision: complete | partial | error (422 otherwise,
-  e.g. `queued` or an invented `approved-ish`); the required binding to
-  http://hl7.org/fhir/ValueSet/remittance-outcome as such is the terminology
-  module's to enforce for every ClaimResponse;
+- `outcome` must be a decision: complete | partial | error (422 for `queued`);
+  a code outside http://hl7.org/fhir/ValueSet/remittance-outcome (an invented
+  `approved-ish`) is refused before this, by the terminology module's
+  required-binding check on every ClaimResponse (400);
 - an approving pre-authorisation needs the approved count per item
   (`item.adjudication` with category `eligible` and a `value`); the server
   fills `preAuthRef` and `preAuthPeriod` (the policy's validity) if absent;
