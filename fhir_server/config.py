@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     subscription_retry_max_seconds: float = 300.0
     subscription_delivery_timeout_seconds: float = 10.0
     subscription_poll_seconds: float = 0.5
+    # Binary content (docs/documents.md): filesystem under blob_dir, or an S3-compatible store
+    blob_store: str = "filesystem"  # filesystem | s3
+    blob_dir: str = "data/blobs"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""  # empty: AWS; else e.g. http://minio:9000
+    s3_region: str = ""
+    s3_access_key_id: str = ""  # empty: boto3's usual credential chain
+    s3_secret_access_key: str = ""
+    s3_create_bucket: bool = False
+    upload_rules: str = ""  # YAML file; empty: mappings/documents/upload-rules.yaml
+    clamd_address: str = ""  # unix:/path/clamd.ctl or host:port; empty: no virus scan
 
     # Booking (docs/booking.md)
     booking_hold_minutes: int = 10  # how long Appointment/$hold reserves a Slot

@@ -62,4 +62,7 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.appointment_find",
     "fhir_server.operations.appointment_hold",
     "fhir_server.operations.appointment_book",
+    "fhir_server.documents",
+    "fhir_server.workflows.claims",
+    "fhir_server.operations.claim_submit",
 ]

@@ -49,8 +49,13 @@ def database_url(tmp_path_factory) -> str:
 def settings(database_url, tmp_path_factory):
     from fhir_server.config import Settings
 
-    return Settings(database_url=database_url, export_dir=str(tmp_path_factory.mktemp("export")), run_background_jobs=False,
-                    terminology_load=True)
+    return Settings(
+        database_url=database_url,
+        export_dir=str(tmp_path_factory.mktemp("export")),
+        blob_dir=str(tmp_path_factory.mktemp("blobs")),
+        run_background_jobs=False,
+        terminology_load=True,
+    )
 
 
 @pytest.fixture(scope="session")
