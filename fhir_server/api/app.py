@@ -26,7 +26,7 @@ from ..rest.operations import OperationCall, dispatch
 from ..rest.projection import project, validate_summary
 from ..storage.database import Database
 from ..storage.faults import classify, database_exception_types
-from . import http
+from . import binary, http
 from .fast_read import FAST_READER, FastReads
 from .access_log import AccessLog
 from .docs import attach_docs
@@ -218,6 +218,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         method = request.method
         if method == "GET":
             return await _search(request, c, res_type, _query(request))
+        if res_type == "Binary" and method == "POST" and binary.is_raw_upload(request):
+            return await binary.raw_write(request, c, db)
         body = await _body(request, settings)
         if method == "POST":
             parsed = _parse_resource_body(request, body)
@@ -274,6 +276,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         _check_type_segment(res_type)
         c = ctx(request)
         method = request.method
+        if res_type == "Binary" and (binary.handles_read(request) if method == "GET" else method == "PUT" and binary.is_raw_upload(request)):
+            return await (binary.read(request, c, db, res_id) if method == "GET" else binary.raw_write(request, c, db, res_id))
         if method == "GET":
             return await _read(request, c, res_type, res_id)
         if method == "POST":
@@ -313,6 +317,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     async def vread(request: Request, res_type: str, res_id: str, vid: str):
         _check_type_segment(res_type)
         c = ctx(request)
+        if res_type == "Binary" and binary.handles_read(request):
+            return await binary.read(request, c, db, res_id, vid)
         out = await in_read(ix.vread, c, res_type, res_id, vid)
         summary = validate_summary(request.query_params.get("_summary"))
         return _conditional_read_response(request, out, summary, request.query_params.get("_elements"))
