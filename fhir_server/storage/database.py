@@ -65,6 +65,8 @@ class Database:
                 # failures rise as they are, so that run_with_retry can run the work again; the
                 # HTTP edge classifies whatever escapes.
                 answer = classify(exc)
+                if is_connection_error(exc):
+                    self._discard_pooled()  # its neighbours in the pool are likely as dead
                 if answer is None or is_retryable(exc):
                     raise
                 log.warning("write failed and rolled back (%s): %s", answer.status, _first_line(exc))
@@ -92,6 +94,8 @@ class Database:
             except FhirError:
                 raise
             except Exception as exc:
+                if is_connection_error(exc):
+                    self._discard_pooled()  # a restart kills every pooled connection, not just this one
                 if attempt == 1 and is_connection_error(exc):
                     log.info("read failed on a dead connection, retrying once: %s", _first_line(exc))
                     continue
@@ -100,6 +104,15 @@ class Database:
                     raise
                 raise answer from None
         raise AssertionError("unreachable")
+
+    def _discard_pooled(self) -> None:
+        """Close the idle pooled connections of both engines (after a connection
+        error: the database restarted or went away); new ones are opened on demand."""
+        for engine in (self.engine, self._autocommit):
+            try:
+                engine.pool.dispose()
+            except Exception:  # noqa: BLE001 - closing dead sockets may fail; they are dropped anyway
+                pass
 
     def dispose(self) -> None:
         self.engine.dispose()
