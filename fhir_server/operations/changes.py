@@ -58,16 +58,9 @@ def changes(call: OperationCall) -> Outcome:
     cursor = feed.decode_cursor(args.get("_cursor"))
     with call.db.read() as conn:
         rows = feed.read_after(conn, cursor, types, count)
-    entries = []
-    for txid, seq, rtype, rid, vid, updated, method, deleted, content in rows:
-        entry: dict = {"fullUrl": f"{call.ctx.base_url}/{rtype}/{rid}"}
-        if not deleted and content is not None:
-            entry["resource"] = orjson.Fragment(bytes(content))
-        entry["request"] = {"method": method, "url": f"{rtype}/{rid}" if method != "POST" else rtype}
-        entry["response"] = {"status": "201 Created" if method == "POST" else "204 No Content" if deleted else "200 OK",
-                             "etag": f'W/"{vid}"', "lastModified": fhir_instant(repo._utc(updated))}
-        entries.append(entry)
-        cursor = (txid, seq)
+    entries = [feed_entry(call.ctx.base_url, row) for row in rows]
+    if rows:
+        cursor = (rows[-1][0], rows[-1][1])
     query = [("_type", ",".join(types)), ("_count", str(count)), ("_cursor", feed.encode_cursor(*cursor))]
     bundle = {"resourceType": "Bundle", "type": "history",
               "link": [{"relation": "next", "url": f"{call.ctx.base_url}/$changes?{urlencode(query)}"}],
@@ -88,3 +81,16 @@ def setup(settings) -> None:
         events.subscribe(_on_change)
     else:
         events.unsubscribe(_on_change)
+
+
+def feed_entry(base_url: str, row) -> dict:
+    """A change-feed row as a history-Bundle entry (http.html#history): the version's
+    resource (none for a delete), the request that made it and its response."""
+    txid, seq, rtype, rid, vid, updated, method, deleted, content = row
+    entry: dict = {"fullUrl": f"{base_url}/{rtype}/{rid}"}
+    if not deleted and content is not None:
+        entry["resource"] = orjson.Fragment(bytes(content))
+    entry["request"] = {"method": method, "url": f"{rtype}/{rid}" if method != "POST" else rtype}
+    entry["response"] = {"status": "201 Created" if method == "POST" else "204 No Content" if deleted else "200 OK",
+                         "etag": f'W/"{vid}"', "lastModified": fhir_instant(repo._utc(updated))}
+    return entry

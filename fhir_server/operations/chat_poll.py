@@ -23,18 +23,17 @@ from __future__ import annotations
 import time
 from urllib.parse import urlencode
 
-import orjson
 from sqlalchemy import select
 
 from ..errors import FhirError
 from ..model import jsonio
 from ..rest.context import Outcome
-from ..rest.interactions import check_read, fhir_instant, read_outcome
+from ..rest.interactions import check_read, read_outcome
 from ..rest.operations import OperationCall, operation
 from ..storage import change_feed as feed
 from ..storage import repository as repo
 from ..storage.schema import idx_reference, resources
-from .changes import feed_types
+from .changes import feed_entry, feed_types
 
 DEFINITION = "http://fhir-server.example/OperationDefinition/Task-chat-poll"
 MAX_WAIT = 30
@@ -79,16 +78,9 @@ def chat_poll(call: OperationCall) -> Outcome:
         if rows or time.monotonic() >= deadline:
             break
         time.sleep(POLL_INTERVAL)
-    entries = []
-    for txid, seq, rtype, rid, vid, updated, method, deleted, content in rows:
-        entry: dict = {"fullUrl": f"{call.ctx.base_url}/{rtype}/{rid}"}
-        if not deleted and content is not None:
-            entry["resource"] = orjson.Fragment(bytes(content))
-        entry["request"] = {"method": method, "url": f"{rtype}/{rid}" if method != "POST" else rtype}
-        entry["response"] = {"status": "204 No Content" if deleted else "201 Created" if method == "POST" else "200 OK",
-                             "etag": f'W/"{vid}"', "lastModified": fhir_instant(repo._utc(updated))}
-        entries.append(entry)
-        cursor = (txid, seq)
+    entries = [feed_entry(call.ctx.base_url, row) for row in rows]
+    if rows:
+        cursor = (rows[-1][0], rows[-1][1])
     nxt = f"{call.ctx.base_url}/Task/{call.res_id}/$chat-poll?{urlencode([('_cursor', feed.encode_cursor(*cursor))])}"
     bundle = {"resourceType": "Bundle", "type": "history", "link": [{"relation": "next", "url": nxt}], "entry": entries}
     return Outcome(status=200, body=jsonio.dumps(bundle))

@@ -103,22 +103,16 @@ class CodeSystemIndex:
 
     def descendants(self, code: str) -> Iterator[str]:
         """Every code below `code` (not itself), each once, breadth first."""
-        seen = {code}
-        queue = list(self.concepts[code].children) if code in self.concepts else []
-        while queue:
-            nxt = []
-            for c in queue:
-                if c in seen:
-                    continue
-                seen.add(c)
-                yield c
-                nxt.extend(self.concepts[c].children)
-            queue = nxt
+        return self._walk(code, "children")
 
     def ancestors(self, code: str) -> Iterator[str]:
         """Every code above `code` (not itself), each once."""
+        return self._walk(code, "parents")
+
+    def _walk(self, code: str, edge: str) -> Iterator[str]:
+        """Breadth-first over `edge` (children | parents) of the concept graph, each code once."""
         seen = {code}
-        queue = list(self.concepts[code].parents) if code in self.concepts else []
+        queue = list(getattr(self.concepts[code], edge)) if code in self.concepts else []
         while queue:
             nxt = []
             for c in queue:
@@ -126,7 +120,7 @@ class CodeSystemIndex:
                     continue
                 seen.add(c)
                 yield c
-                nxt.extend(self.concepts[c].parents)
+                nxt.extend(getattr(self.concepts[c], edge))
             queue = nxt
 
     def subsumes(self, a: str, b: str) -> str:
