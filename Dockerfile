@@ -12,8 +12,8 @@ COPY resources ./resources
 COPY mappings ./mappings
 COPY terminology ./terminology
 # Editable: the code reads resources/, mappings/ and terminology/ beside the package.
-COPY requirements.lock ./
-RUN pip install --require-hashes --no-deps -r requirements.lock && pip install --no-deps --no-build-isolation -e . && useradd --create-home --uid 10001 fhir && mkdir -p /app/data && chown fhir /app/data
+COPY requirements.txt ./
+RUN pip install --require-hashes --no-deps -r requirements.txt && pip install --no-deps --no-build-isolation -e . && useradd --create-home --uid 10001 fhir && mkdir -p /app/data && chown fhir /app/data
 
 USER fhir
 EXPOSE 8080 2575

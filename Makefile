@@ -1,9 +1,9 @@
 # Two commands do all set-up on a fresh machine:
-#   make serve   - install into .venv (from requirements.lock) and start the server on the embedded SQLite database
-#   make test    - install into .venv (from requirements.lock) and run the whole test suite
+#   make serve   - install into .venv (from requirements.txt) and start the server on the embedded SQLite database
+#   make test    - install into .venv (from requirements.txt) and run the whole test suite
 # Upgrades are deliberate:
 #   make try-latest - install the newest versions allowed by pyproject.toml into .venv-latest and run the suite
-#   make lock       - re-pin requirements.lock to the newest versions (commit it once try-latest is green)
+#   make lock       - re-pin requirements.txt to the newest versions (commit it once try-latest is green)
 VENV ?= .venv
 PYTHON ?= python3
 HOST ?= 127.0.0.1
@@ -13,9 +13,9 @@ UV_VERSION := 0.13.9
 
 .PHONY: serve test install lock try-latest
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -30,7 +30,7 @@ test: $(VENV)/.installed
 lock: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(PY) -m uv pip compile pyproject.toml requirements-build.in --extra test --generate-hashes \
-	    --python-version 3.11 --upgrade -o requirements.lock
+	    --python-version 3.11 --upgrade -o requirements.txt
 
 try-latest:
 	$(PYTHON) -m venv .venv-latest
