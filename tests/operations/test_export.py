@@ -19,7 +19,7 @@ from fhir_server.bootstrap import build_app
 from fhir_server.config import Settings
 from fhir_server.jobs import queue
 from fhir_server.jobs.runner import run_pending
-from fhir_server.operations import export
+from fhir_server.operations import export, export_job
 from fhir_server.storage.schema import jobs
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
@@ -254,7 +254,7 @@ def test_patient_and_group_export(server):
 
 
 def test_group_export_with_many_patients_filters_in_python(server, monkeypatch):
-    monkeypatch.setattr(export, "SQL_PATIENT_LIST_MAX", 1)
+    monkeypatch.setattr(export_job, "SQL_PATIENT_LIST_MAX", 1)
     a, b, c = (server.patient(n) for n in "ABC")
     obs = {p: server.observation(p) for p in (a, b, c)}
     group = server.create({"resourceType": "Group", "type": "person", "actual": True, "member": [{"entity": {"reference": f"Patient/{p}"}} for p in (a, b)]})
@@ -303,8 +303,8 @@ def test_cancel_while_running_stops_the_worker(server, monkeypatch):
     pid = server.patient()
     for _ in range(5):
         server.observation(pid)
-    monkeypatch.setattr(export, "BATCH_SIZE", 1)
-    monkeypatch.setattr(export, "CHECKPOINT_SECONDS", 0)
+    monkeypatch.setattr(export_job, "BATCH_SIZE", 1)
+    monkeypatch.setattr(export_job, "CHECKPOINT_SECONDS", 0)
     status = server.kick_off(params={"_type": "Observation"})
     job_id = status.split("_jobId=")[1]
     job = queue.claim(server.db, ["export"], "w1", 60)
@@ -320,7 +320,7 @@ def test_cancel_while_running_stops_the_worker(server, monkeypatch):
 
     ctx.checkpoint = checkpoint
     with pytest.raises(queue.JobInterrupted):
-        export.run_export(ctx)
+        export_job.run_export(ctx)
     assert not (Path(server.settings.export_dir) / job_id).exists()
     with server.db.read() as conn:
         assert queue.get(conn, job_id).state == queue.CANCELLED
@@ -333,9 +333,9 @@ class Crash(Exception):
 def test_crashed_worker_is_resumed_without_duplicates(server, monkeypatch):
     pid = server.patient()
     obs = [server.observation(pid) for _ in range(11)]
-    monkeypatch.setattr(export, "BATCH_SIZE", 2)
-    monkeypatch.setattr(export, "CHECKPOINT_SECONDS", 0)
-    monkeypatch.setattr(export, "MAX_LINES_PER_FILE", 4)  # several parts, too
+    monkeypatch.setattr(export_job, "BATCH_SIZE", 2)
+    monkeypatch.setattr(export_job, "CHECKPOINT_SECONDS", 0)
+    monkeypatch.setattr(export_job, "MAX_LINES_PER_FILE", 4)  # several parts, too
     status = server.kick_off(params={"_type": "Observation,Patient"})
     job_id = status.split("_jobId=")[1]
 
@@ -354,7 +354,7 @@ def test_crashed_worker_is_resumed_without_duplicates(server, monkeypatch):
 
     ctx.checkpoint = dying_checkpoint
     with pytest.raises(Crash):
-        export.run_export(ctx)
+        export_job.run_export(ctx)
 
     with server.db.read() as conn:
         saved = queue.get(conn, job_id)
@@ -415,7 +415,7 @@ def test_failed_job_reports_500(server, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(export._Plan, "rows", broken)
+    monkeypatch.setattr(export_job._Plan, "rows", broken)
     status = server.kick_off()
     run_pending(server.db, server.settings)
     r = server.client.get(status)  # first attempt failed: waiting to retry
@@ -504,12 +504,12 @@ def test_queue_claim_lease_and_heartbeat(server):
 def test_updates_while_the_export_runs_give_each_resource_once(server, monkeypatch):
     """Every resource once, as of the kick-off, though each is updated between the
     worker's batches (some before their batch was read, some after)."""
-    monkeypatch.setattr(export, "BATCH_SIZE", 4)
+    monkeypatch.setattr(export_job, "BATCH_SIZE", 4)
     pid = server.patient()
     obs = [server.observation(pid) for _ in range(18)]
     status = server.kick_off(params={"_type": "Observation"})
     time.sleep(0.01)
-    original = export._Plan.rows
+    original = export_job._Plan.rows
     rounds = {"n": 0}
 
     def rows_then_update(self, conn, res_type, *args):
@@ -521,7 +521,7 @@ def test_updates_while_the_export_runs_give_each_resource_once(server, monkeypat
             assert server.client.put(f"/fhir/Observation/{oid}", json=body).status_code == 200
         return out
 
-    monkeypatch.setattr(export._Plan, "rows", rows_then_update)
+    monkeypatch.setattr(export_job._Plan, "rows", rows_then_update)
     files = server.download(server.finish(status))
     ids = [o["id"] for o in files["Observation"]]
     assert len(ids) == len(set(ids)) == len(obs) and set(ids) == set(obs)
