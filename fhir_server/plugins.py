@@ -43,4 +43,5 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.operations.reindex",
     "fhir_server.operations.match",
     "fhir_server.hl7v2.service",
+    "fhir_server.auth",
 ]

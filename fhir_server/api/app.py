@@ -117,7 +117,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @app.get(base + "/metadata")
     async def metadata(request: Request):
         c = ctx(request)
-        return http.fhir_response(request, capability_statement(c.base_url))
+        security = getattr(app.state, "capability_security", None)  # set by fhir_server.auth
+        return http.fhir_response(request, capability_statement(c.base_url, security(c.base_url) if security else None))
 
     @app.get(base + "/_history")
     async def system_history(request: Request):

@@ -95,10 +95,10 @@ def _walk_references(node: Any, fn) -> None:
             _walk_references(v, fn)
 
 
-def _resolve_conditional_reference(conn: Connection, ref: str) -> str:
+def _resolve_conditional_reference(conn: Connection, ctx: RequestContext, ref: str) -> str:
     res_type, _, query = ref.partition("?")
     ix.check_type(res_type)
-    matches = ix._find(conn, res_type, query)
+    matches = ix._find(conn, ctx, res_type, query)
     if not matches:
         raise FhirError.of(412, "not-found", f"Conditional reference '{ref}' matched no resource")
     if len(matches) > 1:
@@ -106,13 +106,13 @@ def _resolve_conditional_reference(conn: Connection, ref: str) -> str:
     return f"{res_type}/{matches[0][1]}"
 
 
-def _rewrite(conn: Connection, resource: Any, mapping: dict[str, str]) -> None:
+def _rewrite(conn: Connection, ctx: RequestContext, resource: Any, mapping: dict[str, str]) -> None:
     def fix(node: dict) -> None:
         ref = node["reference"]
         if ref in mapping:
             node["reference"] = mapping[ref]
         elif "?" in ref and not ref.startswith(("http://", "https://", "#")):
-            node["reference"] = mapping.setdefault(ref, _resolve_conditional_reference(conn, ref))
+            node["reference"] = mapping.setdefault(ref, _resolve_conditional_reference(conn, ctx, ref))
 
     _walk_references(resource, fix)
 
@@ -200,7 +200,7 @@ def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool) -
     return entry
 
 
-def _assign_ids(conn: Connection, entries: list[EntryRequest]) -> tuple[dict[str, str], dict[int, str]]:
+def _assign_ids(conn: Connection, ctx: RequestContext, entries: list[EntryRequest]) -> tuple[dict[str, str], dict[int, str]]:
     """Map each fullUrl to the Type/id it will have, before anything is written."""
     mapping: dict[str, str] = {}
     assigned: dict[int, str] = {}
@@ -208,7 +208,7 @@ def _assign_ids(conn: Connection, entries: list[EntryRequest]) -> tuple[dict[str
         target = None
         if e.method == "POST" and e.res_type:
             if e.request.get("ifNoneExist"):
-                matches = ix._find(conn, e.res_type, e.request["ifNoneExist"])
+                matches = ix._find(conn, ctx, e.res_type, e.request["ifNoneExist"])
                 if len(matches) == 1:
                     target = f"{e.res_type}/{matches[0][1]}"
             if target is None:
@@ -217,7 +217,7 @@ def _assign_ids(conn: Connection, entries: list[EntryRequest]) -> tuple[dict[str
         elif e.method == "PUT" and e.res_type and e.res_id:
             target = f"{e.res_type}/{e.res_id}"
         elif e.method == "PUT" and e.res_type and e.query:
-            matches = ix._find(conn, e.res_type, e.query)
+            matches = ix._find(conn, ctx, e.res_type, e.query)
             if len(matches) == 1:
                 target = f"{e.res_type}/{matches[0][1]}"
             elif not matches:
@@ -249,13 +249,13 @@ def process_transaction(conn: Connection, ctx: RequestContext, bundle: dict, set
         except FhirError as exc:
             raise _entry_error(e.index, exc) from None
     try:
-        mapping, assigned = _assign_ids(conn, entries)
+        mapping, assigned = _assign_ids(conn, ctx, entries)
     except FhirError as exc:
         raise FhirError(exc.status, exc.issues) from None
     for e in entries:
         if e.resource is not None:
             try:
-                _rewrite(conn, e.resource, mapping)
+                _rewrite(conn, ctx, e.resource, mapping)
             except FhirError as exc:
                 raise _entry_error(e.index, exc) from None
         if e.query and e.method in ("GET", "PUT", "PATCH", "DELETE") and "urn:" in e.query:
@@ -282,7 +282,7 @@ def process_batch(db, ctx: RequestContext, bundle: dict, settings) -> dict:
             e = _parse_entry(i, raw, ctx.base_url)
             with db.write() as conn:
                 if e.resource is not None:
-                    _rewrite(conn, e.resource, {})
+                    _rewrite(conn, ctx, e.resource, {})
                 out = _execute(conn, ctx, e, None)
             out_entries.append(_response_entry(out, ctx, include))
         except FhirError as exc:
