@@ -246,7 +246,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         summary = validate_summary(request.query_params.get("_summary"))
         elements = request.query_params.get("_elements")
         reader = getattr(request.state, FAST_READER, None)
-        if reader is not None:
+        if reader is not None and not ix.needs_visibility_check(c, res_type):
             ix.check_read(c, res_type, res_id)
             out = ix.read_outcome(res_type, res_id, await reader.read_current(res_type, res_id))
         else:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from fastapi import Request
+
 log = logging.getLogger("fhir_server.auth")
 
 
@@ -20,7 +22,6 @@ def on_database(db, settings) -> None:
 
 
 def attach(app, db, settings) -> None:
-    from fastapi import Request
     from fastapi.responses import JSONResponse
 
     from . import discovery
@@ -29,7 +30,7 @@ def attach(app, db, settings) -> None:
     from .verify import TokenVerifier, load_issuers
 
     base = settings.base_path.rstrip("/")
-    keys = KeyCache(db.engine, settings)
+    keys = KeyCache(db.engine, settings, min_interval=min(5.0, float(settings.auth_jwks_refetch_seconds)))
     verifier = TokenVerifier(settings, keys, db, load_issuers(settings.auth_issuers_file))
     app.state.auth_keys = keys
     app.state.auth_verifier = verifier
@@ -39,6 +40,7 @@ def attach(app, db, settings) -> None:
         return request_base_url(request.scope, base)
 
     json_headers = {"Cache-Control": "no-store"}
+    first_new_route = len(app.router.routes)
 
     @app.get(base + "/.well-known/smart-configuration", include_in_schema=False)
     async def smart_configuration(request: Request):
@@ -51,6 +53,11 @@ def attach(app, db, settings) -> None:
     @app.get("/auth/jwks", include_in_schema=False)
     async def jwks():
         return JSONResponse(keys.public_jwks(), headers=json_headers)
+
+    # [base]/.well-known/... must win over the generic [base]/{type}/{id} route
+    new = app.router.routes[first_new_route:]
+    del app.router.routes[first_new_route:]
+    app.router.routes[0:0] = new
 
     from .oauth import attach_oauth
 

@@ -437,6 +437,12 @@ def read(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> O
     return read_outcome(res_type, res_id, stored)
 
 
+def needs_visibility_check(ctx: RequestContext, res_type: str) -> bool:
+    """Whether a read of `res_type` must ask the database if the resource is within the
+    caller's reach (a compartment or scope criteria), i.e. cannot use a bare lookup."""
+    return not ctx.principal.unrestricted and visibility(ctx.principal, res_type, "r") is not None
+
+
 def check_visible(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> None:
     """A resource outside the caller's reach answers 404, exactly as one that does not
     exist: a token cannot probe which ids exist in other patients' records."""
