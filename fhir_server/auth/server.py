@@ -18,7 +18,7 @@ import threading
 import time
 
 from authlib.oauth2.rfc6749 import AuthorizationServer, OAuth2Request, grants
-from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidScopeError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidRequestError, InvalidScopeError
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
@@ -89,6 +89,21 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         if not isinstance(exp, (int, float)) or exp > time.time() + MAX_ASSERTION_LIFETIME + self.leeway:
             raise InvalidClientError(description="the client assertion's exp must be at most five minutes ahead")
         return token.claims
+
+
+class S256Required(CodeChallenge):
+    """PKCE as SMART App Launch 2.0 requires it: a code_challenge on every authorization
+    request, method S256 (never `plain`)."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant, redirect_uri):
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send code_challenge with code_challenge_method=S256")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256")
+        return super().validate_code_challenge(grant, redirect_uri)
 
 
 class AuthorizationCode(grants.AuthorizationCodeGrant):
@@ -217,7 +232,7 @@ class SmartAuthorizationServer(AuthorizationServer):
         verifier.revoked_check = lambda jti: self.store.exists("revoked", jti)
         self.register_token_generator("default", self._generate)
         self.register_client_auth_method("private_key_jwt", PrivateKeyJwt(self))
-        self.register_grant(AuthorizationCode, [CodeChallenge(required=True)])
+        self.register_grant(AuthorizationCode, [S256Required(required=True)])
         self.register_grant(ClientCredentials)
         self.register_grant(RefreshToken)
         self.register_endpoint(Introspection(self))
@@ -258,7 +273,7 @@ class SmartAuthorizationServer(AuthorizationServer):
                 raise InvalidScopeError(description=f"unknown scope '{s}'")
 
     def _generate(self, grant_type, client, user=None, scope=None, expires_in=None, include_refresh_token=True):
-        scope = scope or ""
+        scope = client.get_allowed_scope(scope or "")  # never more than the client is registered for
         ttl = self.settings.auth_token_ttl
         issuer = self.endpoint("issuer")
         if user is None:  # client credentials: the client itself is the subject

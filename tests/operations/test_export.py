@@ -46,7 +46,10 @@ def fresh_database_url(tmp_path: Path) -> tuple[str, callable]:
 
 
 class Server:
-    def __init__(self, tmp_path: Path, auth_headers: dict, **overrides):
+    def __init__(self, tmp_path: Path, auth_headers: dict | None = None, **overrides):
+        from tests.conftest import make_token
+
+        auth_headers = auth_headers or {"Authorization": f"Bearer {make_token('system/*.*')}"}
         url, self.drop = fresh_database_url(tmp_path)
         self.settings = Settings(
             database_url=url,
@@ -135,7 +138,7 @@ def test_system_export_end_to_end(server):
     assert r.status_code == 202 and r.headers["x-progress"] == "queued"
 
     manifest = server.finish(status)
-    assert manifest["requiresAccessToken"] is False
+    assert manifest["requiresAccessToken"] is True  # the files need the same bearer token
     assert manifest["error"] == []
     assert manifest["request"] == "http://testserver/fhir/$export"
     tx = datetime.fromisoformat(manifest["transactionTime"].replace("Z", "+00:00"))
