@@ -45,15 +45,18 @@ class ExternalIssuer:
 
     JSON: {"issuer": "https://broker.example", "audience": "<FHIR base>" (default: this
     server's base), "jwks_uri": optional (default: from discovery),
-    "national_id_claim": "personnummer", "national_id_system": "<system URI or alias>",
-    "identity_type": "Patient" | "Practitioner", "scope": "patient/*.rs" (default
-    scopes when the token carries none), "unknown_person": "refuse" | "create"}"""
+    "identity_claims": {"personnummer": "<system URI or alias>", "pesel": "...", ...}
+    (the first claim present names the person; or the single pair "national_id_claim" /
+    "national_id_system"), "identity_type": "Patient" | "Practitioner",
+    "scope": "patient/*.rs" (default scopes when the token carries none),
+    "unknown_person": "refuse" | "create" (default: auth_unknown_person)}"""
 
     issuer: str
     audience: str | None = None
     jwks_uri: str | None = None
     national_id_claim: str | None = None
     national_id_system: str | None = None
+    identity_claims: dict[str, str] = field(default_factory=dict)
     identity_type: str = "Patient"
     scope: str = ""
     unknown_person: str | None = None
@@ -179,21 +182,26 @@ class TokenVerifier:
         if isinstance(claims.get("scp"), list):
             scope = " ".join(str(s) for s in claims["scp"])
         principal = _principal(claims, scope or issuer.scope)
-        if issuer.national_id_claim:
-            value = claims.get(issuer.national_id_claim)
-            if not isinstance(value, str) or not value.strip():
-                raise InvalidToken(f"the token lacks the national identity claim '{issuer.national_id_claim}'")
+        mapping = dict(issuer.identity_claims)
+        if issuer.national_id_claim and issuer.national_id_system:
+            mapping.setdefault(issuer.national_id_claim, issuer.national_id_system)
+        if mapping:
+            found = [(c, sys_) for c, sys_ in mapping.items() if isinstance(claims.get(c), str) and claims[c].strip()]
+            if not found:
+                raise InvalidToken(f"the token carries none of the national identity claims {', '.join(mapping)}")
+            claim, system = found[0]
+            value = claims[claim]
             from .identity import patient_for, resolve
 
             try:
                 if issuer.identity_type == "Practitioner":
-                    pid = resolve(self.db, issuer.national_id_system, value, "Practitioner")
+                    pid = resolve(self.db, system, value, "Practitioner")
                     if pid is None:
                         raise FhirError.of(403, "forbidden", "No practitioner is registered for this national identity")
                     principal.fhir_user = f"Practitioner/{pid}"
                 else:
                     unknown = issuer.unknown_person or self.settings.auth_unknown_person
-                    pid = patient_for(self.db, self.settings, issuer.national_id_system, value, claims, unknown)
+                    pid = patient_for(self.db, self.settings, system, value, claims, unknown)
                     principal.patient = pid
                     principal.fhir_user = f"Patient/{pid}"
             except FhirError as exc:
