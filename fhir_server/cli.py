@@ -217,6 +217,45 @@ def token(
     typer.echo(cli_token(settings, db, scope, patient=patient, fhir_user=fhir_user, ttl=ttl, audience=audience))
 
 
+client_app = typer.Typer(help="OAuth clients of the built-in authorization server", no_args_is_help=True)
+app.add_typer(client_app, name="client")
+
+
+@client_app.command("add")
+def client_add(
+    client_id: str = typer.Argument(..., help="The client_id"),
+    scope: str = typer.Option(..., help="Scopes the client may be granted, e.g. 'system/*.rs' or 'openid fhirUser launch/patient patient/*.rs'"),
+    redirect_uri: list[str] = typer.Option(None, "--redirect-uri", help="Redirect URI (repeatable) for authorization-code clients"),
+    jwks_file: str = typer.Option(None, help="JWKS file with the client's public keys (backend services, private_key_jwt)"),
+    jwks_url: str = typer.Option(None, help="JWKS URL of the client's public keys (backend services, private_key_jwt)"),
+    secret: str = typer.Option(None, help="A client secret (confidential client, client_secret_basic)"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL"),
+):
+    """Register (or replace) an OAuth client: public (PKCE), confidential (secret) or backend (JWKS)."""
+    import json as _json
+
+    from .auth.clients import add_client, hash_secret
+
+    _, db = _auth_db(database_url)
+    meta: dict = {"client_id": client_id, "scope": scope, "redirect_uris": list(redirect_uri or [])}
+    if jwks_file:
+        meta["jwks"] = _json.loads(open(jwks_file).read())
+    if jwks_url:
+        meta["jwks_uri"] = jwks_url
+    if jwks_file or jwks_url:
+        meta["token_endpoint_auth_method"] = "private_key_jwt"
+    elif secret:
+        meta["token_endpoint_auth_method"] = "client_secret_basic"
+        meta["client_secret_sha256"] = hash_secret(secret)
+    else:
+        meta["token_endpoint_auth_method"] = "none"
+    try:
+        add_client(db.engine, meta)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"client {client_id} registered ({meta['token_endpoint_auth_method']})")
+
+
 @keys_app.command("rotate")
 def keys_rotate(database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL")):
     """Make a new signing key; the old one still verifies until its tokens expire."""
