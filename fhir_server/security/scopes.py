@@ -78,7 +78,7 @@ def parse_scope(text: str) -> Scope | None:
     else:
         return None
     params: tuple[tuple[str, str], ...] = ()
-    if query:
+    if query is not None:
         params = tuple(parse_qsl(query, keep_blank_values=False))
         if not params:
             return None
