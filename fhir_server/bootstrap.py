@@ -32,8 +32,10 @@ def build_app(settings: Settings | None = None, db: Database | None = None) -> F
     upgrade(db.engine)
     install_plugins(settings)
     from . import plugins
+    from .storage.migrate import startup_lock
 
-    plugins.on_database(db, settings)
+    with startup_lock(db.engine):  # several worker processes seed at once: one at a time
+        plugins.on_database(db, settings)
     app = create_app(settings, db)
     plugins.attach(app, db, settings)
     from .jobs.runner import attach_background_workers

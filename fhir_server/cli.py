@@ -20,6 +20,55 @@ def _settings(database_url: str | None):
     return Settings()
 
 
+def _where(url: str) -> str:
+    """host:port/database of a database URL (never its password)."""
+    from sqlalchemy import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        return f"SQLite file {u.database}"
+    return f"{u.host or 'localhost'}:{u.port or 5432}/{u.database or ''}"
+
+
+def _prepare_database(settings) -> None:
+    """Migrate the database, or exit with one line saying what failed (exit code 2)."""
+    from .storage.database import Database
+    from .storage.faults import is_connection_error
+    from .storage.migrate import upgrade
+
+    url = settings.resolved_database_url()
+    db = None
+    try:
+        db = Database(url)
+        upgrade(db.engine)
+    except Exception as exc:
+        from sqlalchemy.exc import DBAPIError
+
+        if not (is_connection_error(exc) or isinstance(exc, DBAPIError)):
+            raise
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = detail.rsplit(" failed: ", 1)[-1].strip()  # psycopg: 'connection to server at "h", port p failed: <why>'
+        typer.echo(f"fhir-server: cannot use the database at {_where(url)}: {reason}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        if db is not None:
+            db.dispose()
+
+
+def uvicorn_options(settings) -> dict:
+    """How `serve` runs uvicorn: our HTTP protocol (TCP_NODELAY, header/body
+    deadlines), no `server` header, a bound on connections + requests in flight."""
+    os.environ.setdefault("FHIR_SERVER_HTTP_HEADER_TIMEOUT", str(settings.http_header_timeout))
+    os.environ.setdefault("FHIR_SERVER_HTTP_BODY_TIMEOUT", str(settings.http_body_timeout))
+    return {
+        "http": "fhir_server.api.protocol:NoDelayHTTPProtocol",
+        "server_header": False,
+        "limit_concurrency": settings.limit_concurrency or None,
+        "timeout_keep_alive": 5,
+        "access_log": False,  # ours (fhir_server.access) leaves query strings out
+    }
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
@@ -27,21 +76,18 @@ def serve(
     workers: int = typer.Option(1, help="Worker processes"),
     database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL", help="SQLAlchemy URL; default: SQLite under ./data/"),
     mllp_port: int = typer.Option(0, envvar="FHIR_SERVER_MLLP_PORT", help="Listen for HL7 v2 over MLLP on this port (0 = off)"),
+    mllp_host: str = typer.Option(None, envvar="FHIR_SERVER_MLLP_HOST", help="Interface for the MLLP listener; default: --host"),
     log_level: str = typer.Option("info"),
 ):
     """Start the server (migrating the database first)."""
     import uvicorn
 
-    from .storage.database import Database
-    from .storage.migrate import upgrade
-
     settings = _settings(database_url)
     if mllp_port:
         os.environ["FHIR_SERVER_MLLP_PORT"] = str(mllp_port)
+    os.environ["FHIR_SERVER_MLLP_HOST"] = mllp_host or host  # the MLLP listener binds where HTTP does
     logging.basicConfig(level=log_level.upper())
-    db = Database(settings.resolved_database_url())
-    upgrade(db.engine)
-    db.dispose()
+    _prepare_database(settings)
     typer.echo(f"FHIR base: http://{host}:{port}{settings.base_path}")
     if settings.auth.strip().lower() == "off":
         typer.echo("WARNING: FHIR_SERVER_AUTH=off - every request is allowed without a token (local experiments only)")
@@ -50,23 +96,19 @@ def serve(
     uvicorn.run(
         "fhir_server.api.app:app_factory",
         factory=True,
-        http="fhir_server.api.protocol:NoDelayHTTPProtocol",
         host=host,
         port=port,
         workers=workers,
         log_level=log_level,
-        access_log=False,
+        **uvicorn_options(settings),
     )
 
 
 @app.command()
 def migrate(database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL")):
     """Bring the database schema up to date."""
-    from .storage.database import Database
-    from .storage.migrate import upgrade
-
     settings = _settings(database_url)
-    upgrade(Database(settings.resolved_database_url()).engine)
+    _prepare_database(settings)
     typer.echo("database is up to date")
 
 
@@ -83,11 +125,9 @@ def load(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .loader import count_resources, load_paths
-    from .storage.database import Database
-    from .storage.migrate import upgrade
 
     settings = _settings(database_url)
-    upgrade(Database(settings.resolved_database_url()).engine)
+    _prepare_database(settings)
     total = count_resources(paths)
     console = Console(stderr=True)
     started = time.perf_counter()
@@ -118,12 +158,11 @@ def _hl7_context(database_url: str | None):
     from .hl7v2.service import make_apply_transaction
     from .plugins import install
     from .storage.database import Database
-    from .storage.migrate import upgrade
 
     settings = _settings(database_url)
     install(settings)
+    _prepare_database(settings)
     db = Database(settings.resolved_database_url())
-    upgrade(db.engine)
     return db, make_apply_transaction(db, settings)
 
 

@@ -37,11 +37,16 @@ def attach(app, db, settings) -> None:
 
 
 PLUGIN_MODULES: list[str] = [
+    "fhir_server.search.local_base",
     "fhir_server.identifiers.rules",
     "fhir_server.operations.export",
     "fhir_server.operations.everything",
     "fhir_server.operations.reindex",
     "fhir_server.operations.match",
     "fhir_server.hl7v2.service",
+    "fhir_server.operations.lastn",
+    "fhir_server.operations.meta",
+    "fhir_server.operations.meta_add",
+    "fhir_server.operations.meta_delete",
     "fhir_server.auth",
 ]

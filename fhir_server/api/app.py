@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -18,15 +20,22 @@ from ..errors import FhirError
 from ..model import jsonio
 from ..rest import history as history_mod
 from ..rest import interactions as ix
+from ..rest import limits
 from ..rest.capabilities import capability_statement
 from ..rest.operations import OperationCall, dispatch
 from ..rest.projection import project, validate_summary
 from ..storage.database import Database
+from ..storage.faults import classify, database_exception_types
 from . import http
 from .fast_read import FAST_READER, FastReads
+from .access_log import AccessLog
+from .forwarding import ForwardingPolicy
+from .guards import RequestLineGuard
+from .health import attach_health
 
 log = logging.getLogger("fhir_server")
 
+GZIP_MINIMUM_BYTES = 16 * 1024
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/fhir+json", "application/json")
 WRITE_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 
@@ -69,14 +78,26 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     # ------------------------------------------------------------------ plumbing
 
+    limits.configure(settings)
+    app.state.forwarding = ForwardingPolicy(settings.public_base_url, settings.trusted_proxies)
     app.add_middleware(FastReads, base_path=base)
+    app.add_middleware(RequestLineGuard)
+    # large responses (the CapabilityStatement, search pages, exports) compressed for clients that accept gzip
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5)
+    app.add_middleware(AccessLog, fmt=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
+    attach_health(app, db)
     _limit_request_threads(app)
     _attach_fast_reader(app, db)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError):
         return http.error_response(request, exc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):
+        # the client closed the connection (or was cut off by the body deadline): nothing to answer
+        return Response(status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -86,6 +107,17 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
         return http.error_response(request, FhirError.of(exc.status_code, code, str(exc.detail)))
+
+    async def database_failure(request: Request, exc: Exception):
+        answer = classify(exc)  # 409/503/400, never the database's own text
+        if answer is None:
+            raise exc
+        rid = getattr(request.state, "request_id", "?")
+        log.warning("request %s: database failure answered %s: %s", rid, answer.status, (str(exc).splitlines() or [type(exc).__name__])[0][:200])
+        return http.error_response(request, answer)
+
+    for exc_type in database_exception_types():
+        app.add_exception_handler(exc_type, database_failure)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
@@ -106,11 +138,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         return await run_in_threadpool(run)
 
     async def in_read(fn, *args):
-        def run():
-            with db.read() as conn:
-                return fn(conn, *args)
-
-        return await run_in_threadpool(run)
+        return await run_in_threadpool(db.run_read, fn, *args)
 
     # ------------------------------------------------------------------ system level
 
@@ -118,7 +146,15 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     async def metadata(request: Request):
         c = ctx(request)
         security = getattr(app.state, "capability_security", None)  # set by fhir_server.auth
-        return http.fhir_response(request, capability_statement(c.base_url, security(c.base_url) if security else None))
+        body = capability_statement(c.base_url, security(c.base_url) if security else None)
+        summary = validate_summary(request.query_params.get("_summary"))
+        elements = request.query_params.get("_elements")
+        if summary == "count":
+            raise FhirError.of(400, "invalid", "_summary=count applies to searches, not to the CapabilityStatement", "_summary")
+        if summary or elements:
+            statement = jsonio.parse_plain(body)
+            body = jsonio.dumps(project(statement, summary, elements.split(",") if elements else None))
+        return http.fhir_response(request, body)
 
     @app.get(base + "/_history")
     async def system_history(request: Request):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from starlette.requests import Request
+
 from ..errors import FhirError
 from ..rest import interactions as ix
 from ..rest.context import RequestContext
@@ -43,11 +45,11 @@ class FastReads:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
             reader = (scope.get("state") or {}).get(FAST_READER)
-            if reader is not None and await self._try(reader, scope, send):
+            if reader is not None and await self._try(reader, scope, receive, send):
                 return
         await self.app(scope, receive, send)
 
-    async def _try(self, reader: Reader, scope, send) -> bool:
+    async def _try(self, reader: Reader, scope, receive, send) -> bool:
         """Answer the request and return True, or return False to let the app answer."""
         path: str = scope["path"]
         if not path.startswith(self.prefix):
@@ -72,7 +74,11 @@ class FastReads:
 
         except FhirError:
             return False
-        stored = await reader.read_current(res_type, res_id)
+        try:
+            stored = await reader.read_current(res_type, res_id)
+        except FhirError as exc:  # the database is unreachable: 503, answered here
+            await http.error_response(Request(scope, receive), exc)(scope, receive, send)
+            return True
         if stored is None or stored.deleted or stored.content is None:
             return False
         body = stored.content

@@ -9,6 +9,7 @@ from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..rest.context import Outcome, RequestContext
 from ..security.authz import ANONYMOUS
+from .forwarding import DEFAULT_POLICY
 
 FHIR_JSON = "application/fhir+json"
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir", "text/json"}
@@ -42,12 +43,10 @@ def negotiate(fmt: str | None, accept: str) -> str:
 
 
 def base_url(request: Request, base_path: str) -> str:
-    """The FHIR base as the client sees it, honouring a reverse proxy's headers."""
-    proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    host = request.headers.get("x-forwarded-host") or request.headers.get("host") or request.url.netloc
-    host = host.split(",")[0].strip()
-    prefix = request.headers.get("x-forwarded-prefix", "").rstrip("/")
-    return f"{proto}://{host}{prefix}{base_path}"
+    """The FHIR base as the client sees it: the configured public base URL, or
+    the request's, with X-Forwarded-* believed from trusted proxies only (see forwarding.py)."""
+    policy = getattr(request.app.state, "forwarding", None) if "app" in request.scope else None
+    return (policy or DEFAULT_POLICY).base_url(request, base_path)
 
 
 def parse_prefer(request: Request) -> dict[str, str]:

@@ -37,15 +37,16 @@ def _header(scope, name: bytes) -> str | None:
 
 
 def request_base_url(scope, base_path: str) -> str:
-    """The FHIR base as the client sees it (as http.base_url does, from the ASGI scope)."""
-    proto = (_header(scope, b"x-forwarded-proto") or scope.get("scheme", "http")).split(",")[0].strip()
-    host = _header(scope, b"x-forwarded-host") or _header(scope, b"host")
-    if not host:
-        server = scope.get("server") or ("localhost", 80)
-        host = f"{server[0]}:{server[1]}"
-    host = host.split(",")[0].strip()
-    prefix = (_header(scope, b"x-forwarded-prefix") or "").rstrip("/")
-    return f"{proto}://{host}{prefix}{base_path}"
+    """The FHIR base as the client sees it: the configured public base URL, or the
+    request's, with X-Forwarded-* believed from trusted proxies only (api/forwarding.py).
+    An untrusted peer cannot choose the audience a token is checked against."""
+    from starlette.requests import Request
+
+    from ..api.forwarding import DEFAULT_POLICY
+
+    app = scope.get("app")
+    policy = getattr(getattr(app, "state", None), "forwarding", None)
+    return (policy or DEFAULT_POLICY).base_url(Request(scope), base_path)
 
 
 class BearerAuth:

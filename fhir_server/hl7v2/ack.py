@@ -72,15 +72,17 @@ def build_ack(
     errors: list[AckError] | None = None,
     text: str = "",
     enc: Encoding | None = None,
+    level: str = "commit",
 ) -> str:
     """ACK for a message whose MSH fields (raw ER7 text, keyed 'MSH-n') are in `header`.
 
     `code` is the original-mode code; it is turned into CA/CE/CR when the
-    message asked for enhanced acknowledgement.
+    message asked for enhanced acknowledgement, unless `level` is "application"
+    (the enhanced-mode application ACK keeps AA/AE/AR).
     """
     enc = enc or DEFAULT_ENCODING
     fs, cs = enc.field, enc.component
-    if is_enhanced(header.get("MSH-15", ""), header.get("MSH-16", "")):
+    if level == "commit" and is_enhanced(header.get("MSH-15", ""), header.get("MSH-16", "")):
         code = ENHANCED.get(code, code)
     trigger = ""
     msh9 = header.get("MSH-9", "")

@@ -47,8 +47,17 @@ def decode_bytes(raw: str | bytes) -> str:
 
 
 def normalise(text: str) -> str:
-    """Segment separators to \\r, BOM and surrounding blank lines removed."""
-    text = text.lstrip("\ufeff").replace("\r\n", "\r").replace("\n", "\r")
+    """Segment separators to \\r, BOM and surrounding blank lines removed.
+
+    The segment terminator of HL7 v2 is CR (v2.5 ch. 2.5.1). CRLF is read as CR. A
+    lone LF is a segment break only in a message that has no CR at all (files
+    edited on Unix); in a message whose segments end with CR, an LF inside a field
+    is data and stays in the field, never cutting the segment short."""
+    text = text.lstrip("\ufeff")
+    if "\r" in text:
+        text = text.replace("\r\n", "\r")
+    else:
+        text = text.replace("\n", "\r")
     segs = [s for s in text.split("\r") if s.strip()]
     return "\r".join(segs)
 
@@ -230,6 +239,18 @@ class Message:
         return f"{self.message_code}^{self.trigger}" if self.trigger else self.message_code
 
     @property
+    def dedup_scope(self) -> str:
+        """`MSH-3|MSH-4` as sent (every HD component, trailing empty ones dropped): a control
+        id (MSH-10) is unique per sending application and facility (v2.5 ch. 2.14.9.10), so
+        idempotency is keyed on (MSH-3, MSH-4, MSH-10) -- never on the peer's address."""
+        cs = self.enc.component
+
+        def hd(n: int) -> str:
+            return self.msh.raw(n).rstrip(cs)
+
+        return f"{hd(3)}|{hd(4)}"
+
+    @property
     def sender(self) -> str:
         """MSH-3^MSH-4 (namespace id, else universal id): the duplicate-detection scope."""
         def hd(n: int) -> str:
@@ -264,6 +285,11 @@ def parse(raw: str | bytes) -> Message:
         name = seg_text[:3].upper()
         if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", name):
             raise ER7Error(f"Invalid segment name {seg_text[:3]!r} in segment {len(msg.segments) + 1}")
+        if len(seg_text) > 3 and seg_text[3] != fs and seg_text[3:].strip():
+            # "APT 4^^..." is not a segment: a field cut at a stray line break. Refuse the
+            # message rather than drop that text silently and answer AA.
+            raise ER7Error(f"Segment {len(msg.segments) + 1} ({seg_text[:20]!r}) does not start with a segment "
+                           f"name and the field separator '{fs}'; the message is cut or malformed")
         counts[name] = counts.get(name, 0) + 1
         msg.segments.append(Segment(seg_text, enc, counts[name]))
     if not msg.control_id:

@@ -2,14 +2,21 @@
 
 Every message is written to hl7_inbound before it is applied, so a message
 whose apply failed (status 'error') can be replayed once the cause is fixed.
-A repeated MSH-10 from the same sender (MSH-3^MSH-4) that was already applied
-gets its stored ACK back and is not applied again.
+A repeated MSH-10 from the same sending application and facility (MSH-3, MSH-4)
+that was already applied gets its stored ACK back and is not applied again.
+
+Acknowledgement modes (v2.5 ch. 2.9): in original mode (MSH-15 and MSH-16 empty)
+one ACK (AA/AE/AR) answers. In enhanced mode MSH-15 asks for the commit ACK
+(CA/CE/CR) and MSH-16 for the application ACK (AA/AE/AR), each under its own
+condition (AL, NE, ER, SU). The message is applied before either is sent, so both
+are sent back on the connection, commit first; `NE|AL` gets its application ACK.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,12 +24,15 @@ from typing import Callable, Iterator
 
 from sqlalchemy import Connection, Engine, select, update
 
+from fhir_server.model.jsonguard import bad_char_message
 from fhir_server.storage.schema import hl7_inbound
 
 from . import ack as ackmod
 from .ack import AckError, build_ack, header_of
 from .er7 import ER7Error, Message, decode_bytes, parse, peek_header
 from .mapping import MappingError, UnsupportedMessage, map_message
+
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +45,10 @@ applying_inbound: contextvars.ContextVar[str | None] = contextvars.ContextVar("h
 
 @dataclass
 class Result:
-    """What process_message did; `send` is False when MSH-15/16 said not to acknowledge."""
+    """What process_message did; `send` is False when MSH-15 said not to send the commit ACK.
+
+    `ack` is the ACK of record (original mode, or the commit ACK in enhanced mode);
+    `app_ack` the application ACK in enhanced mode when MSH-16 asks for it."""
 
     ack: str
     code: str
@@ -43,6 +56,11 @@ class Result:
     message_id: int | None
     send: bool = True
     duplicate: bool = False
+    app_ack: str | None = None
+
+    def replies(self) -> list[str]:
+        """The ACKs to send back on the connection, in order."""
+        return ([self.ack] if self.send else []) + ([self.app_ack] if self.app_ack else [])
 
 
 @contextmanager
@@ -106,6 +124,11 @@ def process_message_ex(
     """process_message with the details the MLLP listener and tests need."""
     text = decode_bytes(raw)
     try:
+        why = bad_char_message(text.replace("\x0b", "").replace("\x1c", ""))  # MLLP framing aside
+        if why is not None:
+            # stored and refused the same on every database (PostgreSQL text cannot hold U+0000)
+            text = _CONTROL_CHARS.sub("\ufffd", text)
+            raise ER7Error(f"the message {why}")
         msg = parse(text)
     except ER7Error as exc:
         header = peek_header(text)
@@ -118,7 +141,7 @@ def process_message_ex(
         return Result(ack, "AR", "rejected", mid)
 
     header = header_of(msg)
-    sender = (msg.sender if msg.sender != "^" else sender_hint)[:256]
+    sender = msg.dedup_scope[:256]
     control = msg.control_id[:64]
     msh15, msh16 = msg.msh.get(15), msg.msh.get(16)
 
@@ -133,7 +156,8 @@ def process_message_ex(
             p = applied[0]
             code = p.ack_code or "AA"
             return Result(p.ack or build_ack(header, "AA", enc=msg.enc), code, "applied", p.id,
-                          ackmod.ack_wanted(code, msh15, msh16), duplicate=True)
+                          ackmod.ack_wanted(code, msh15, msh16), duplicate=True,
+                          app_ack=_application_ack(header, "AA", [], "", msg, msh15, msh16))
         if prior:
             # An earlier attempt failed or was rejected: nothing was written, try again.
             mid = prior[-1].id
@@ -152,7 +176,19 @@ def process_message_ex(
         conn.execute(update(hl7_inbound).where(hl7_inbound.c.id == mid).values(
             status=status, ack_code=ack.split("\r")[1].split(msg.enc.field)[1], ack=ack, error=error or None))
     sent_code = ack.split("\r")[1].split(msg.enc.field)[1]
-    return Result(ack, sent_code, status, mid, ackmod.ack_wanted(sent_code, msh15, msh16))
+    return Result(ack, sent_code, status, mid, ackmod.ack_wanted(sent_code, msh15, msh16),
+                  app_ack=_application_ack(header, code, errors, error, msg, msh15, msh16))
+
+
+def _application_ack(header: dict, code: str, errors: list[AckError], text: str, msg: Message, msh15: str, msh16: str) -> str | None:
+    """Enhanced mode: the application ACK (AA/AE/AR) when MSH-16's condition asks for it."""
+    if not ackmod.is_enhanced(msh15, msh16):
+        return None
+    cond = (msh16.strip() or "NE").upper()
+    ok = code == "AA"
+    if cond == "AL" or (cond == "ER" and not ok) or (cond == "SU" and ok):
+        return build_ack(header, code, errors, text=text, enc=msg.enc, level="application")
+    return None
 
 
 def process_message(
@@ -216,12 +252,13 @@ def inbound_status(engine: Engine, status: str | None = None, limit: int = 100) 
         return [dict(r._mapping) for r in conn.execute(q.order_by(c.id.desc()).limit(limit))]
 
 
-def mllp_handler(engine: Engine, apply_transaction: ApplyTransaction) -> Callable[[bytes, object], bytes]:
-    """A listener handler (runs in a worker thread) around process_message."""
+def mllp_handler(engine: Engine, apply_transaction: ApplyTransaction) -> Callable[[bytes, object], list[bytes]]:
+    """A listener handler (runs in a worker thread) around process_message: the ACK
+    frames to send back (none, one, or commit + application ACK in enhanced mode)."""
 
     def handle(data: bytes, peer: object) -> bytes:
         hint = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer or "")
         res = process_message_ex(data, engine=engine, apply_transaction=apply_transaction, sender_hint=hint)
-        return res.ack.encode("utf-8") if res.send else b""
+        return [a.encode("utf-8") for a in res.replies()]
 
     return handle

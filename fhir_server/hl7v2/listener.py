@@ -23,7 +23,8 @@ SB, EB, CR = b"\x0b", b"\x1c", b"\x0d"
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 20
 HEADER_KEEP = 4096  # bytes of an oversized message kept to answer it
 
-Handler = Callable[[bytes, object], Union[bytes, Awaitable[bytes]]]
+# A handler returns the reply frame (bytes), or a list of frames to send in order.
+Handler = Callable[[bytes, object], Union[bytes, list, Awaitable[bytes]]]
 
 
 def frame(payload: bytes) -> bytes:
@@ -90,9 +91,10 @@ def _connection_handler(handler: Handler, max_message_size: int):
                             reply = build_ack(peek_header(data), "AE", [AckError(
                                 ackmod.ERR_INTERNAL, f"Internal error: {exc}")]).encode("utf-8")
                     oversized = False
-                    if reply:
-                        writer.write(frame(reply))
-                        await writer.drain()
+                    for one in ([reply] if isinstance(reply, (bytes, bytearray)) else reply or []):
+                        if one:
+                            writer.write(frame(bytes(one)))
+                    await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import yaml
 
 from . import ack
+from .distinct import check_distinct
 from .er7 import Message, Segment, Value
 
 MAPPING_DIR = Path(__file__).resolve().parents[2] / "mappings" / "v2"
@@ -775,6 +776,8 @@ def map_message(msg: Message, directory: str | None = None) -> dict:
             item["match"] = chosen
             if chosen and key not in matches:
                 matches[key] = (rdef["resourceType"], chosen)
+
+    check_distinct(built)  # MRG: the merged patient is not the surviving one
 
     # Phase 3: references and requests.
     entries: list[dict] = []

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..config import Settings
-from ..rest.bundles import process_transaction
+from ..rest.bundles import run_transaction
 from ..rest.context import RequestContext
 from ..storage.database import Database
 from . import inbound, outbound
@@ -26,8 +26,7 @@ def make_apply_transaction(db: Database, settings: Settings):
     """A FHIR transaction Bundle applied atomically, as the v2 mapper needs it."""
 
     def apply_transaction(bundle: dict) -> dict:
-        with db.write() as conn:
-            return process_transaction(conn, RequestContext(base_url=""), bundle, settings)
+        return run_transaction(db, RequestContext(base_url=""), bundle, settings)
 
     return apply_transaction
 
@@ -54,7 +53,8 @@ def attach(app: FastAPI, db: Database, settings: Settings) -> None:
             ack = await run_in_threadpool(_oversize_ack, raw, settings.mllp_max_message_bytes)
         else:
             peer = request.client.host if request.client else ""
-            ack = await run_in_threadpool(inbound.process_message, raw, engine=db.engine, apply_transaction=apply, sender_hint=peer)
+            res = await run_in_threadpool(inbound.process_message_ex, raw, engine=db.engine, apply_transaction=apply, sender_hint=peer)
+            ack = res.app_ack or res.ack  # HTTP answers once: the application ACK when one is asked for
         return Response(content=ack.replace("\r", "\r\n") if request.query_params.get("crlf") else ack, media_type="application/hl7-v2; charset=utf-8")
 
     run_outbox = bool(settings.hl7_destinations.strip()) and settings.run_background_jobs

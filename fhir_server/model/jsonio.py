@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..errors import FhirError
+from . import jsonguard
 
 
 class JsonDecimal(Decimal):
@@ -30,12 +31,23 @@ class JsonDecimal(Decimal):
         return obj
 
 
+def _malformed(exc: json.JSONDecodeError | None) -> FhirError:
+    """400 in our own words (the parser's message says more about the parser than the body)."""
+    where = f" (line {exc.lineno}, column {exc.colno})" if exc is not None and getattr(exc, "lineno", None) else ""
+    return FhirError.of(400, "structure", f"The body is not valid JSON{where}")
+
+
 def parse_plain(body: bytes | str) -> Any:
-    """Fast parse for validation and indexing (decimals become floats)."""
+    """Fast parse for validation and indexing (decimals become floats); checked
+    against `jsonguard` (depth, strings, numbers: 400 naming the element)."""
     try:
-        return orjson.loads(body)
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise FhirError.of(400, "structure", f"Malformed JSON: {exc}") from None
+        # the slower parser names the element (a lone surrogate, too deep) or the position
+        parse_preserving(body)
+        raise _malformed(exc) from None
+    jsonguard.check_document(doc, body)
+    return doc
 
 
 def parse_preserving(body: bytes | str) -> Any:
@@ -44,11 +56,15 @@ def parse_preserving(body: bytes | str) -> Any:
         try:
             body = body.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise FhirError.of(400, "structure", f"The body is not UTF-8: {exc}") from None
+            raise FhirError.of(400, "structure", f"The body is not UTF-8 (invalid byte at offset {exc.start})") from None
     try:
-        return json.loads(body, parse_float=JsonDecimal)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise FhirError.of(400, "structure", f"Malformed JSON: {exc}") from None
+        doc = json.loads(body, parse_float=JsonDecimal)
+    except json.JSONDecodeError as exc:
+        raise _malformed(exc) from None
+    except RecursionError:
+        raise FhirError.of(400, "structure", f"JSON nested deeper than {jsonguard.MAX_DEPTH} levels") from None
+    jsonguard.check_document(doc, body)
+    return doc
 
 
 def _default(obj: Any) -> Any:

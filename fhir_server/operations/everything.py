@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection, and_, false, func, select
 
+from ..model.lexical import ascii_int
 from ..errors import FhirError
 from ..model.definitions import resource_types
 from ..rest.context import Outcome
@@ -32,13 +33,7 @@ SUPPORTING_TYPES = ("Practitioner", "PractitionerRole", "Organization", "Locatio
 
 
 def _int(value: str, name: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise FhirError.of(400, "invalid", f"{name} must be a whole number, not '{value}'", name) from None
-    if n < 0:
-        raise FhirError.of(400, "invalid", f"{name} must not be negative", name)
-    return n
+    return ascii_int(value, name, maximum=2**62)
 
 
 def _entry(base: str, res_type: str, res_id: str, content: bytes, mode: str) -> dict:

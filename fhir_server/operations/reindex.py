@@ -18,7 +18,7 @@ from ..model import jsonio
 from ..model.definitions import resource_types
 from ..rest.context import Outcome
 from ..rest.operations import OperationCall, operation
-from ..search import custom
+from ..search import custom, local_base
 from ..search.indexer import delete_index, index_resource
 from ..storage.schema import resources
 
@@ -37,7 +37,7 @@ def kick_off(call: OperationCall) -> Outcome:
             types = {call.res_type}
         elif not pending:
             types = set(resource_types())
-        job_id = queue.enqueue(conn, KIND, {"urls": pending, "types": sorted(types)})
+        job_id = queue.enqueue(conn, KIND, {"urls": pending, "types": sorted(types), "base_url": call.ctx.base_url})
         custom.refresh(conn)
     queue.wakeup.set()
     status_url = f"{call.ctx.base_url}/$reindex-status?_jobId={job_id}"
@@ -85,9 +85,10 @@ def run_reindex(ctx: queue.JobContext) -> dict:
                 .order_by(resources.c.pk)
                 .limit(BATCH)
             ).all()
-            for pk, content in rows:
-                delete_index(conn, pk)
-                index_resource(conn, pk, res_type, orjson.loads(content))
+            with local_base.serving(ctx.job.params.get("base_url")):  # references to the base are local
+                for pk, content in rows:
+                    delete_index(conn, pk)
+                    index_resource(conn, pk, res_type, orjson.loads(content))
         if rows:
             cursor = {"t": cursor["t"], "pk": rows[-1][0], "done": cursor["done"] + len(rows)}
         else:

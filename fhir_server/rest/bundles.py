@@ -10,18 +10,22 @@ transaction of its own.
 from __future__ import annotations
 
 import base64
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from sqlalchemy import Connection
 
+import orjson
+
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
+from . import bundle_refs, bundle_targets
 from . import history as history_mod
 from . import interactions as ix
+from . import limits
 from .context import Outcome, RequestContext
+from .retry import run_with_retry
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 304: "304 Not Modified"}
@@ -80,21 +84,6 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
 # ----------------------------------------------------------------------------- references
 
 
-def _walk_references(node: Any, fn) -> None:
-    """Call fn(dict) on every object that has a string `reference` (any depth:
-    extensions and contained resources included)."""
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            fn(node)
-        for v in node.values():
-            if isinstance(v, (dict, list)):
-                _walk_references(v, fn)
-    elif isinstance(node, list):
-        for v in node:
-            _walk_references(v, fn)
-
-
 def _resolve_conditional_reference(conn: Connection, ctx: RequestContext, ref: str) -> str:
     res_type, _, query = ref.partition("?")
     ix.check_type(res_type)
@@ -106,15 +95,16 @@ def _resolve_conditional_reference(conn: Connection, ctx: RequestContext, ref: s
     return f"{res_type}/{matches[0][1]}"
 
 
-def _rewrite(conn: Connection, ctx: RequestContext, resource: Any, mapping: dict[str, str]) -> None:
-    def fix(node: dict) -> None:
-        ref = node["reference"]
-        if ref in mapping:
-            node["reference"] = mapping[ref]
-        elif "?" in ref and not ref.startswith(("http://", "https://", "#")):
-            node["reference"] = mapping.setdefault(ref, _resolve_conditional_reference(conn, ctx, ref))
-
-    _walk_references(resource, fix)
+def _rewrite(conn: Connection, ctx: RequestContext, entry: "EntryRequest", mapping: dict[str, str]) -> None:
+    """Rewrite fullUrls and conditional references in the entry's resource; 400 for a
+    `urn:uuid:` reference that no entry of the Bundle carries."""
+    dangling = bundle_refs.rewrite(entry.resource, mapping, lambda ref: _resolve_conditional_reference(conn, ctx, ref))
+    if dangling:
+        raise FhirError(400, [
+            Issue("error", "not-found", f"Reference '{ref}' at {path} names no entry of the Bundle (no entry has "
+                  "that fullUrl), so it cannot be resolved", [path])
+            for path, ref in dangling
+        ])
 
 
 # ----------------------------------------------------------------------------- entries
@@ -179,7 +169,15 @@ def _execute(conn: Connection, ctx: RequestContext, entry: EntryRequest, assigne
     return Outcome(status=200, body=ix.search(conn, ctx, t, params))
 
 
-def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool) -> dict:
+def _carries_resource(out: Outcome, include_resource: bool, method: str = "") -> bool:
+    """Whether the response entry for `out` holds its resource: a GET (read, vread, search,
+    history) always carries what it read (http.html#transaction-response); writes carry
+    theirs on `return=representation`."""
+    return out.body is not None and (method == "GET" or include_resource or out.res_type is None or out.status == 200 and out.location is None)
+
+
+def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool, method: str = "") -> dict:
+    """One response entry of a batch/transaction response."""
     response: dict = {"status": STATUS_TEXT.get(out.status, str(out.status))}
     if out.location and out.status in (200, 201):
         response["location"] = out.location
@@ -192,103 +190,97 @@ def _response_entry(out: Outcome, ctx: RequestContext, include_resource: bool) -
     entry: dict = {}
     if out.res_type and out.res_id:
         entry["fullUrl"] = f"{ctx.base_url}/{out.res_type}/{out.res_id}"
-    if out.body is not None and (include_resource or out.res_type is None or out.status == 200 and out.location is None):
-        import orjson
-
+    if _carries_resource(out, include_resource, method):
         entry["resource"] = orjson.Fragment(out.body)
+    if method == "HEAD":
+        entry.pop("resource", None)
     entry["response"] = response
     return entry
 
 
-def _assign_ids(conn: Connection, ctx: RequestContext, entries: list[EntryRequest]) -> tuple[dict[str, str], dict[int, str]]:
-    """Map each fullUrl to the Type/id it will have, before anything is written."""
-    mapping: dict[str, str] = {}
-    assigned: dict[int, str] = {}
-    for e in entries:
-        target = None
-        if e.method == "POST" and e.res_type:
-            if e.request.get("ifNoneExist"):
-                matches = ix._find(conn, ctx, e.res_type, e.request["ifNoneExist"])
-                if len(matches) == 1:
-                    target = f"{e.res_type}/{matches[0][1]}"
-            if target is None:
-                assigned[e.index] = str(uuid.uuid4())
-                target = f"{e.res_type}/{assigned[e.index]}"
-        elif e.method == "PUT" and e.res_type and e.res_id:
-            target = f"{e.res_type}/{e.res_id}"
-        elif e.method == "PUT" and e.res_type and e.query:
-            matches = ix._find(conn, ctx, e.res_type, e.query)
-            if len(matches) == 1:
-                target = f"{e.res_type}/{matches[0][1]}"
-            elif not matches:
-                body_id = e.resource.get("id") if isinstance(e.resource, dict) else None
-                new_id = body_id or str(uuid.uuid4())
-                if isinstance(e.resource, dict):
-                    e.resource["id"] = new_id
-                target = f"{e.res_type}/{new_id}"
-        if target and e.full_url:
-            mapping[e.full_url] = target
-            if e.full_url.startswith(("http://", "https://")):
-                # an absolute fullUrl on our own base is also referenced relatively
-                tail = "/".join(e.full_url.rstrip("/").split("/")[-2:])
-                mapping.setdefault(tail, target)
-    return mapping, assigned
-
-
 def process_transaction(conn: Connection, ctx: RequestContext, bundle: dict, settings) -> dict:
+    """Run a transaction Bundle on `conn` (the caller owns the database transaction).
+
+    Order (http.html#trules): identities are resolved and checked first (two entries
+    acting on one resource: 400), locks are taken in canonical order, then DELETE,
+    POST, PUT/PATCH, and GET/HEAD last, so a GET sees the transaction's writes."""
     entries = [_parse_entry(i, e, ctx.base_url) for i, e in enumerate(bundle.get("entry") or [])]
     full_urls = [e.full_url for e in entries if e.full_url]
     if len(full_urls) != len(set(full_urls)):
-        raise FhirError.of(400, "invalid", "Two entries of the transaction share a fullUrl")
+        dup = next(u for u in full_urls if full_urls.count(u) > 1)
+        where = [f"Bundle.entry[{e.index}]" for e in entries if e.full_url == dup]
+        raise FhirError.of(400, "invalid", f"{' and '.join(where)} share the fullUrl '{dup}'", where)
+    for e in entries:
+        if e.operation:
+            raise _entry_error(e.index, FhirError.of(400, "not-supported", f"Operations ({e.operation}) are not supported inside a Bundle"))
+    bundle_targets.lock_criteria(conn, entries)
+    plan = bundle_targets.plan_targets(conn, entries, ctx)
+    bundle_targets.lock_targets(conn, plan)
     ordered = sorted(entries, key=lambda e: (ORDER[e.method], e.index))
-    # Deletes first, then resolve identities against the state they leave.
     outcomes: dict[int, Outcome] = {}
     for e in (x for x in ordered if x.method == "DELETE"):
         try:
             outcomes[e.index] = _execute(conn, ctx, e, None)
         except FhirError as exc:
             raise _entry_error(e.index, exc) from None
-    try:
-        mapping, assigned = _assign_ids(conn, ctx, entries)
-    except FhirError as exc:
-        raise FhirError(exc.status, exc.issues) from None
     for e in entries:
         if e.resource is not None:
             try:
-                _rewrite(conn, ctx, e.resource, mapping)
+                _rewrite(conn, ctx, e, plan.mapping)
             except FhirError as exc:
                 raise _entry_error(e.index, exc) from None
         if e.query and e.method in ("GET", "PUT", "PATCH", "DELETE") and "urn:" in e.query:
-            for k, v in mapping.items():
+            for k, v in plan.mapping.items():
                 e.query = e.query.replace(k, v)
     for e in (x for x in ordered if x.method != "DELETE"):
         try:
-            outcomes[e.index] = _execute(conn, ctx, e, assigned.get(e.index))
+            outcomes[e.index] = _execute(conn, ctx, e, plan.assigned.get(e.index))
         except FhirError as exc:
             raise _entry_error(e.index, exc) from None
     include = ctx.prefer_return == "representation"
+    budget = limits.ResponseBudget()
+    for e in entries:
+        out = outcomes[e.index]
+        if _carries_resource(out, include, e.method):
+            budget.take(len(out.body), "The transaction response")  # 413: the transaction rolls back
     return {
         "resourceType": "Bundle",
         "type": "transaction-response",
-        "entry": [_response_entry(outcomes[e.index], ctx, include) for e in entries],
+        "entry": [_response_entry(outcomes[e.index], ctx, include, e.method) for e in entries],
     }
 
 
 def process_batch(db, ctx: RequestContext, bundle: dict, settings) -> dict:
+    """Each entry on its own (retried like a transaction on deadlock); a failing
+    entry answers with its OperationOutcome, the others still run."""
     include = ctx.prefer_return == "representation"
     out_entries = []
+    budget = limits.ResponseBudget()
     for i, raw in enumerate(bundle.get("entry") or []):
         try:
             e = _parse_entry(i, raw, ctx.base_url)
-            with db.write() as conn:
+
+            def one(conn, e=e):
                 if e.resource is not None:
-                    _rewrite(conn, ctx, e.resource, {})
-                out = _execute(conn, ctx, e, None)
-            out_entries.append(_response_entry(out, ctx, include))
+                    _rewrite(conn, ctx, e, {})
+                return _execute(conn, ctx, e, None)
+
+            out = run_with_retry(db, one, copy_of=None)
+            if _carries_resource(out, include, e.method) and not budget.fits(len(out.body)):
+                if e.method in ("GET", "HEAD"):
+                    raise limits.too_large(budget.limit, "This entry's response")
+                out.body = None  # written; its representation is left out of an over-large response
+            out_entries.append(_response_entry(out, ctx, include, e.method))
         except FhirError as exc:
             err = _entry_error(i, exc)
             out_entries.append({"response": {"status": str(exc.status), "outcome": operation_outcome(err.issues)}})
     return {"resourceType": "Bundle", "type": "batch-response", "entry": out_entries}
+
+
+def run_transaction(db, ctx: RequestContext, bundle: dict, settings) -> dict:
+    """A transaction Bundle in one database transaction, retried on deadlock or
+    serialization failure (each attempt on a fresh copy of the Bundle)."""
+    return run_with_retry(db, lambda conn, b: process_transaction(conn, ctx, b, settings), copy_of=bundle)
 
 
 def process_bundle(db, ctx: RequestContext, parsed: ix.ParsedResource, settings) -> Outcome:
@@ -305,11 +297,10 @@ def process_bundle(db, ctx: RequestContext, parsed: ix.ParsedResource, settings)
     if len(entries) > settings.max_bundle_entries:
         raise FhirError.of(413, "too-costly", f"The Bundle has {len(entries)} entries; the limit is {settings.max_bundle_entries}", "Bundle.entry")
     if kind == "transaction":
-        with db.write() as conn:
-            result = process_transaction(conn, ctx, bundle, settings)
+        result = run_transaction(db, ctx, bundle, settings)
     else:
         result = process_batch(db, ctx, bundle, settings)
     return Outcome(status=200, body=jsonio.dumps(result))
 
 
-__all__ = ["process_bundle", "process_transaction", "process_batch"]
+__all__ = ["process_bundle", "process_transaction", "process_batch", "run_transaction"]

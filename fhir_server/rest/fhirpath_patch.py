@@ -198,7 +198,7 @@ def _split_top(text: str, sep: str) -> list[str]:
 
 _SEGMENT = re.compile(
     r"^\s*(?:`(?P<q>[^`]+)`|(?P<name>[A-Za-z_][A-Za-z0-9_]*))\s*"
-    r"(?:\((?P<args>.*)\))?\s*(?P<idx>(?:\[\s*\d+\s*\]\s*)*)$",
+    r"(?:\((?P<args>.*)\))?\s*(?P<idx>(?:\[\s*[0-9]{1,9}\s*\]\s*)*)$",
     re.S,
 )
 
@@ -222,12 +222,12 @@ def _parse_path(path: str) -> list[_Segment]:
         m = _SEGMENT.match(text)
         if not m:
             raise _bad(f"Cannot parse path '{path}' at '{text.strip()}'", path)
-        idx = [int(x) for x in re.findall(r"\d+", m.group("idx") or "")]
+        idx = [int(x) for x in re.findall(r"[0-9]+", m.group("idx") or "")]
         segs.append(_Segment(m.group("q") or m.group("name"), m.group("args"), idx))
     return segs
 
 
-_LITERAL = r"'(?:[^'\\]|\\.)*'|-?\d+(?:\.\d+)?|true|false|@[0-9T:.+\-Z]+"
+_LITERAL = r"'(?:[^'\\]|\\.)*'|-?[0-9]+(?:\.[0-9]+)?|true|false|@[0-9T:.+\-Z]+"
 _EQUALITY = re.compile(
     rf"^\s*(?P<lhs>[A-Za-z_$][A-Za-z0-9_.$]*)\s*(?P<op>!=|=)\s*(?P<lit>{_LITERAL})\s*$", re.S
 )

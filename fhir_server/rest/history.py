@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime, timezone
 from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy import Connection
 
+from ..model.lexical import ascii_int
 from ..errors import FhirError
 from ..model import jsonio
 from ..security.authz import AccessRequest, authorize
@@ -53,6 +55,28 @@ def _decode_cursor(token: str) -> int:
         raise FhirError.of(400, "invalid", "Invalid or expired _page cursor", "_page") from None
 
 
+AT_PREFIXES = ("eq", "ne", "gt", "ge", "lt", "le", "sa", "eb", "ap")
+
+
+def _parse_at(value: str) -> tuple[str, datetime | None, datetime | None]:
+    """`_at` is a date(Time) with search prefixes (http.html#history, search.html#date):
+    `2024-05-01` is the day [2024-05-01, 2024-05-02) UTC; `ge2024-05` from May on."""
+    from ..search.values import parse_date_range
+
+    text = value.strip().replace(" ", "+")  # an unescaped '+' of a time zone arrives as a space
+    prefix = "eq"
+    if len(text) > 2 and text[:2].isalpha():
+        prefix, text = text[:2], text[2:]
+        if prefix not in AT_PREFIXES:
+            raise FhirError.of(400, "invalid", f"Unknown prefix '{prefix}' in _at={value}; one of {', '.join(AT_PREFIXES)}", "_at")
+    try:
+        low, high = parse_date_range(text)
+    except ValueError:
+        raise FhirError.of(400, "invalid", f"Invalid _at value '{value}': expected a FHIR date, dateTime or instant, optionally with a prefix (ge2024-05-01)", "_at") from None
+    utc = timezone.utc
+    return prefix, low.astimezone(utc) if low else None, high.astimezone(utc) if high else None
+
+
 def history(
     conn: Connection,
     ctx: RequestContext,
@@ -69,13 +93,8 @@ def history(
         if name not in _KNOWN and not ctx.lenient:
             raise FhirError.of(400, "not-supported", f"Parameter '{name}' is not supported for history", name)
     since = parse_instant(args["_since"], "_since") if "_since" in args else None
-    at = parse_instant(args["_at"], "_at") if "_at" in args else None
-    try:
-        count = min(int(args.get("_count", DEFAULT_COUNT)), MAX_COUNT)
-        if count < 0:
-            raise ValueError
-    except ValueError:
-        raise FhirError.of(400, "invalid", f"Invalid _count '{args.get('_count')}': a non-negative integer is required", "_count") from None
+    at = [_parse_at(v) for k, v in params if k == "_at"] or None
+    count = min(ascii_int(args["_count"], "_count"), MAX_COUNT) if "_count" in args else DEFAULT_COUNT
     before = _decode_cursor(args["_page"]) if "_page" in args else None
 
     visible_pks = None

@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl
 from sqlalchemy import Connection
 
 from .. import events
+from ..model.lexical import is_version_id
+from . import limits
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..security.authz import AccessRequest, authorize, visibility
@@ -25,7 +27,7 @@ from ..storage import repository as repo
 from . import rules
 from .context import Outcome, RequestContext
 
-ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
 
 
 @dataclass
@@ -79,7 +81,7 @@ def parse_etag(value: str | None) -> int | None:
     """`W/"3"` or `"3"` or `3` -> 3."""
     if value is None:
         return None
-    m = re.fullmatch(r'\s*(?:W/)?"?(\d+)"?\s*', value)
+    m = re.fullmatch(r'\s*(?:W/)?"?([0-9]{1,9})"?\s*', value)
     if not m:
         raise FhirError.of(400, "invalid", f"Invalid ETag '{value}': expected W/\"<versionId>\"")
     return int(m.group(1))
@@ -129,7 +131,7 @@ def _find(conn: Connection, ctx: RequestContext, res_type: str, query: str, limi
     if not pairs:
         raise FhirError.of(400, "invalid", "A conditional interaction needs search criteria")
     authorize(ctx.principal, AccessRequest("search-type", res_type))
-    return find_matches(conn, res_type, pairs, limit=limit, access=ctx.access())
+    return find_matches(conn, res_type, pairs, limit=limit, base_url=ctx.base_url, access=ctx.access())
 
 
 def _within(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, permission: str) -> bool:
@@ -199,7 +201,7 @@ def _store(
     warnings: list[Issue],
 ) -> Outcome:
     """Write a new version of (res_type, res_id): versions, indexes, events."""
-    from ..search import custom
+    from ..search import custom, local_base
     from ..search.indexer import delete_index, index_resource
 
     custom.maybe_refresh(conn)  # index custom parameters another process activated
@@ -218,6 +220,7 @@ def _store(
         doc.clear()
         doc.update(reordered)
     content = jsonio.dumps(parsed.preserving)
+    limits.check_resource_size(content, res_type)
     http_method = {"create": "POST", "update": "PUT", "patch": "PATCH"}[method]
     if current is None:
         pk = repo.insert_resource(conn, res_type, res_id, version_id, now, content, http_method)
@@ -225,7 +228,8 @@ def _store(
         pk = current.pk
         repo.write_version(conn, pk, res_type, res_id, version_id, now, content, http_method)
         delete_index(conn, pk)
-    index_resource(conn, pk, res_type, parsed.plain)
+    with local_base.serving(ctx.base_url):
+        index_resource(conn, pk, res_type, parsed.plain)
     if events.has_subscribers():  # parsing the old version costs; only listeners need it
         old = jsonio.parse_plain(current.content) if current is not None and current.content else None
         events.emit(conn, events.ResourceChange(res_type, res_id, version_id, method, old, parsed.plain))
@@ -472,7 +476,7 @@ def read_outcome(res_type: str, res_id: str, stored: repo.StoredResource | None)
 def vread(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, version: str) -> Outcome:
     check_type(res_type)
     authorize(ctx.principal, AccessRequest("vread", res_type, res_id))
-    if not version.isdigit():
+    if not is_version_id(version):
         raise FhirError.of(404, "not-found", f"Version '{version}' of {res_type}/{res_id} is not known")
     check_visible(conn, ctx, res_type, res_id)
     stored = repo.read_version(conn, res_type, res_id, int(version))

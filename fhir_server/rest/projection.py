@@ -1,6 +1,6 @@
 """`_summary` and `_elements`: the subsets of a resource a client may ask for.
 
-Only the top level is filtered (as the spec's summary flags are defined there);
+`_summary=true` keeps the elements flagged isSummary, inside backbone elements too;
 a subsetted resource is tagged SUBSETTED so that nobody mistakes it for whole.
 """
 
@@ -34,6 +34,18 @@ def _tag_subsetted(out: dict) -> dict:
     return out
 
 
+def _summary_inside(value, path: str, nested: dict):
+    """Trim the backbone elements under `path` to their summary children."""
+    keep = nested.get(path)
+    if keep is None:
+        return value
+    if isinstance(value, list):
+        return [_summary_inside(v, path, nested) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {k: _summary_inside(v, f"{path}.{k.lstrip('_')}", nested) for k, v in value.items() if _matches(k.lstrip("_"), keep)}
+
+
 def validate_summary(value: str | None) -> str | None:
     if value is None:
         return None
@@ -50,6 +62,9 @@ def project(resource: dict, summary: str | None, elements: list[str] | None) -> 
     if summary == "true":
         keep = info["summary"]
         out = {k: v for k, v in resource.items() if k in _ALWAYS or _matches(k.lstrip("_"), keep)}
+        nested = info.get("nested") or {}
+        if nested:
+            out = {k: _summary_inside(v, k.lstrip("_"), nested) for k, v in out.items()}
     elif summary == "text":
         keep = ["text"] + info["mandatory"]
         out = {k: v for k, v in resource.items() if k in _ALWAYS or _matches(k.lstrip("_"), keep)}

@@ -26,6 +26,8 @@ import orjson
 from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
 from sqlalchemy.sql import FromClause
 
+from ..model.lexical import ascii_int
+from ..rest import limits
 from ..errors import FhirError
 from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
@@ -132,13 +134,7 @@ def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
 def _control(plan: _Plan, res_type: str | None, name: str, value: str) -> None:
     base, _, modifier = name.partition(":")
     if base == "_count":
-        try:
-            n = int(value)
-        except ValueError:
-            raise bad(f"_count must be a non-negative integer, got '{value}'", "_count") from None
-        if n < 0:
-            raise bad(f"_count must be a non-negative integer, got '{value}'", "_count")
-        plan.count = min(n, MAX_COUNT)
+        plan.count = min(ascii_int(value, "_count"), MAX_COUNT)
     elif base == "_sort":
         plan.sort = []
         for item in value.split(","):
@@ -363,7 +359,9 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
     bundle["link"] = links
 
     entries = []
+    budget = limits.ResponseBudget()
     for row in rows:
+        budget.take(len(row.content), "The search page")
         entries.append({
             "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
             "resource": _project(row.content, row.res_type, plan),
@@ -371,6 +369,7 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
         })
     if plan.includes and rows:
         for row in _includes(conn, plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows], req.access):
+            budget.take(len(row.content), "The search page with its included resources")
             entries.append({
                 "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
                 "resource": orjson.Fragment(row.content),
@@ -503,11 +502,14 @@ def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, 
     return out
 
 
-def find_matches(conn: Connection, res_type: str, params: list[tuple[str, str]], limit: int = 2, access: Access | None = None) -> list[tuple[int, str]]:
-    """(pk, id) of up to ``limit`` live matches the caller may see, for conditional create/update/delete."""
+def find_matches(conn: Connection, res_type: str, params: list[tuple[str, str]], limit: int = 2,
+                 base_url: str = "", access: Access | None = None) -> list[tuple[int, str]]:
+    """(pk, id) of up to ``limit`` live matches the caller may see (`access`, from
+    RequestContext.access(); None: all), in pk order, for conditional
+    create/update/delete and operations that post-process matches ($lastn)."""
     flush(conn)
     r = resources
-    req = SearchRequest(res_type, [(k, v) for k, v in params if k not in CONTROL_PARAMS | IGNORED_PARAMS], "", access=access)
+    req = SearchRequest(res_type, [(k, v) for k, v in params if k not in CONTROL_PARAMS | IGNORED_PARAMS], base_url, access=access)
     plan = _plan(conn, req, r)
     q = select(r.c.pk, r.c.res_id).where(*plan.conds).order_by(r.c.pk).limit(limit)
     return [(row.pk, row.res_id) for row in conn.execute(q).all()]

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete
 
 from ..storage.schema import INDEX_TABLES
 from ..storage.repository import buffer_rows, flush
-from . import national, registry
+from . import local_base, national, registry
 from .fhirpath import Item, bare_root, compile_expression, trigger_keys
 from .values import (
     LEN_CODE,
@@ -240,6 +240,8 @@ def _references(items: list[Item]) -> list[dict]:
             t = i = u = None
             ref = v.get("reference")
             if isinstance(ref, str) and ref:
+                if "://" in ref:  # an absolute reference to this server's own base is local
+                    ref = local_base.local_form(ref) or ref
                 t, i, u = parse_reference(ref)
             ident = v.get("identifier") if isinstance(v.get("identifier"), dict) else {}
             isys, ival = ident.get("system"), ident.get("value")

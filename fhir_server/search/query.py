@@ -19,7 +19,7 @@ from sqlalchemy.sql.elements import BooleanClauseList
 
 from ..errors import FhirError
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
-from . import national, registry
+from . import local_base, national, registry
 from .registry import SearchParam
 from .values import (
     LEN_CODE,
@@ -53,6 +53,9 @@ MODIFIERS = {
 }
 UNSUPPORTED_MODIFIERS = {"in", "not-in", "above", "below"}  # on token/reference: need terminology
 MAX_CHAIN_DEPTH = 6
+# Comma-separated values (OR) per parameter; `_id` lists become one IN (...) and may be longer.
+MAX_OR_VALUES = 100
+MAX_ID_VALUES = 1000
 
 
 def bad(msg: str, expr: str | None = None) -> FhirError:
@@ -126,7 +129,7 @@ def param_condition(ctx: QueryContext, res_type: str | None, name: str, value: s
         if modifier:
             raise bad(f"Modifier ':{modifier}' is not valid for '{code}'", name)
         return or_(*(_date_cond(v, r.c.last_updated, r.c.last_updated, point=True, name=name)
-                     for v in _values(value)))
+                     for v in _values(value, name=name)))
     if sp.type == "special" or not sp.expression:
         raise unsupported(f"Search parameter '{code}' is not supported", code)
     if modifier and modifier != "missing" and sp.type == "reference" and registry.is_resource_type(modifier):
@@ -139,11 +142,15 @@ def param_condition(ctx: QueryContext, res_type: str | None, name: str, value: s
     return _index_condition(ctx, res_type, sp, modifier, value, r)
 
 
-def _values(value: str) -> list[str]:
-    """Comma-separated alternatives (OR); empty alternatives are dropped."""
+def _values(value: str, limit: int = MAX_OR_VALUES, name: str | None = None) -> list[str]:
+    """Comma-separated alternatives (OR); empty alternatives are dropped. More
+    than `limit` is a 400 on every database (SQLite refuses deep expression
+    trees; a long OR list is also a costly query anywhere)."""
     vals = [v for v in split_unescaped(value, ",") if v != ""]
     if not vals:
         raise bad("Empty search value")
+    if len(vals) > limit:
+        raise bad(f"Too many alternatives ({len(vals)}) in one search parameter: at most {limit} comma-separated values", name)
     return vals
 
 
@@ -154,7 +161,7 @@ def _bool(value: str, name: str) -> bool:
 
 
 def _id_condition(modifier: str, value: str, r: FromClause) -> ColumnElement:
-    ids = [cut(unescape(v), LEN_ID) for v in _values(value)]
+    ids = [cut(unescape(v), LEN_ID) for v in _values(value, MAX_ID_VALUES, "_id")]
     if modifier == "missing":
         return false() if _bool(value, "_id:missing") else true()
     if modifier == "not":
@@ -179,7 +186,7 @@ def _index_condition(ctx: QueryContext, res_type: str | None, sp: SearchParam, m
     if sp.type == "composite":
         return r.c.pk.in_(_composite_subquery(ctx, res_type, sp, value))
     builder = _BUILDERS[sp.type]
-    conds = [builder(ctx, sp, modifier, v, table) for v in _values(value)]
+    conds = [builder(ctx, sp, modifier, v, table) for v in _values(value, name=sp.code)]
     # (type AND param AND a) OR (type AND param AND b), not type AND param AND (a OR b):
     # SQLite uses an index per disjunct only when each disjunct is complete.
     alternatives = [c for cond in conds for c in _disjuncts(cond)]
@@ -287,6 +294,8 @@ def _reference(ctx: QueryContext, sp: SearchParam, modifier: str, v: str, t: Fro
     local = raw
     if base and raw.startswith(base + "/"):
         local = raw[len(base) + 1:]
+    elif "://" in raw:  # another spelling of our base: an alias, or behind a proxy
+        local = local_base.local_form(raw, base) or raw
     rtype, rid, url = parse_reference(local)
     if rtype and rid:
         cond = and_(t.c.target_type == rtype, t.c.target_id == cut(rid, LEN_ID))
@@ -430,7 +439,7 @@ _BUILDERS: dict[str, Callable] = {
 def _composite_subquery(ctx: QueryContext, res_type: str | None, sp: SearchParam, value: str):
     """Component rows of one combination share (res_pk, grp): join them and test each."""
     ors = []
-    for alt in _values(value):
+    for alt in _values(value, name=sp.code):
         parts = split_unescaped(alt, "$")
         if len(parts) != len(sp.components):
             raise bad(f"'{sp.code}' needs {len(sp.components)} '$'-separated values, got '{alt}'", sp.code)

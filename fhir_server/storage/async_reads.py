@@ -18,6 +18,7 @@ from datetime import datetime
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from .faults import is_connection_error, unavailable
 from .repository import StoredResource, stored_from_row
 
 APPLICATION_NAME = "fhir_server.reads"  # how these connections show in pg_stat_activity
@@ -85,10 +86,18 @@ class PgReader:
                 await conn.close()
 
     async def read_current(self, res_type: str, res_id: str) -> StoredResource | None:
+        """The current row, or None. A connection that fails is dropped, never
+        reused; after a failure on a pooled connection (closed by a restart or
+        an idle timeout, or left mid-operation) the read is tried once more on
+        a newly opened one (reads are idempotent). 503 (`faults.unavailable`)
+        when the database cannot be reached."""
         for attempt in (1, 2):
             slots = self._slots
             conn = await slots.get()
             try:
+                if attempt == 2 and conn is not None:
+                    conn.terminate()  # its neighbours in the pool may be as stale as the first one
+                    conn = None
                 if conn is None or conn.is_closed():
                     conn = await self._connect()
                 row = await conn.fetchrow(self._SQL, res_type, res_id)
@@ -96,10 +105,10 @@ class PgReader:
                 if conn is not None:
                     conn.terminate()
                 slots.put_nowait(None)
-                # A connection the server closed while idle (restart, idle timeout):
-                # the read is idempotent, so try once more on a new connection.
-                if attempt == 1 and isinstance(exc, (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError)):
-                    continue
+                if isinstance(exc, Exception) and is_connection_error(exc):
+                    if attempt == 1:
+                        continue
+                    raise unavailable() from None
                 raise
             slots.put_nowait(conn)
             return None if row is None else stored_from_row(row)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
 
 from ..errors import FhirError
-
 from .db import make_engine
+from .faults import classify, is_connection_error, is_retryable
+
+log = logging.getLogger("fhir_server.storage")
+T = TypeVar("T")
+
+
+class WriteConflict(FhirError):
+    """409: a concurrent writer won a unique-key race; retrying the whole write may succeed."""
 
 
 class Database:
@@ -50,13 +57,20 @@ class Database:
                 with conn.begin():
                     yield conn
                     flush(conn)  # buffered version and index rows, before COMMIT
-            except IntegrityError as exc:
-                # two writers created the same resource at once: the loser changes nothing
-                raise FhirError.of(409, "conflict", f"Concurrent write conflict, nothing was written; retry the request ({_first_line(exc)})") from None
-            except Exception as exc:
-                if _is_pg_integrity_error(exc):
-                    raise FhirError.of(409, "conflict", f"Concurrent write conflict, nothing was written; retry the request ({_first_line(exc)})") from None
+            except FhirError:
                 raise
+            except Exception as exc:
+                # two writers created the same resource at once, a lost connection...: the
+                # transaction rolled back, so nothing was written. Deadlocks and serialization
+                # failures rise as they are, so that run_with_retry can run the work again; the
+                # HTTP edge classifies whatever escapes.
+                answer = classify(exc)
+                if answer is None or is_retryable(exc):
+                    raise
+                log.warning("write failed and rolled back (%s): %s", answer.status, _first_line(exc))
+                if answer.status == 409:
+                    raise WriteConflict(409, answer.issues) from None
+                raise answer from None
             finally:
                 discard_buffer(conn)
                 conn.info["write"] = False
@@ -66,20 +80,31 @@ class Database:
         with self._autocommit.connect() as conn:
             yield conn
 
+    def run_read(self, fn: Callable[..., T], *args) -> T:
+        """`fn(conn, *args)` on a read connection; tried once more on a fresh
+        connection when the first one turns out dead (a database restart, an
+        idle timeout): reads have no side effects, so the retry is safe. A
+        database failure becomes a FhirError (503/409, see `faults`)."""
+        for attempt in (1, 2):
+            try:
+                with self.read() as conn:
+                    return fn(conn, *args)
+            except FhirError:
+                raise
+            except Exception as exc:
+                if attempt == 1 and is_connection_error(exc):
+                    log.info("read failed on a dead connection, retrying once: %s", _first_line(exc))
+                    continue
+                answer = classify(exc)
+                if answer is None:
+                    raise
+                raise answer from None
+        raise AssertionError("unreachable")
+
     def dispose(self) -> None:
         self.engine.dispose()
         if hasattr(self._autocommit, "dispose"):
             self._autocommit.dispose()
-
-
-def _is_pg_integrity_error(exc: Exception) -> bool:
-    """psycopg's own IntegrityError (raised by the raw-cursor/COPY flush, which
-    bypasses SQLAlchemy's wrapping)."""
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(exc, psycopg.errors.IntegrityError)
 
 
 def _first_line(exc: Exception) -> str:

@@ -78,11 +78,51 @@ def make_engine(url: str | None = None, autocommit: bool = False) -> Engine:
     # search values (e.g. scanning every Observation with a code instead of one
     # patient's few); this keeps the parse savings but plans with the values.
     # jit=off: JIT compiling costs more than it saves on these short queries.
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=THREADPOOL_SIZE,
         max_overflow=4,
         pool_recycle=1800,
-        connect_args={"options": _pg_options(url)},
+        connect_args={"options": _pg_options(url), "connect_timeout": 10},
         **extra,
     )
+    _ping_after_idle(engine)
+    return engine
+
+
+# A pooled connection unused for this long is checked before use.
+IDLE_PING_SECONDS = 2.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Check a pooled connection that sat idle before handing it out.
+
+    A connection in steady use is handed out as is (no round trip on the hot
+    path). One that sat idle may have been closed by a database restart or an
+    idle timeout meanwhile; it gets one `SELECT 1`, and a dead one is replaced
+    (SQLAlchemy's pool retries the checkout on DisconnectionError), so the
+    first request after a quiet restart does not fail."""
+    import time
+
+    from sqlalchemy import exc as sa_exc
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record):  # pragma: no cover - trivial
+        if record is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy):
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_SECONDS:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            if not dbapi_conn.autocommit:
+                dbapi_conn.rollback()  # end the implicit transaction the ping opened
+        except Exception as exc:
+            raise sa_exc.DisconnectionError(f"idle connection is gone: {exc}") from exc

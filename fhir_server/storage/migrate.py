@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -18,8 +20,32 @@ def alembic_config(connection=None) -> Config:
     return cfg
 
 
+# pg_advisory_lock key shared by every process that migrates or seeds at start-up
+STARTUP_LOCK_KEY = 0x0F41_2001
+
+
+@contextmanager
+def startup_lock(engine: Engine) -> Iterator[None]:
+    """Serialise start-up work (migrations, seeding) across processes.
+
+    PostgreSQL: a session-level advisory lock held on a connection of its own
+    while the work runs on others, so any number of `serve --workers N`
+    processes (or servers) can start at once. SQLite: its writers already
+    queue (`BEGIN IMMEDIATE`), and start-up work runs in write transactions."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": STARTUP_LOCK_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": STARTUP_LOCK_KEY})
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with engine.connect() as conn:
+    """Bring the schema to `revision` (one process at a time, see startup_lock)."""
+    with startup_lock(engine), engine.connect() as conn:
         conn.info["write"] = True
         command.upgrade(alembic_config(conn), revision)
         conn.commit()

@@ -88,6 +88,16 @@ def read_version(conn: Connection, res_type: str, res_id: str, version_id: int):
     return stored_from_row(r) if r else None
 
 
+def replace_current_content(conn: Connection, stored: StoredResource, content: bytes) -> None:
+    """Change the content of the current version in place, keeping its versionId and
+    lastUpdated (only $meta-add / $meta-delete do this: meta changes make no new version)."""
+    flush(conn)
+    conn.execute(_UPDATE_RESOURCE, {"b_pk": stored.pk, "version_id": stored.version_id, "last_updated": stored.last_updated,
+                                    "deleted": False, "content": content})
+    v = resource_versions.c
+    conn.execute(update(resource_versions).where(v.res_pk == stored.pk, v.version_id == stored.version_id).values(content=content))
+
+
 def insert_resource(
     conn: Connection, res_type: str, res_id: str, version_id: int, last_updated: datetime, content: bytes, method: str
 ) -> int:
@@ -286,12 +296,17 @@ def history_rows(
     res_type: str | None,
     res_id: str | None,
     since: datetime | None,
-    at: datetime | None,
+    at: list[tuple[str, datetime | None, datetime | None]] | None,
     before_seq: int | None,
     limit: int,
     visible_pks=None,
 ):
     """Versions newest first; keyset-paged on the global sequence number.
+
+    `at` holds (prefix, low, high) periods (UTC, half-open [low, high), None for an
+    open end): a version is kept when the time it was current -- from its
+    lastUpdated to the next version's -- meets each period as the prefix asks
+    (http.html#history `_at`, search.html#prefix).
     `visible_pks`: a subquery of resource pks the caller may see (None: all)."""
     flush(conn)
     v = resource_versions.c
@@ -306,17 +321,43 @@ def history_rows(
     if before_seq is not None:
         conds.append(v.seq < before_seq)
     if at:
-        # The version current at `at`: the newest version not after it, per resource.
-        latest = (
-            select(v.res_pk, func.max(v.version_id).label("vid"))
-            .where(v.last_updated <= at, *([v.res_type == res_type] if res_type else []))
-            .group_by(v.res_pk)
-            .subquery()
-        )
-        stmt = stmt.join(latest, and_(latest.c.res_pk == v.res_pk, latest.c.vid == v.version_id))
+        nxt = resource_versions.alias("next_version")
+        stmt = stmt.outerjoin(nxt, and_(nxt.c.res_type == v.res_type, nxt.c.res_id == v.res_id, nxt.c.version_id == v.version_id + 1))
+        for prefix, low, high in at:
+            conds.append(_current_during(prefix, low, high, v.last_updated, nxt.c.last_updated))
     if conds:
         stmt = stmt.where(*conds)
     return conn.execute(stmt.order_by(v.seq.desc()).limit(limit)).all()
+
+
+def _current_during(prefix: str, low, high, start, end):
+    """A version current over [start, end) (end NULL: still current) against the
+    period [low, high) under a search prefix."""
+    from sqlalchemy import false, not_, or_, true
+
+    def ends_after(x):  # the version is still current after instant x
+        return true() if x is None else or_(end.is_(None), end > x)
+
+    def starts_before(x):  # the version became current before instant x
+        return true() if x is None else start < x
+
+    if prefix in ("eq", "ap"):  # current at some point during the period
+        return and_(starts_before(high), ends_after(low))
+    if prefix == "ne":  # not current at any point during the period
+        return not_(and_(starts_before(high), ends_after(low)))
+    if prefix == "gt":  # current at some point after the period
+        return ends_after(high) if high is not None else false()
+    if prefix == "ge":
+        return ends_after(low)
+    if prefix == "lt":  # current at some point before the period
+        return starts_before(low) if low is not None else false()
+    if prefix == "le":
+        return starts_before(high)
+    if prefix == "sa":  # became current after the period ended
+        return start >= high if high is not None else false()
+    if prefix == "eb":  # stopped being current before the period began
+        return and_(end.is_not(None), end <= low) if low is not None else false()
+    raise ValueError(prefix)
 
 
 def count_history(conn: Connection, res_type: str | None, res_id: str | None, since: datetime | None, visible_pks=None) -> int:

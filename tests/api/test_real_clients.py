@@ -33,7 +33,7 @@ def test_fhirclient_metadata_and_crud(live_server, auth_headers):
     assert again.name[0].given == ["Ingrid", "Maria"]
     assert again.meta.versionId == "2"
 
-    found = Patient.where(struct={"family": family}).perform_resources(smart.server)
+    found = list(Patient.where(struct={"family": family}).perform_resources_iter(smart.server))
     assert [x.id for x in found] == [created["id"]]
 
     again.delete(smart.server)
