@@ -236,7 +236,8 @@ def token(
     """Print a signed access token from the built-in issuer (for scripts and tests)."""
     from .auth.tokens import cli_token
 
-    settings, db = _auth_db(database_url)
+    settings = _settings(database_url)
+    db = _auth_db(database_url)[1] if national_id or not settings.auth_signing_key_file else None
     if national_id:
         from .auth.identity import resolve
         from .errors import FhirError

@@ -51,9 +51,12 @@ def issue_access_token(
 
 def cli_token(settings, db, scope: str, patient: str | None = None, fhir_user: str | None = None, ttl: int | None = None, audience: str | None = None, subject: str = "cli") -> str:
     """A token from the built-in issuer for scripts and tests (`fhir-server token`)."""
-    from .keys import ensure_key, read_keys
+    from .keys import ensure_key, load_pem, read_keys
 
-    ensure_key(db.engine, settings)
-    key = read_keys(db.engine, settings).current
-    base = audience or settings.auth_base_url or DEFAULT_BASE
+    if settings.auth_signing_key_file:  # the configured PEM signs; no database needed
+        key = load_pem(settings.auth_signing_key_file)
+    else:
+        ensure_key(db.engine, settings)
+        key = read_keys(db.engine, settings).current
+    base = audience or settings.auth_base_url or getattr(settings, "public_base_url", "") or DEFAULT_BASE
     return issue_access_token(key, base.rstrip("/"), base.rstrip("/"), scope, subject, "fhir-server-cli", ttl or settings.auth_token_ttl, patient, fhir_user)
