@@ -90,8 +90,8 @@ def attach_oauth(app, db, settings, keys, verifier) -> None:
             from .devlogin import login_page
 
             return HTMLResponse(login_page(dict(request.query_params)), headers=NO_STORE)
-        return HTMLResponse("<h1>No login method</h1><p>This server has no external OpenID Provider configured for login "
-                            "(FHIR_SERVER_AUTH_LOGIN_PROVIDER) and the development login is off.</p>", status_code=503)
+        return HTMLResponse("<h1>No login method</h1><p>No trusted OpenID Provider in FHIR_SERVER_AUTH_ISSUERS_FILE has a "
+                            "login_client_id, and the development login is off.</p>", status_code=503)
 
     @app.post("/auth/authorize", include_in_schema=False)
     async def authorize_post(request: Request):
@@ -123,6 +123,9 @@ def attach_oauth(app, db, settings, keys, verifier) -> None:
             return _authorize_error(server, ep, req, exc)
 
     app.state.auth_complete_authorization = complete_authorization
+    from .login import attach_login
+
+    attach_login(app, db, settings, verifier, server.store, complete_authorization)
 
 
 def _authorize_error(server, ep, req, exc) -> Response:

@@ -49,7 +49,9 @@ class ExternalIssuer:
     (the first claim present names the person; or the single pair "national_id_claim" /
     "national_id_system"), "identity_type": "Patient" | "Practitioner",
     "scope": "patient/*.rs" (default scopes when the token carries none),
-    "unknown_person": "refuse" | "create" (default: auth_unknown_person)}"""
+    "unknown_person": "refuse" | "create" (default: auth_unknown_person),
+    "login_client_id" / "login_client_secret": this server as a client of the provider,
+    for the authorize step's login (login.py)}"""
 
     issuer: str
     audience: str | None = None
@@ -60,6 +62,8 @@ class ExternalIssuer:
     identity_type: str = "Patient"
     scope: str = ""
     unknown_person: str | None = None
+    login_client_id: str | None = None  # this server's client id at the provider: use it for the authorize step's login
+    login_client_secret: str | None = None
     _keys: KeySet | None = field(default=None, repr=False)
     _fetched: float = field(default=0.0, repr=False)
 

@@ -34,7 +34,9 @@ def people():
     pl = pesel()
     dk_canonical, dk_written = cpr()
     stranger_canonical, stranger_written = personnummer()
+    newcomer_written = personnummer()[1]
     return {
+        "newcomer": {"stored": None, "claims": {"personnummer": newcomer_written}},  # never created
         "se": {"stored": se_canonical, "claims": {"personnummer": se_written}},
         "pl": {"stored": pl, "claims": {"pesel": pl}},
         "dk": {"stored": dk_canonical, "claims": {"cpr": dk_written}},
@@ -144,3 +146,67 @@ def test_unknown_person_created_at_first_login(settings, provider, tmp_path_fact
         canonical = people["stranger_canonical"]
         assert patient["birthDate"] == f"{canonical[:4]}-{canonical[4:6]}-{canonical[6:8]}"
         assert patient["gender"] in ("male", "female")
+
+
+# ------------------------------------------------------------------ the authorize step logs in at the provider
+
+
+@pytest.fixture(scope="module")
+def login_app(settings, provider, tmp_path_factory, eid_app):
+    from fastapi.testclient import TestClient
+
+    from fhir_server.auth.clients import add_client
+    from fhir_server.bootstrap import build_app
+
+    conf = _issuers_file(tmp_path_factory, provider, login_client_id="fhir-server")
+    app = build_app(settings.model_copy(update={"auth_issuers_file": conf}))
+    client_id = "eid-portal"
+    add_client(app.state.db.engine, {"client_id": client_id, "redirect_uris": ["https://portal.example/cb"],
+                                      "token_endpoint_auth_method": "none", "scope": "openid fhirUser launch/patient patient/*.rs"})
+    with TestClient(app, base_url="http://localhost", follow_redirects=False) as c:
+        yield c, client_id, eid_app[1]
+
+
+def _login_at_provider(c, provider, client_id, who):
+    from .conftest import pkce
+
+    verifier, challenge = pkce()
+    params = {"response_type": "code", "client_id": client_id, "redirect_uri": "https://portal.example/cb", "state": "app-state",
+              "scope": "openid fhirUser launch/patient patient/*.rs", "aud": TEST_AUDIENCE,
+              "code_challenge": challenge, "code_challenge_method": "S256"}
+    r = c.get("/auth/authorize", params=params)
+    assert r.status_code == 302 and r.headers["location"].startswith(f"{provider}/authorize?"), r.text
+    httpx.post(f"{provider}/next-login", content=who)
+    at_broker = httpx.get(r.headers["location"], follow_redirects=False)  # the person logs in with the eID app
+    assert at_broker.status_code == 302, at_broker.text
+    back = at_broker.headers["location"]
+    assert back.startswith("http://localhost/auth/callback?")
+    return c.get(back.removeprefix("http://localhost")), verifier
+
+
+def test_authorize_logs_in_at_the_provider(login_app, provider):
+    from urllib.parse import parse_qs, urlsplit
+
+    c, client_id, ids = login_app
+    r, verifier = _login_at_provider(c, provider, client_id, "pl")
+    assert r.status_code == 302, r.text
+    q = parse_qs(urlsplit(r.headers["location"]).query)
+    assert r.headers["location"].startswith("https://portal.example/cb?") and q["state"] == ["app-state"]
+    tok = c.post("/auth/token", data={"grant_type": "authorization_code", "code": q["code"][0], "redirect_uri": "https://portal.example/cb",
+                                      "client_id": client_id, "code_verifier": verifier}).json()
+    assert tok["patient"] == ids["pl"]
+    h = {"Authorization": f"Bearer {tok['access_token']}"}
+    assert c.get(f"/fhir/Patient/{ids['pl']}", headers=h).status_code == 200
+    assert c.get(f"/fhir/Patient/{ids['se']}", headers=h).status_code == 404
+
+
+def test_provider_login_of_unknown_person_is_refused(login_app, provider):
+    c, client_id, _ = login_app
+    r, _ = _login_at_provider(c, provider, client_id, "newcomer")
+    assert r.status_code == 403 and "No patient record" in r.text
+
+
+def test_callback_state_is_used_once(login_app, provider):
+    c, client_id, _ = login_app
+    r = c.get("/auth/callback", params={"code": "x", "state": "never-issued"})
+    assert r.status_code == 400
