@@ -81,6 +81,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     limits.configure(settings)
     app.state.forwarding = ForwardingPolicy(settings.public_base_url, settings.trusted_proxies)
     app.add_middleware(FastReads, base_path=base)
+    from ..auth import protect
+
+    protect(app, db, settings)  # bearer tokens (and CORS) in front of everything but the open paths
     app.add_middleware(RequestLineGuard)
     # large responses (the CapabilityStatement, search pages, exports) compressed for clients that accept gzip
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5)

@@ -21,20 +21,47 @@ def on_database(db, settings) -> None:
     ensure_key(db.engine, settings)
 
 
-def attach(app, db, settings) -> None:
-    from fastapi.responses import JSONResponse
-
+def protect(app, db, settings) -> None:
+    """The resource server's layer, part of every app `create_app` builds: bearer-token
+    verification (and CORS when origins are configured) in front of the routes."""
     from . import discovery
     from .keys import KeyCache
-    from .middleware import BearerAuth, request_base_url
+    from .middleware import BearerAuth
+    from .ratelimit import make_limiter
     from .verify import TokenVerifier, load_issuers
 
-    base = settings.base_path.rstrip("/")
     keys = KeyCache(db.engine, settings, min_interval=min(5.0, float(settings.auth_jwks_refetch_seconds)))
     verifier = TokenVerifier(settings, keys, db, load_issuers(settings.auth_issuers_file))
     app.state.auth_keys = keys
     app.state.auth_verifier = verifier
     app.state.capability_security = lambda base_url: discovery.capability_security(settings, base_url)
+    app.add_middleware(BearerAuth, settings=settings, verifier=verifier, base_path=settings.base_path.rstrip("/"), rate_limiter=make_limiter(settings))
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "Prefer", "If-Match", "If-None-Match", "If-None-Exist", "If-Modified-Since", "X-Request-Id"],
+            expose_headers=["Location", "Content-Location", "ETag", "Last-Modified", "X-Request-Id", "X-Progress", "Retry-After", "WWW-Authenticate"],
+            max_age=600,
+        )
+    if settings.auth.strip().lower() == "off":
+        log.warning("FHIR_SERVER_AUTH=off: protection is OFF, every request is allowed without a token. Never run like this with real data.")
+
+
+def attach(app, db, settings) -> None:
+    """The discovery documents, the JWKS and the authorization server's routes."""
+    from fastapi.responses import JSONResponse
+
+    from . import discovery
+    from .middleware import request_base_url
+
+    base = settings.base_path.rstrip("/")
+    keys = app.state.auth_keys
+    verifier = app.state.auth_verifier
 
     def base_url(request: Request) -> str:
         return request_base_url(request.scope, base)
@@ -62,21 +89,3 @@ def attach(app, db, settings) -> None:
     from .oauth import attach_oauth
 
     attach_oauth(app, db, settings, keys, verifier)
-
-    from .ratelimit import make_limiter
-
-    app.add_middleware(BearerAuth, settings=settings, verifier=verifier, base_path=base, rate_limiter=make_limiter(settings))
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    if origins:
-        from starlette.middleware.cors import CORSMiddleware
-
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=origins,
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Accept", "Prefer", "If-Match", "If-None-Match", "If-None-Exist", "If-Modified-Since", "X-Request-Id"],
-            expose_headers=["Location", "Content-Location", "ETag", "Last-Modified", "X-Request-Id", "X-Progress", "Retry-After", "WWW-Authenticate"],
-            max_age=600,
-        )
-    if settings.auth.strip().lower() == "off":
-        log.warning("FHIR_SERVER_AUTH=off: protection is OFF, every request is allowed without a token. Never run like this with real data.")

@@ -117,7 +117,7 @@ class KeyCache:
 
     def get(self) -> SigningKeys:
         if self._keys is None:
-            self.reload()
+            self.reload(force=True)
         return self._keys  # type: ignore[return-value]
 
     def reload(self, force: bool = False) -> bool:
@@ -129,7 +129,11 @@ class KeyCache:
             return True
 
     def find(self, kid: str | None):
-        keys = self.get()
+        """The verifying key `kid`, or None (also when no key exists yet)."""
+        try:
+            keys = self.get()
+        except RuntimeError:  # no key generated yet (a bare create_app on a fresh database)
+            return None
         for k in keys.all.keys:
             if k.kid == kid:
                 return k

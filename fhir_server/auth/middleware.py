@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import FhirError, Issue, operation_outcome
@@ -92,6 +93,11 @@ class BearerAuth:
             return await _deny(send, realm, f"The access token is not valid: {exc}")
         except IdentityRefused as exc:
             return await _send_outcome(send, exc.error.status, exc.error.issues, {})
+        except SQLAlchemyError:  # the revocation list or the keys could not be read: transient
+            log.warning("token check failed on a database error", exc_info=True)
+            return await _send_outcome(
+                send, 503, [Issue("error", "transient", "The access token cannot be checked right now; retry shortly")], {"Retry-After": "1"}
+            )
         if self.rate_limiter is not None:
             retry = self.rate_limiter.hit(principal.client_id or principal.subject)
             if retry is not None:
