@@ -209,6 +209,36 @@ def hl7_outbox(
         typer.echo(" ".join(f"{k}={v}" for k, v in row.items() if k != "message"))
 
 
+notify = typer.Typer(help="Patient notifications (e-mail, SMS)", no_args_is_help=True)
+app.add_typer(notify, name="notify")
+
+
+@notify.command("status")
+def notify_status(
+    send: bool = typer.Option(False, help="Send what is due now (and requeue what waited for a channel) before reporting"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL"),
+):
+    """Channels, deliveries by state, what waits (and why) and what failed."""
+    import json
+
+    from .jobs.runner import run_pending
+    from .notify.delivery import requeue_waiting
+    from .notify.status import status
+    from .plugins import install
+    from .storage.database import Database
+    from .storage.migrate import upgrade
+
+    settings = _settings(database_url)
+    install(settings)
+    db = Database(settings.resolved_database_url())
+    upgrade(db.engine)
+    if send:
+        requeue_waiting(db, settings)
+        typer.echo(f"ran {run_pending(db, settings, kinds=['notify.send'])} delivery job(s)")
+    typer.echo(json.dumps(status(db, settings), indent=2, ensure_ascii=False, default=str))
+    db.dispose()
+
+
 keys_app = typer.Typer(help="Signing keys of the built-in authorization server", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -33,6 +33,57 @@ class Settings(BaseSettings):
     http_header_timeout: float = 10.0  # seconds for a request head to arrive
     http_body_timeout: float = 60.0  # seconds for a request body to arrive after its head
     limit_concurrency: int = 1000  # connections + requests in flight per worker (503 beyond)
+    terminology_load: bool = True  # load terminology/ (R4 CodeSystems, ValueSets, ConceptMaps) at start-up
+    required_profiles: str = ""  # "Type=profile-url,...": writes of Type must conform (422 otherwise)
+
+    # A QuestionnaireResponse whose Questionnaire this server does not hold: warn | refuse
+    unknown_questionnaire: str = "warn"
+    # Types recorded in the commit-ordered change feed that [base]/$changes serves
+    change_feed_types: str = "QuestionnaireResponse,Observation,Communication"
+
+    # Subscriptions (docs/subscriptions.md)
+    subscription_allowed_hosts: str = ""  # comma-separated hosts whose http:// rest-hook endpoints are allowed
+    subscription_allow_loopback_http: bool = True  # http:// to 127.0.0.0/8, ::1 and localhost (development, tests)
+    subscription_max_failures: int = 5  # consecutive failed deliveries before status becomes error
+    subscription_retry_base_seconds: float = 2.0  # back-off: base * 2**(failures-1), capped below
+    subscription_retry_max_seconds: float = 300.0
+    subscription_delivery_timeout_seconds: float = 10.0
+    subscription_poll_seconds: float = 0.5
+    # Binary content (docs/documents.md): filesystem under blob_dir, or an S3-compatible store
+    blob_store: str = "filesystem"  # filesystem | s3
+    blob_dir: str = "data/blobs"
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""  # empty: AWS; else e.g. http://minio:9000
+    s3_region: str = ""
+    s3_access_key_id: str = ""  # empty: boto3's usual credential chain
+    s3_secret_access_key: str = ""
+    s3_create_bucket: bool = False
+    upload_rules: str = ""  # YAML file; empty: mappings/documents/upload-rules.yaml
+    clamd_address: str = ""  # unix:/path/clamd.ctl or host:port; empty: no virus scan
+
+    # Booking (docs/booking.md)
+    booking_hold_minutes: int = 10  # how long Appointment/$hold reserves a Slot
+    booking_timezone: str = "Europe/Stockholm"  # default local time zone (a Location may say otherwise)
+    booking_rules_file: str = ""  # empty: mappings/booking/rules.yaml
+    # Notifications (docs/notifications.md)
+    notify_default_language: str = "en"
+    notify_reminder_hour: int = 18  # local hour, the day before the appointment
+    notify_templates_dir: str = ""  # empty: terminology/templates/notify
+    notify_smtp_host: str = ""  # empty: no e-mail channel
+    notify_smtp_port: int = 25
+    notify_smtp_username: str = ""
+    notify_smtp_password: str = ""
+    notify_smtp_starttls: bool = False
+    notify_smtp_from: str = "no-reply@localhost"
+    notify_smtp_timeout: float = 30.0
+    notify_sms_url: str = ""  # empty: no SMS channel
+    notify_sms_username: str = ""
+    notify_sms_password: str = ""
+    notify_sms_token: str = ""  # sent as `Authorization: Bearer ...` when set
+    # $to, $text, $text_json (the text as a JSON string) and $key (idempotency key) are filled in
+    notify_sms_body: str = '{"to": "$to", "message": $text_json, "reference": "$key"}'
+    notify_sms_message_id_field: str = "id"  # where the gateway's JSON reply carries its message id
     # Security (issue 12; docs/security.md). Protection is on unless auth=off.
     auth: str = "on"  # on | off (off: every request is allowed; for local experiments only)
     auth_base_url: str = ""  # the FHIR base as clients reach it: tokens' `aud`, the built-in issuer's `iss`; empty: from each request

@@ -23,24 +23,27 @@ class ResourceChange:
 
 
 Subscriber = Callable[[Connection, ResourceChange], None]
-_subscribers: list[Subscriber] = []
+# (subscriber, resource types it wants; None = all)
+_subscribers: list[tuple[Subscriber, frozenset[str] | None]] = []
 
 
-def subscribe(fn: Subscriber) -> Subscriber:
-    if fn not in _subscribers:
-        _subscribers.append(fn)
+def subscribe(fn: Subscriber, types: tuple[str, ...] | None = None) -> Subscriber:
+    """Call `fn(conn, change)` for every write (or only writes of `types`)."""
+    if all(f is not fn for f, _t in _subscribers):
+        _subscribers.append((fn, frozenset(types) if types else None))
     return fn
 
 
 def unsubscribe(fn: Subscriber) -> None:
-    if fn in _subscribers:
-        _subscribers.remove(fn)
+    _subscribers[:] = [(f, t) for f, t in _subscribers if f is not fn]
 
 
-def has_subscribers() -> bool:
-    return bool(_subscribers)
+def has_subscribers(res_type: str | None = None) -> bool:
+    """Whether any subscriber wants writes of `res_type` (any type when None)."""
+    return any(t is None or res_type is None or res_type in t for _f, t in _subscribers)
 
 
 def emit(conn: Connection, change: ResourceChange) -> None:
-    for fn in list(_subscribers):
-        fn(conn, change)
+    for fn, types in list(_subscribers):
+        if types is None or change.res_type in types:
+            fn(conn, change)

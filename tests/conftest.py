@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Apps that tests build for themselves skip loading the ~2,400 shipped terminology resources
+# (seconds per fresh database); the session app (`settings` below) loads them.
+os.environ.setdefault("FHIR_SERVER_TERMINOLOGY_LOAD", "false")
 
 # Every app the tests build (the session app, apps built by single tests, servers
 # started as subprocesses) signs and verifies with one test key and expects tokens
@@ -68,7 +71,13 @@ def database_url(tmp_path_factory) -> str:
 def settings(database_url, tmp_path_factory):
     from fhir_server.config import Settings
 
-    return Settings(database_url=database_url, export_dir=str(tmp_path_factory.mktemp("export")), run_background_jobs=False)
+    return Settings(
+        database_url=database_url,
+        export_dir=str(tmp_path_factory.mktemp("export")),
+        blob_dir=str(tmp_path_factory.mktemp("blobs")),
+        run_background_jobs=False,
+        terminology_load=True,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -26,9 +26,10 @@ from ..rest.operations import OperationCall, dispatch
 from ..rest.projection import project, validate_summary
 from ..storage.database import Database
 from ..storage.faults import classify, database_exception_types
-from . import http
+from . import binary, http
 from .fast_read import FAST_READER, FastReads
 from .access_log import AccessLog
+from .docs import attach_docs
 from .forwarding import ForwardingPolicy
 from .guards import RequestLineGuard
 from .health import attach_health
@@ -71,7 +72,8 @@ def _check_type_segment(res_type: str) -> None:
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or Settings()
     db = db or Database(settings.resolved_database_url())
-    app = FastAPI(title="FHIR R4 server", docs_url="/docs", openapi_url="/openapi.json")
+    app = FastAPI(title="FHIR R4 server", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    attach_docs(app, app.title)  # Swagger UI from the installed package, not a CDN
     app.state.settings = settings
     app.state.db = db
     base = settings.base_path.rstrip("/")
@@ -145,7 +147,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     # ------------------------------------------------------------------ system level
 
-    @app.get(base + "/metadata")
+    @app.get(base + "/metadata", operation_id="capabilities", summary="The CapabilityStatement (capabilities interaction)")
     async def metadata(request: Request):
         c = ctx(request)
         security = getattr(app.state, "capability_security", None)  # set by fhir_server.auth
@@ -159,14 +161,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             body = jsonio.dumps(project(statement, summary, elements.split(",") if elements else None))
         return http.fhir_response(request, body)
 
-    @app.get(base + "/_history")
+    @app.get(base + "/_history", operation_id="history-system", summary="History of all resources")
     async def system_history(request: Request):
         c = ctx(request)
         body = await in_read(history_mod.history, c, None, None, _query(request))
         return http.fhir_response(request, body)
 
-    @app.post(base)
-    @app.post(base + "/")
+    @app.post(base, operation_id="batch-transaction", summary="Process a batch or transaction Bundle")
+    @app.post(base + "/", include_in_schema=False)
     async def system_bundle(request: Request):
         from ..rest.bundles import process_bundle
 
@@ -176,8 +178,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         out = await run_in_threadpool(process_bundle, db, c, parsed, settings)
         return http.outcome_response(request, out)
 
-    @app.get(base)
-    @app.get(base + "/")
+    @app.get(base, operation_id="search-system", summary="Search across all resource types")
+    @app.get(base + "/", include_in_schema=False)
     async def system_search(request: Request):
         c = ctx(request)
         body = await in_read(ix.search, c, None, _query(request))
@@ -205,7 +207,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     # ------------------------------------------------------------------ type level
 
-    @app.api_route(base + "/{res_type}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    @_per_method(app, base + "/{res_type}", {
+        "GET": ("search-type", "Search a resource type (or run a type-level $operation)"),
+        "POST": ("create", "Create a resource (conditional with If-None-Exist), or run a type-level $operation"),
+        "PUT": ("conditional-update", "Update the resource a search selects"),
+        "PATCH": ("conditional-patch", "Patch the resource a search selects"),
+        "DELETE": ("conditional-delete", "Delete the resource a search selects"),
+    })
     async def type_level(request: Request, res_type: str):
         if res_type.startswith("$"):
             return await run_operation(request, res_type, None, None)
@@ -214,6 +222,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         method = request.method
         if method == "GET":
             return await _search(request, c, res_type, _query(request))
+        if res_type == "Binary" and method == "POST" and binary.is_raw_upload(request):
+            return await binary.raw_write(request, c, db)
         body = await _body(request, settings)
         if method == "POST":
             parsed = _parse_resource_body(request, body)
@@ -236,7 +246,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         body = await in_read(ix.search, c, res_type, params, compartment)
         return http.fhir_response(request, body)
 
-    @app.post(base + "/{res_type}/_search")
+    @app.post(base + "/{res_type}/_search", operation_id="search-type-post", summary="Search a resource type, parameters in a form body")
     async def post_search(request: Request, res_type: str):
         _check_type_segment(res_type)
         c = ctx(request)
@@ -247,7 +257,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         params = _query(request) + [(k, str(v)) for k, v in form.multi_items() if k not in http.FORMAT_PARAMS]
         return await _search(request, c, res_type, params)
 
-    @app.get(base + "/{res_type}/_history")
+    @app.get(base + "/{res_type}/_history", operation_id="history-type", summary="History of a resource type")
     async def type_history(request: Request, res_type: str):
         _check_type_segment(res_type)
         c = ctx(request)
@@ -256,7 +266,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     # ------------------------------------------------------------------ instance level
 
-    @app.api_route(base + "/{res_type}/{res_id}", methods=["GET", "PUT", "PATCH", "DELETE", "POST"])
+    @_per_method(app, base + "/{res_type}/{res_id}", {
+        "GET": ("read", "Read the current version of a resource (or run an instance-level $operation)"),
+        "PUT": ("update", "Update (or create) a resource by id"),
+        "PATCH": ("patch", "Patch a resource (JSON Patch, JSON merge patch, FHIRPath Patch)"),
+        "DELETE": ("delete", "Delete a resource"),
+        "POST": ("operation-type", "Run a type-level $operation"),
+    })
     async def instance_level(request: Request, res_type: str, res_id: str):
         if res_id.startswith("$"):
             _check_type_segment(res_type)
@@ -264,6 +280,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         _check_type_segment(res_type)
         c = ctx(request)
         method = request.method
+        if res_type == "Binary" and (binary.handles_read(request) if method == "GET" else method == "PUT" and binary.is_raw_upload(request)):
+            return await (binary.read(request, c, db, res_id) if method == "GET" else binary.raw_write(request, c, db, res_id))
         if method == "GET":
             return await _read(request, c, res_type, res_id)
         if method == "POST":
@@ -292,22 +310,28 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             out = await in_read(ix.read, c, res_type, res_id)
         return _conditional_read_response(request, out, summary, elements)
 
-    @app.get(base + "/{res_type}/{res_id}/_history")
+    @app.get(base + "/{res_type}/{res_id}/_history", operation_id="history-instance", summary="History of one resource")
     async def instance_history(request: Request, res_type: str, res_id: str):
         _check_type_segment(res_type)
         c = ctx(request)
         body = await in_read(history_mod.history, c, res_type, res_id, _query(request))
         return http.fhir_response(request, body)
 
-    @app.get(base + "/{res_type}/{res_id}/_history/{vid}")
+    @app.get(base + "/{res_type}/{res_id}/_history/{vid}", operation_id="vread", summary="Read one version of a resource")
     async def vread(request: Request, res_type: str, res_id: str, vid: str):
         _check_type_segment(res_type)
         c = ctx(request)
+        if res_type == "Binary" and binary.handles_read(request):
+            return await binary.read(request, c, db, res_id, vid)
         out = await in_read(ix.vread, c, res_type, res_id, vid)
         summary = validate_summary(request.query_params.get("_summary"))
         return _conditional_read_response(request, out, summary, request.query_params.get("_elements"))
 
-    @app.api_route(base + "/{res_type}/{res_id}/{third}", methods=["GET", "POST", "DELETE"])
+    @_per_method(app, base + "/{res_type}/{res_id}/{third}", {
+        "GET": ("search-compartment", "Search a compartment (or run an instance-level $operation)"),
+        "POST": ("operation-instance", "Run an instance-level $operation"),
+        "DELETE": ("operation-instance-delete", "Cancel via an instance-level $operation (e.g. $export-poll-status)"),
+    })
     async def instance_third(request: Request, res_type: str, res_id: str, third: str):
         _check_type_segment(res_type)
         if third.startswith("$"):
@@ -319,6 +343,19 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         return await _search(request, c, third, _query(request), compartment=(res_type, res_id))
 
     return app
+
+
+def _per_method(app: FastAPI, path: str, methods: dict[str, tuple[str, str]]):
+    """Register one handler for several methods as one route per method, each
+    with its own operation id and summary (FastAPI gives a multi-method route
+    one operation id for all its methods)."""
+
+    def register(fn):
+        for method, (operation_id, summary) in methods.items():
+            app.add_api_route(path, fn, methods=[method], operation_id=operation_id, summary=summary)
+        return fn
+
+    return register
 
 
 class RequestIdMiddleware:

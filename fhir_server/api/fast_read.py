@@ -55,7 +55,8 @@ class FastReads:
         if not path.startswith(self.prefix):
             return False
         res_type, sep, res_id = path[len(self.prefix):].partition("/")
-        if not sep or not ix.ID_RE.match(res_id) or not res_type[:1].isupper():
+        # Binary reads are content negotiation and streaming (api/binary.py)
+        if not sep or not ix.ID_RE.match(res_id) or not res_type[:1].isupper() or res_type == "Binary":
             return False
         accept = ""
         for k, v in scope["headers"]:

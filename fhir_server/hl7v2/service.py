@@ -43,7 +43,7 @@ def attach(app: FastAPI, db: Database, settings: Settings) -> None:
     """Add `POST /hl7v2` and run the MLLP listener / outbox worker with the app."""
     apply = make_apply_transaction(db, settings)
 
-    @app.post("/hl7v2")
+    @app.post("/hl7v2", operation_id="hl7v2-message", summary="Receive one HL7 v2 message (ER7), answered with its ACK")
     async def hl7v2_over_http(request: Request):
         from ..security.authz import ANONYMOUS, AccessRequest, authorize
 

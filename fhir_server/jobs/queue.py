@@ -25,6 +25,8 @@ from ..storage.schema import job_files, jobs
 log = logging.getLogger("fhir_server.jobs")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+# A job enqueued with `not_before` waits in SCHEDULED until its due time (kept in lease_until).
+SCHEDULED = "scheduled"
 MAX_ATTEMPTS = 3
 # A failed attempt waits RETRY_BACKOFF_SECONDS * 2**(attempt-1) before the next.
 RETRY_BACKOFF_SECONDS = 10.0
@@ -35,7 +37,9 @@ wakeup = threading.Event()
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    from ..clock import now
+
+    return now()
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -122,14 +126,17 @@ def lease_for(kinds) -> int:
 
 # ---------------------------------------------------------------- queue operations
 
-def enqueue(conn: Connection, kind: str, params: dict, job_id: str | None = None) -> str:
-    """Add a job in the caller's transaction; call `wakeup.set()` after commit."""
+def enqueue(conn: Connection, kind: str, params: dict, job_id: str | None = None, not_before: datetime | None = None) -> str:
+    """Add a job in the caller's transaction; call `wakeup.set()` after commit.
+
+    `not_before` (UTC): the job is not claimed before then (state `scheduled`)."""
     job_id = job_id or uuid.uuid4().hex
     now = utcnow()
+    state, due = (SCHEDULED, _utc(not_before)) if not_before is not None else (QUEUED, None)
     conn.execute(
         jobs.insert().values(
-            id=job_id, kind=kind, state=QUEUED, params=json.dumps(params), cursor=None, progress=None,
-            result=None, error=None, attempts=0, created=now, updated=now, lease_until=None, lease_owner=None,
+            id=job_id, kind=kind, state=state, params=json.dumps(params), cursor=None, progress=None,
+            result=None, error=None, attempts=0, created=now, updated=now, lease_until=due, lease_owner=None,
         )
     )
     return job_id
@@ -142,7 +149,8 @@ def get(conn: Connection, job_id: str) -> Job | None:
 
 def _claimable(now: datetime):
     expired = and_(jobs.c.state == RUNNING, or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now))
-    return or_(jobs.c.state == QUEUED, expired)
+    due = and_(jobs.c.state == SCHEDULED, jobs.c.lease_until <= now)
+    return or_(jobs.c.state == QUEUED, expired, due)
 
 
 def claim(db, kinds: list[str] | tuple[str, ...], owner: str, lease_seconds: int = 60) -> Job | None:
@@ -238,7 +246,7 @@ def cancel(conn: Connection, job_id: str) -> bool:
     """
     return conn.execute(
         update(jobs)
-        .where(jobs.c.id == job_id, jobs.c.state.in_([QUEUED, RUNNING, DONE, FAILED]))
+        .where(jobs.c.id == job_id, jobs.c.state.in_([QUEUED, SCHEDULED, RUNNING, DONE, FAILED]))
         .values(state=CANCELLED, updated=utcnow(), lease_until=None, lease_owner=None)
     ).rowcount == 1
 

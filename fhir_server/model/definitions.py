@@ -25,6 +25,9 @@ INT_RANGES = {
     "unsignedInt": (0, 2**31 - 1),
 }
 
+# Types whose values are checked against a bound value set.
+BOUND_TYPES = frozenset({"code", "string", "uri", "Coding", "CodeableConcept"})
+
 # Element kinds in a compiled structure.
 PRIMITIVE, COMPLEX, RESOURCE, PRIMITIVE_EXT = 0, 1, 2, 3
 
@@ -32,7 +35,7 @@ PRIMITIVE, COMPLEX, RESOURCE, PRIMITIVE_EXT = 0, 1, 2, 3
 class ElementInfo:
     """One JSON property of a structure, ready for validation."""
 
-    __slots__ = ("name", "type", "array", "kind", "json_kind", "struct", "choice", "target")
+    __slots__ = ("name", "type", "array", "kind", "json_kind", "struct", "choice", "target", "binding")
 
     def __init__(self, name: str, type_: str, array: bool, kind: int) -> None:
         self.name = name  # FHIRPath name used in expressions (no leading "_")
@@ -43,6 +46,7 @@ class ElementInfo:
         self.struct: Struct | None = None  # for complex / backbone / primitive-extension
         self.choice: str | None = None  # "value[x]" for choice variants
         self.target: ElementInfo | None = None  # for "_x": the primitive element x
+        self.binding = None  # bindings.Binding of a coded element (required/extensible/preferred)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<ElementInfo {self.name}:{self.type}{'[]' if self.array else ''}>"
@@ -98,8 +102,9 @@ def _json_kind(primitive: str) -> str:
 class _Compiler:
     """Turns the raw table into linked Struct objects (cycles allowed)."""
 
-    def __init__(self, raw: dict) -> None:
+    def __init__(self, raw: dict, bindings: dict | None = None) -> None:
         self.raw = raw
+        self.bindings = bindings or {}
         self.primitives = set(raw["primitives"])
         self.structs: dict[str, Struct] = {}  # type name or backbone path -> Struct
         self.pending: list[tuple[Struct, dict, str]] = []
@@ -135,18 +140,25 @@ class _Compiler:
                 for concrete, type_ in zip(spec["c"], spec["t"]):
                     info = self._typed(concrete, type_, array, f"{path}.{name}", spec)
                     info.choice = name
+                    info.binding = self._binding(f"{path}.{name}", type_)
                     struct.elements[concrete] = info
                     keys += (concrete,)
                     if info.kind == PRIMITIVE:
                         keys += (self._add_ext(struct, info),)
             else:
                 info = self._typed(name, spec["t"][0], array, f"{path}.{name}", spec)
+                info.binding = self._binding(f"{path}.{name}", info.type)
                 struct.elements[name] = info
                 keys = (name,)
                 if info.kind == PRIMITIVE:
                     keys += (self._add_ext(struct, info),)
             if spec.get("n"):
                 struct.required.append((name, keys))
+
+    def _binding(self, path: str, type_: str):
+        if type_ in BOUND_TYPES:
+            return self.bindings.get(path)
+        return None
 
     def _typed(self, name: str, type_: str, array: bool, path: str, spec: dict) -> ElementInfo:
         if "e" in spec:
@@ -175,7 +187,9 @@ class _Compiler:
 @lru_cache(maxsize=1)
 def structs() -> dict[str, Struct]:
     """All compiled structures by type name (and by backbone path)."""
-    return _Compiler(raw_elements()).compile_all()
+    from .bindings import binding_table
+
+    return _Compiler(raw_elements(), binding_table()).compile_all()
 
 
 def struct_for(type_name: str) -> Struct | None:

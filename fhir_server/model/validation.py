@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import Issue
 from . import definitions as defs
+from .bindings import check_code, check_complex
 from .formats import PATTERNS, format_error
 from .definitions import BOOL, DEC, INT, INT_RANGES, PRIMITIVE, PRIMITIVE_EXT, RESOURCE, STR
 
@@ -138,6 +139,8 @@ def _walk(obj: dict, struct: defs.Struct, path: str, issues: list[Issue], is_res
                 continue
             if kind == PRIMITIVE:
                 _check_primitive(value, info, epath, issues)
+                if info.binding is not None:
+                    check_code(value, info.binding, info.type, epath, issues)
             else:
                 _item(value, info, epath, issues)
     for name, keys in struct.required:
@@ -186,6 +189,8 @@ def _walk_primitive_array(obj: dict, key: str, value: list, info: defs.ElementIn
             _item(item, info, ipath, issues)
         else:
             _check_primitive(item, info, ipath, issues)
+            if info.binding is not None:
+                check_code(item, info.binding, info.type, ipath, issues)
 
 
 def _item(value: Any, info: defs.ElementInfo, path: str, issues: list[Issue]) -> None:
@@ -202,6 +207,8 @@ def _item(value: Any, info: defs.ElementInfo, path: str, issues: list[Issue]) ->
         _walk_resource(value, path, issues)
     else:  # COMPLEX or PRIMITIVE_EXT (an Element: id + extension)
         _walk(value, info.struct, path, issues, False)
+        if info.binding is not None and kind != PRIMITIVE_EXT:
+            check_complex(value, info.binding, info.type, path, issues)
 
 
 def _walk_resource(value: dict, path: str, issues: list[Issue]) -> None:
@@ -282,6 +289,10 @@ def _translate(err: dict, root: str) -> Issue | None:
     if etype in ("missing", "model_field_validation.missing"):
         return Issue("error", "required", f"Missing required element '{name}'", [path])
     if etype == "extra_forbidden":
+        if fields and fields[-1].startswith("_"):
+            # a primitive-extension sibling the walk has checked (and would have reported if unknown);
+            # the R4B model lacks some, e.g. Extension's `_valueString`
+            return None
         return Issue("error", "structure", f"Unknown element '{name}'", [path])
     if isinstance(value, dict) or not loc:
         # model-level validators: invariants, choice groups, primitive-extension rules
@@ -375,8 +386,12 @@ def _r4b_compat(value: Any) -> Any:
 MODEL_STEP = True
 
 
-def validate_resource(data: Any, expected_type: str | None = None) -> list[Issue]:
-    """Validate a parsed JSON resource; returns error issues (empty list means valid)."""
+def validate_resource(data: Any, expected_type: str | None = None, warnings: list[Issue] | None = None) -> list[Issue]:
+    """Validate a parsed JSON resource; returns error issues (empty list means valid).
+
+    Warnings (codes outside an extensible or preferred binding) are appended
+    to ``warnings`` when a list is given, else dropped.
+    """
     if type(data) is not dict:
         return [Issue("error", "structure", f"A resource must be a JSON object, not {_describe(data)}")]
     rt = data.get("resourceType")
@@ -388,6 +403,13 @@ def validate_resource(data: Any, expected_type: str | None = None) -> list[Issue
         return [Issue("error", "invalid",
                       f"Resource type '{rt}' does not match the expected type '{expected_type}'", ["resourceType"])]
     issues = walk(data, rt)
+    if any(i.severity == "warning" for i in issues):
+        soft = [i for i in issues if i.severity == "warning"]
+        if warnings is not None:
+            warnings.extend(soft)
+        compat = issues.compat
+        issues = _Issues(i for i in issues if i.severity != "warning")
+        issues.compat = compat
     reported = {i.expression[0] for i in issues if i.expression}
     reported |= {p.replace("._", ".") for p in reported if "._" in p}  # model paths drop the "_" of `_x`
     model = model_issues(data, rt, reported, compat=issues.compat) if MODEL_STEP else []

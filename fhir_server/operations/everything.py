@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection, and_, false, func, select
 
-from ..model.lexical import ascii_int
 from ..errors import FhirError
 from ..model.definitions import resource_types
+from ..model.lexical import ascii_int
 from ..rest.context import Outcome
 from ..rest.interactions import parse_instant
 from ..rest.operations import OperationCall, body_parameters, operation

@@ -9,13 +9,18 @@ URLs (all under the FHIR base, so the generic operation router serves them):
   `DELETE` on the same URL cancels the job and deletes its files;
 - files:     `GET [base]/$export-file?_jobId={id}&_file={name}` (application/fhir+ndjson).
 
-The export itself runs in the job worker, never in the request: it walks
-`resources` in primary-key order in batches (keyset, so memory stays flat),
-appends each resource's stored JSON as one NDJSON line to one file per type
-(split every MAX_LINES_PER_FILE lines), and checkpoints `(last pk, byte
-offset and line count per open file)` in the job cursor. A job picked up again
-after a crash truncates its files to the checkpointed offsets and continues
-after the checkpointed pk, so no line is written twice.
+The export itself runs in the job worker, never in the request. Every
+resource appears once, in its version as of the kick-off (the job's
+`transactionTime`): the worker walks the version history, whose rows at or
+before that time no later write changes, taking for each resource its latest
+version then (deleted ones left out), in (last_updated, pk) keyset order in
+batches, so memory stays flat and a resource updated while the export runs is
+neither skipped nor written twice. It appends each version's stored JSON as
+one NDJSON line to one file per type (split every MAX_LINES_PER_FILE lines),
+and checkpoints `(keyset position, byte offset and line count per open file)`
+in the job cursor. A job picked up again after a crash truncates its files to
+the checkpointed offsets and continues after the checkpointed position, so
+no line is written twice.
 """
 
 from __future__ import annotations
@@ -424,9 +429,9 @@ class _Files:
 
 
 def _fresh_cursor() -> dict:
-    # ti: index in the job's type list; phase: "main" (rows unchanged since the
-    # transaction time) or "late" (rows changed since: exported as of then);
-    # after: keyset position (last_updated, pk) within the type and phase.
+    # ti: index in the job's type list; after: keyset position (last_updated, pk)
+    # within the type. ("phase" is kept for cursors written by earlier releases,
+    # which read changed rows in a second, "late" pass.)
     return {"ti": 0, "phase": "main", "after": None, "total": 0, "open": {}, "closed": [], "parts": {}}
 
 
@@ -486,62 +491,46 @@ class _Plan:
         self.big_patient_list = patients is not None and len(patients) > SQL_PATIENT_LIST_MAX
         self.patient_set = set(patients) if self.big_patient_list else None
 
-    def rows(self, conn: Connection, res_type: str, late: bool, after: list | None) -> list:
-        """One batch of a type, keyset-ordered by (last_updated, pk) so that the
-        (res_type, last_updated, pk) index serves it on SQLite and PostgreSQL."""
-        r = resources.c
-        conds = [r.res_type == res_type]
-        if late:
-            conds.append(r.last_updated > self.tx)
-        else:
-            conds += [r.deleted == false(), r.last_updated <= self.tx]
-            if self.since is not None:
-                conds.append(r.last_updated >= self.since)
+    def rows(self, conn: Connection, res_type: str, after: list | None) -> list:
+        """One batch of a type: each resource's version as of the transaction
+        time (its latest version at or before it, unless that is a deletion),
+        read from the version history, which writes after the transaction time
+        never change. Keyset-ordered by (last_updated, pk), so a resource
+        updated while the export runs is neither skipped nor exported twice."""
+        v = resource_versions.c
+        later = resource_versions.alias("later")
+        conds = [
+            v.res_type == res_type,
+            v.last_updated <= self.tx,
+            v.deleted == false(),
+            ~exists().where(later.c.res_pk == v.res_pk, later.c.version_id > v.version_id, later.c.last_updated <= self.tx),
+        ]
+        if self.since is not None:
+            conds.append(v.last_updated >= self.since)
+        time_col = _time_column(conn.dialect.name)
         if after is not None:
             raw, pk = after
             if raw.startswith("dt:"):
-                conds.append(tuple_(r.last_updated, r.pk) > tuple_(datetime.fromisoformat(raw[3:]), pk))
+                conds.append(tuple_(v.last_updated, v.res_pk) > tuple_(datetime.fromisoformat(raw[3:]), pk))
             else:  # SQLite: compare the stored text as text
-                conds.append(tuple_(type_coerce(r.last_updated, String()), r.pk) > tuple_(literal(raw, String()), pk))
+                conds.append(tuple_(type_coerce(v.last_updated, String()), v.res_pk) > tuple_(literal(raw, String()), pk))
         if self.p["compartment"]:
-            conds.append(self._compartment(res_type))
-        cols = (r.pk, r.res_id, _time_column(conn.dialect.name)) + (() if late else (r.content,))
-        stmt = select(*cols).where(*conds).order_by(r.last_updated, r.pk).limit(BATCH_SIZE)
+            conds.append(self._compartment(res_type, v.res_pk, v.res_id))
+        stmt = (select(v.res_pk.label("pk"), v.res_id, time_col, v.content)
+                .where(*conds).order_by(v.last_updated, v.res_pk).limit(BATCH_SIZE))
         return conn.execute(stmt).all()
 
-    def _compartment(self, res_type: str):
+    def _compartment(self, res_type: str, pk_col, id_col):
         patients = self.p["patients"]
         if patients is not None and not patients:
             return false()
-        r = resources.c
         ref = idx_reference.alias("ref")
-        linked = and_(ref.c.res_pk == r.pk, compartment_ref_condition({res_type}, ref))
+        linked = and_(ref.c.res_pk == pk_col, compartment_ref_condition({res_type}, ref))
         is_patient = res_type == "Patient"
         if patients is not None and not self.big_patient_list:
             linked = and_(linked, ref.c.target_id.in_(patients))
-            return or_(r.res_id.in_(patients), exists().where(linked)) if is_patient else exists().where(linked)
+            return or_(id_col.in_(patients), exists().where(linked)) if is_patient else exists().where(linked)
         return true() if is_patient else exists().where(linked)
-
-    def as_of_tx(self, conn: Connection, rows: list) -> list[tuple[int, str, bytes]]:
-        """For rows changed after the transaction time: their version as of then."""
-        v = resource_versions.c
-        best: dict[int, tuple] = {}
-        for res_pk, version_id, deleted, last_updated, content in conn.execute(
-            select(v.res_pk, v.version_id, v.deleted, v.last_updated, v.content).where(
-                v.res_pk.in_([row.pk for row in rows]), v.last_updated <= self.tx
-            )
-        ):
-            if res_pk not in best or version_id > best[res_pk][0]:
-                best[res_pk] = (version_id, deleted, last_updated, content)
-        out = []
-        for row in rows:
-            hit = best.get(row.pk)
-            if hit is None or hit[1] or hit[3] is None:
-                continue  # created after, or deleted at, the transaction time
-            if self.since is not None and _aware(hit[2]) < self.since:
-                continue
-            out.append((row.pk, row.res_id, bytes(hit[3])))
-        return out
 
     def patient_keep(self, conn: Connection, res_type: str, rows: list) -> set[int]:
         """For large patient lists: the pks of rows that belong to one of them."""
@@ -569,8 +558,8 @@ def _one_line_each(contents: list[bytes]) -> list[bytes]:
 def _time_column(dialect: str):
     """last_updated as the keyset needs it. SQLite stores text: keep it raw (no
     per-row datetime parsing, exact round trip); PostgreSQL returns datetimes."""
-    col = resources.c.last_updated
-    return type_coerce(col, String()).label("last_updated") if dialect == "sqlite" else col
+    col = resource_versions.c.last_updated
+    return type_coerce(col, String()).label("last_updated") if dialect == "sqlite" else col.label("last_updated")
 
 
 def _encode_time(value) -> str:
@@ -607,17 +596,14 @@ def run_export(jc: queue.JobContext) -> None:
     try:
         while cursor["ti"] < len(types):
             res_type = types[cursor["ti"]]
-            late = cursor["phase"] == "late"
             with jc.db.read() as conn:
-                rows = plan.rows(conn, res_type, late, cursor["after"])
+                # a cursor from before version-history reads may say "late": that pass is covered
+                rows = [] if cursor.get("phase") == "late" else plan.rows(conn, res_type, cursor["after"])
                 if not rows:
-                    if late:
-                        files.finish(res_type)
-                        cursor.update(ti=cursor["ti"] + 1, phase="main", after=None)
-                    else:
-                        cursor.update(phase="late", after=None)
+                    files.finish(res_type)
+                    cursor.update(ti=cursor["ti"] + 1, phase="main", after=None)
                     continue
-                items = plan.as_of_tx(conn, rows) if late else [(row[0], row[1], row[3]) for row in rows]  # pk, id, content
+                items = [(row[0], row[1], row[3]) for row in rows]  # pk, id, content
                 keep = None
                 if plan.big_patient_list:
                     keep = plan.patient_keep(conn, res_type, rows)

@@ -9,7 +9,7 @@ another entry writes. `plan_targets` resolves every write entry to the
 transaction in which two entries meet on one resource (400, naming both), and
 assigns the ids of created resources so that `fullUrl`s can be rewritten.
 
-`lock_in_order` then takes the writers' locks in one canonical (sorted) order:
+`lock_criteria` and `lock_targets` take the writers' locks in one canonical order:
 the conditional-create criteria first, then every target resource. Two
 transactions writing Patients A and B in opposite orders would otherwise each
 hold one row and wait for the other (PostgreSQL: DeadlockDetected).
@@ -52,15 +52,16 @@ def criteria_keys(entries: list["EntryRequest"]) -> list[tuple[str, str]]:
 
 
 def lock_criteria(conn: Connection, entries: list["EntryRequest"]) -> None:
-    """Serialise on the conditional criteria, in sorted order, before any search."""
-    for res_type, key in criteria_keys(entries):
-        repo.lock_key(conn, "conditional-create", res_type, key)
+    """Serialise on the conditional criteria (the keys conditional create takes), in
+    canonical order, before any search."""
+    repo.lock_keys(conn, [("conditional-create", t, key) for t, key in criteria_keys(entries)])
 
 
 def lock_targets(conn: Connection, plan: TargetPlan) -> None:
-    """Serialise on every resource the transaction writes, in sorted order."""
-    for res_type, res_id in sorted(k for k in plan.targets if k[0] != "criteria"):
-        repo.lock_key(conn, "resource", res_type, res_id)
+    """Serialise on every existing or client-named resource the transaction writes, in
+    canonical order (resources created under a fresh server id need no lock)."""
+    repo.lock_keys(conn, [("resource", t, i) for (t, i), index in plan.targets.items()
+                          if t != "criteria" and plan.assigned.get(index) != i])
 
 
 class SameResourceTwice(FhirError):
@@ -97,10 +98,6 @@ def plan_targets(conn: Connection, entries: list["EntryRequest"], ctx) -> Target
             from .bundles import _entry_error
 
             raise _entry_error(e.index, exc) from None
-    # created resources are "targets" too (for lock order), but never collide: fresh uuids
-    for e in entries:
-        if e.index in plan.assigned and e.res_type:
-            plan.targets.setdefault((e.res_type, plan.assigned[e.index]), e.index)
     return plan
 
 

@@ -23,7 +23,20 @@ def register_operation(name: str, definition: str, types: tuple[str, ...] | None
     capability_statement.cache_clear()
 
 
+# Extensions on a resource's entry, registered by the modules they describe
+# (e.g. the Subscription entry's topic canonicals, Subscriptions Backport IG).
+_resource_extensions: dict[str, list[dict]] = {}
+
+
+def register_resource_extension(res_type: str, extension: dict) -> None:
+    found = _resource_extensions.setdefault(res_type, [])
+    if extension not in found:
+        found.append(extension)
+    capability_statement.cache_clear()
+
+
 def _search_params(res_type: str) -> list[dict]:
+    from ..search.ordered import codes_of, system_for_param
     from ..search.registry import search_parameters_for
 
     out = []
@@ -35,6 +48,9 @@ def _search_params(res_type: str) -> list[dict]:
             entry["definition"] = sp.url
         if getattr(sp, "description", None):
             entry["documentation"] = sp.description
+        if sp.type == "token" and (system := system_for_param(res_type, code)):
+            rank = " < ".join(codes_of(system))
+            entry["documentation"] = (entry.get("documentation", "") + f" _sort follows the rank of the ordered code system {system} ({rank}), not the alphabet.").strip()
         out.append(entry)
     return out
 
@@ -60,6 +76,8 @@ def capability_statement(base_url: str, security: bytes | None = None) -> bytes:
             "searchRevInclude": ["*"],
             "searchParam": _search_params(res_type),
         }
+        if res_type in _resource_extensions:
+            entry["extension"] = list(_resource_extensions[res_type])
         ops = [{"name": n, "definition": d} for n, d, types in _operations if types and res_type in types]
         if ops:
             entry["operation"] = ops

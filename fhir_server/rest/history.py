@@ -9,9 +9,9 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection
 
-from ..model.lexical import ascii_int
 from ..errors import FhirError
 from ..model import jsonio
+from ..model.lexical import ascii_int
 from ..security.authz import AccessRequest, authorize
 from ..storage import repository as repo
 from .context import RequestContext

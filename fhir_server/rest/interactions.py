@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import format_datetime
 from typing import Any
@@ -18,13 +18,12 @@ from urllib.parse import parse_qsl
 from sqlalchemy import Connection
 
 from .. import events
-from ..model.lexical import is_version_id
-from . import limits
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
+from ..model.lexical import is_version_id
 from ..security.authz import AccessRequest, authorize, visibility
 from ..storage import repository as repo
-from . import rules
+from . import limits, rules
 from .context import Outcome, RequestContext
 
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
@@ -38,6 +37,7 @@ class ParsedResource:
     plain: dict
     preserving: dict
     validated_as: str | None = None  # set once validated, so it is not done twice
+    warnings: list[Issue] = field(default_factory=list)  # from validation (extensible/preferred bindings)
 
     @classmethod
     def from_bytes(cls, body: bytes) -> "ParsedResource":
@@ -104,10 +104,13 @@ def _validate(res_type: str, parsed: ParsedResource) -> None:
 
     if parsed.validated_as == res_type:
         return
-    issues = validate_resource(parsed.plain, res_type)
-    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    warnings: list[Issue] = []
+    errors = validate_resource(parsed.plain, res_type, warnings)
     if errors:
-        raise FhirError(400, errors)
+        # A resource that parses but holds a code outside a required binding is
+        # unprocessable (422, http.html#2.21.0.11); anything structural is a 400.
+        raise FhirError(422 if all(i.code == "code-invalid" for i in errors) else 400, errors)
+    parsed.warnings = warnings
     parsed.validated_as = res_type
 
 
@@ -230,7 +233,7 @@ def _store(
         delete_index(conn, pk)
     with local_base.serving(ctx.base_url):
         index_resource(conn, pk, res_type, parsed.plain)
-    if events.has_subscribers():  # parsing the old version costs; only listeners need it
+    if events.has_subscribers(res_type):  # parsing the old version costs; only listeners need it
         old = jsonio.parse_plain(current.content) if current is not None and current.content else None
         events.emit(conn, events.ResourceChange(res_type, res_id, version_id, method, old, parsed.plain))
     status = 201 if current is None or current.deleted else 200
@@ -250,7 +253,8 @@ def _prepare_write(conn: Connection, ctx: RequestContext, interaction: str, res_
     check_type(res_type)
     _validate(res_type, parsed)
     authorize(ctx.principal, AccessRequest(interaction, res_type, res_id, parsed.plain))
-    return rules.run(conn, res_type, res_id, parsed.plain)
+    rules.prepare(conn, ctx, res_type, res_id, parsed)
+    return parsed.warnings + rules.run(conn, res_type, res_id, parsed.plain)
 
 
 def create(
@@ -401,7 +405,7 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
     now = now_utc()
     repo.write_version(conn, current.pk, res_type, res_id, version_id, now, None, "DELETE")
     delete_index(conn, current.pk)
-    if events.has_subscribers():
+    if events.has_subscribers(res_type):
         events.emit(conn, events.ResourceChange(res_type, res_id, version_id, "delete", jsonio.parse_plain(current.content), None))
     out = Outcome(status=200, res_type=res_type, res_id=res_id, version_id=version_id, last_modified=http_date(now))
     out.headers["ETag"] = out.etag

@@ -21,23 +21,21 @@ from typing import Any, Callable
 
 from ..errors import FhirError
 from ..storage.database import WriteConflict
+from ..storage.faults import is_retryable
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 6
-TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})  # deadlock, serialization, lock not available
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for a database error that a retry of the whole transaction can cure."""
+    """True for a database error that a retry of the whole transaction can cure
+    (storage.faults.is_retryable, looked for along the exception's chain)."""
     seen = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        state = getattr(e, "sqlstate", None)
-        if state in TRANSIENT_SQLSTATES:
-            return True
-        if type(e).__name__ == "OperationalError" and "database is locked" in str(e):
+        if is_retryable(e):
             return True
         e = getattr(e, "orig", None) or e.__cause__ or e.__context__
     return False

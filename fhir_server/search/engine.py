@@ -26,12 +26,12 @@ import orjson
 from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
 from sqlalchemy.sql import FromClause
 
+from ..errors import FhirError
 from ..model.lexical import ascii_int
 from ..rest import limits
-from ..errors import FhirError
 from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
-from . import custom, registry
+from . import custom, ordered, registry
 from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
 from .access import Access, system_condition, type_condition
 from .values import to_utc
@@ -93,7 +93,7 @@ def _is_ignorable(err: FhirError) -> bool:
 
 def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
     plan = _Plan()
-    ctx = QueryContext(req.base_url, access=req.access)
+    ctx = QueryContext(req.base_url, conn=conn, access=req.access)
     res_type = req.res_type
     if res_type is not None and not registry.is_resource_type(res_type):
         raise FhirError.of(404, "not-found", f"Unknown resource type '{res_type}'")
@@ -219,6 +219,8 @@ def _sort_expr(res_type: str | None, code: str, desc: bool, r: FromClause) -> Co
         "uri": t.c.get("uri"),
         "reference": t.c.get("target_id"),
     }[sp.type]
+    if sp.type == "token" and (ordered_system := ordered.system_for_param(res_type, sp.code)):
+        col = ordered.rank_expression(ordered_system, t.c.code, t.c.system)  # rank, not alphabet
     agg = func.max(col) if desc else func.min(col)
     return select(agg).where(t.c.res_pk == r.c.pk, t.c.param == sp.code).scalar_subquery()
 

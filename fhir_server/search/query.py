@@ -51,7 +51,8 @@ MODIFIERS = {
     "uri": {"below", "above", "missing"},
     "composite": {"missing"},
 }
-UNSUPPORTED_MODIFIERS = {"in", "not-in", "above", "below"}  # on token/reference: need terminology
+UNSUPPORTED_MODIFIERS = {"in", "not-in", "above", "below"}  # on reference: canonical hierarchies, not supported
+TERMINOLOGY_MODIFIERS = {"in", "not-in", "above", "below"}  # on token: answered by fhir_server.terminology
 MAX_CHAIN_DEPTH = 6
 # Comma-separated values (OR) per parameter; `_id` lists become one IN (...) and may be longer.
 MAX_OR_VALUES = 100
@@ -76,6 +77,7 @@ class QueryContext:
     base_url: str = ""
     depth: int = 0
     warnings: list[str] = field(default_factory=list)
+    conn: object | None = None  # the search's connection: token :in/:below & co. resolve value sets and code systems
     access: Callable | None = None  # search.access.Access: the caller's visibility per type
 
 
@@ -137,7 +139,7 @@ def param_condition(ctx: QueryContext, res_type: str | None, name: str, value: s
     allowed = MODIFIERS.get(sp.type, {"missing"})
     if modifier and modifier not in allowed:
         raise bad(f"Modifier ':{modifier}' is not valid for {sp.type} parameter '{code}'", name)
-    if modifier in UNSUPPORTED_MODIFIERS and sp.type in ("token", "reference"):
+    if modifier in UNSUPPORTED_MODIFIERS and sp.type == "reference":
         raise unsupported(f"Modifier ':{modifier}' on '{code}' is not supported yet", name)
     return _index_condition(ctx, res_type, sp, modifier, value, r)
 
@@ -191,7 +193,7 @@ def _index_condition(ctx: QueryContext, res_type: str | None, sp: SearchParam, m
     # SQLite uses an index per disjunct only when each disjunct is complete.
     alternatives = [c for cond in conds for c in _disjuncts(cond)]
     sub = select(table.c.res_pk).where(or_(*(and_(*base, c) for c in alternatives)))
-    if modifier == "not":
+    if modifier in ("not", "not-in"):
         return r.c.pk.not_in(sub)
     return r.c.pk.in_(sub)
 
@@ -222,6 +224,21 @@ def _string(ctx: QueryContext, sp: SearchParam, modifier: str, v: str, t: FromCl
 
 
 def _token(ctx: QueryContext, sp: SearchParam, modifier: str, v: str, t: FromClause) -> ColumnElement:
+    if modifier in TERMINOLOGY_MODIFIERS:
+        from ..terminology.search import token_codes
+
+        pairs = token_codes(ctx.conn, modifier, unescape(v), f"{sp.code}:{modifier}")
+        by_system: dict[str | None, list[str]] = {}
+        for system, code in pairs:
+            by_system.setdefault(system, []).append(cut(code, LEN_CODE))
+        # a `code` element is indexed without its (implicit) system: it matches by code alone
+        by_system[None] = sorted({c for codes in by_system.values() for c in codes})
+        conds = []
+        for system, codes in by_system.items():
+            sys_cond = t.c.system == cut(system, LEN_SYSTEM) if system else t.c.system.is_(None)
+            for i in range(0, len(codes), 500):  # bind-parameter limits: chunk long IN lists
+                conds.append(and_(sys_cond, t.c.code.in_(codes[i:i + 500])))
+        return or_(*conds) if conds else false()
     if modifier == "text":
         norm = like_escape(normalize(unescape(v)))
         return or_(t.c.text_norm.like(f"{norm}%", escape="\\"), t.c.text_norm.like(f"% {norm}%", escape="\\"))
@@ -491,7 +508,7 @@ def _chain_condition(ctx: QueryContext, res_type: str | None, head: str, rest: s
         raise unsupported(f"Unknown search parameter '{next_code}' in chain '{head}.{rest}'", head)
     target = targets[0]
     r2 = resources.alias()
-    sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, ctx.access)
+    sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, conn=ctx.conn, access=ctx.access)
     inner = select(r2.c.res_id).where(r2.c.res_type == target, live(r2),
                                       param_condition(sub_ctx, target, rest, value, r2),
                                       *_reach(ctx, target, r2, f"{head}.{rest}"))
@@ -516,7 +533,7 @@ def _has_condition(ctx: QueryContext, res_type: str | None, name: str, value: st
     if res_type is None:
         raise bad("_has needs a resource type", name)
     r2 = resources.alias()
-    sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, ctx.access)
+    sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, conn=ctx.conn, access=ctx.access)
     src = select(r2.c.pk).where(r2.c.res_type == src_type, live(r2),
                                 param_condition(sub_ctx, src_type, rest, value, r2),
                                 *_reach(ctx, src_type, r2, name))

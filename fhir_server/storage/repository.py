@@ -375,12 +375,26 @@ def count_history(conn: Connection, res_type: str | None, res_id: str | None, si
     return conn.execute(stmt).scalar_one()
 
 
+def _lock_id(parts: tuple[str, ...]) -> int:
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_keys(conn: Connection, keys: list[tuple[str, ...]]) -> None:
+    """Take several lock_key locks in one canonical order (ascending lock id) and one
+    round trip, so that writers locking overlapping sets never wait on each other in a
+    cycle. No-op on SQLite (one writer at a time)."""
+    if conn.dialect.name != "postgresql" or not keys:
+        return
+    ids = sorted({_lock_id(k) for k in keys})
+    conn.execute(text("SELECT count(pg_advisory_xact_lock(k)) FROM (SELECT unnest(CAST(:ids AS bigint[])) AS k ORDER BY k) AS s"),
+                 {"ids": ids})
+
+
 def lock_key(conn: Connection, *parts: str) -> None:
     """Serialise concurrent writers that share a logical key (conditional create,
     national identity). PostgreSQL: a transaction-scoped advisory lock. SQLite:
     writers already hold the database's write lock (BEGIN IMMEDIATE)."""
     if conn.dialect.name != "postgresql":
         return
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_id(parts)})

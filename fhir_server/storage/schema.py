@@ -262,6 +262,72 @@ custom_search_params = Table(
     Column("updated", DateTime(timezone=True), nullable=False),
 )
 
+# Change feed (registry pulls): one row per written version of the feed's types,
+# numbered in commit order. txid is the writing PostgreSQL transaction
+# (pg_current_xact_id; 0 on SQLite, whose writers commit one at a time), so a
+# reader can stop below the oldest transaction still in flight.
+change_feed = Table(
+    "change_feed",
+    metadata,
+    Column("seq", PK, primary_key=True, autoincrement=True),
+    Column("txid", BigInteger, nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version_id", Integer, nullable=False),
+)
+Index("ix_change_feed_txid_seq", change_feed.c.txid, change_feed.c.seq)
+
+# Booking (fhir_server/workflows/booking): one row per seat of a Slot that an
+# active Appointment holds. The primary key (slot_id, seat) is the database's
+# guarantee that a seat is never booked twice, under any concurrency, whatever
+# path the Appointment came by (REST, transaction, HL7 v2 SIU, $book).
+booking_slot_claims = Table(
+    "booking_slot_claims",
+    metadata,
+    Column("slot_id", String(64), primary_key=True),
+    Column("seat", Integer, primary_key=True),  # 0 .. capacity-1
+    Column("appointment_id", String(64), nullable=False),
+    Column("hold_until", DateTime(timezone=True), nullable=True),  # set while a `proposed` hold
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+Index("ix_booking_slot_claims_appointment", booking_slot_claims.c.appointment_id)
+
+# Booking: one row per Slot, kept by a change subscriber in the Slot's write
+# transaction, so that Appointment/$find is one range scan over an index on
+# (schedule, start) or (status, start) however many Slots there are. `codes`
+# holds " sp:system|code st:system|code vt:system|code " (specialty, service
+# type, visit type) for the optional filters.
+booking_slots = Table(
+    "booking_slots",
+    metadata,
+    Column("slot_id", String(64), primary_key=True),
+    Column("schedule_id", String(64), nullable=True),
+    Column("start", DateTime(timezone=True), nullable=True),
+    Column("status", String(24), nullable=False),
+    Column("codes", Text, nullable=False),
+)
+Index("ix_booking_slots_schedule_start", booking_slots.c.schedule_id, booking_slots.c.status, booking_slots.c.start, booking_slots.c.slot_id)
+Index("ix_booking_slots_status_start", booking_slots.c.status, booking_slots.c.start, booking_slots.c.slot_id)
+
+# Notifications (fhir_server/notify): one row per (CommunicationRequest, channel),
+# the idempotency key that keeps a message from being sent twice.
+notify_deliveries = Table(
+    "notify_deliveries",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),  # CommunicationRequest id
+    Column("channel", String(16), nullable=False),  # email | sms
+    Column("address", String(512), nullable=True),
+    Column("state", String(16), nullable=False),  # waiting | sending | sent | not-done | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("message_id", String(256), nullable=True),  # the gateway's / SMTP Message-ID
+    Column("communication_id", String(64), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("updated", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("request_id", "channel", name="uq_notify_deliveries_request_channel"),
+)
+Index("ix_notify_deliveries_state", notify_deliveries.c.state)
 # The built-in authorization server (fhir_server/auth): signing keys, registered
 # clients, and the grants it must remember (authorization codes, refresh tokens,
 # revoked access tokens, client-assertion jti values against replay).

@@ -195,3 +195,25 @@ def test_a_search_page_over_the_response_limit_is_413(client, small_limits):
     r = client.get("/fhir/Patient", params={"family": family, "_count": "5"})
     assert r.status_code == 413 and "_count" in r.json()["issue"][0]["diagnostics"]
     assert client.get("/fhir/Patient", params={"family": family, "_count": "2"}).status_code == 200
+
+
+# ---------------------------------------------------------------- /docs and OpenAPI
+
+
+def test_docs_work_offline_and_operation_ids_are_unique(client):
+    import re
+    import warnings
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    urls = re.findall(r'(?:src|href|url)\s*[:=]\s*[\'"]([^\'"]+)[\'"]', page.text)
+    assert urls and all(u.startswith("/") for u in urls), urls  # nothing from another host
+    for u in urls:
+        assert client.get(u).status_code == 200, u
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FastAPI warns about duplicate operation ids
+        client.app.openapi_schema = None
+        spec = client.app.openapi()
+    ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids))
+    assert {"read", "vread", "update", "patch", "delete", "create", "search-type", "capabilities", "batch-transaction"} <= set(ids)

@@ -115,7 +115,8 @@ def test_appointment_changes_send_siu(settings, receiver, auth_headers):
                 "status": "booked",
                 "start": "2030-03-01T09:00:00Z",
                 "end": "2030-03-01T09:20:00Z",
-                "participant": [{"actor": {"display": "Dr Test"}, "status": "accepted"}],
+                "participant": [{"actor": {"display": "Dr Test"}, "status": "accepted"},
+                                {"actor": {"type": "Patient", "display": "Test Patient"}, "status": "accepted"}],
             }
             rid = client.post("/fhir/Appointment", json=appt).json()["id"]
             client.put(f"/fhir/Appointment/{rid}", json={**appt, "id": rid, "start": "2030-03-02T09:00:00Z", "end": "2030-03-02T09:20:00Z"})

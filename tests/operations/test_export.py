@@ -27,22 +27,23 @@ ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 def fresh_database_url(tmp_path: Path) -> tuple[str, callable]:
     """Exports cover the whole database, so every test gets its own: a SQLite
-    file, or a new PostgreSQL database when FHIR_SERVER_DATABASE_URL is one."""
+    file, or a new schema in the PostgreSQL database FHIR_SERVER_DATABASE_URL
+    names (a schema, so the test run needs no CREATEDB right)."""
     url = os.environ.get("FHIR_SERVER_DATABASE_URL", "")
     if not url.startswith("postgresql"):
         return "sqlite:///" + str(tmp_path / "t.sqlite"), lambda: None
     admin_url = make_url(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    name = "export_test_" + uuid.uuid4().hex[:12]
+    schema = "export_test_" + uuid.uuid4().hex[:12]
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
 
     def drop() -> None:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
 
-    return admin_url.set(database=name).render_as_string(hide_password=False), drop
+    return admin_url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False), drop
 
 
 class Server:
@@ -501,3 +502,31 @@ def test_queue_claim_lease_and_heartbeat(server):
     with server.db.write() as conn:
         assert queue.cancel(conn, b.id)
     assert not queue.heartbeat(server.db, b.id, "b", 60)
+
+
+def test_updates_while_the_export_runs_give_each_resource_once(server, monkeypatch):
+    """Every resource once, as of the kick-off, though each is updated between the
+    worker's batches (some before their batch was read, some after)."""
+    monkeypatch.setattr(export, "BATCH_SIZE", 4)
+    pid = server.patient()
+    obs = [server.observation(pid) for _ in range(18)]
+    status = server.kick_off(params={"_type": "Observation"})
+    time.sleep(0.01)
+    original = export._Plan.rows
+    rounds = {"n": 0}
+
+    def rows_then_update(self, conn, res_type, *args):
+        out = original(self, conn, res_type, *args)
+        rounds["n"] += 1
+        for oid in obs[rounds["n"] % 3::3] if rounds["n"] <= 4 else []:  # a third of them, different ones each batch
+            body = server.client.get(f"/fhir/Observation/{oid}").json()
+            body["status"] = "amended"
+            assert server.client.put(f"/fhir/Observation/{oid}", json=body).status_code == 200
+        return out
+
+    monkeypatch.setattr(export._Plan, "rows", rows_then_update)
+    files = server.download(server.finish(status))
+    ids = [o["id"] for o in files["Observation"]]
+    assert len(ids) == len(set(ids)) == len(obs) and set(ids) == set(obs)
+    assert {o["meta"]["versionId"] for o in files["Observation"]} == {"1"}
+    assert rounds["n"] >= 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import pytest
 
 from fhir_server.search import local_base
@@ -17,8 +18,8 @@ def alias():
     local_base.configure([])
 
 
-def _obs(client, ref: str, headers=None) -> str:
-    r = client.post("/fhir/Observation", headers=headers or {}, json={
+def _obs(client, ref: str, headers=None, url: str = "/fhir/Observation") -> str:
+    r = client.post(url, headers=headers or {}, json={
         "resourceType": "Observation", "status": "final", "code": {"text": "local-base"}, "subject": {"reference": ref}})
     assert r.status_code == 201, r.text
     return r.json()["id"]
@@ -30,21 +31,26 @@ def _ids(client, url: str, rtype: str = "Observation") -> set[str]:
     return {e["resource"]["id"] for e in r.json().get("entry", []) if e["resource"]["resourceType"] == rtype}
 
 
-def test_every_search_form_agrees_on_absolute_references_to_own_base(client, alias):
+def test_every_search_form_agrees_on_absolute_references_to_own_base(client, alias, live_server, auth_headers):
     pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
     mine = {
         _obs(client, f"Patient/{pid}"),
         _obs(client, f"http://testserver/fhir/Patient/{pid}"),
         _obs(client, f"HTTP://TESTSERVER:80/fhir/Patient/{pid}/_history/1"),
         _obs(client, f"{alias}/Patient/{pid}"),
-        _obs(client, f"https://proxy.example.org/pre/fhir/Patient/{pid}",
-             headers={"X-Forwarded-Host": "proxy.example.org", "X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/pre"}),
     }
+    # through a (trusted, loopback) proxy that says how the client reached the server
+    with httpx.Client(headers=auth_headers) as proxy:
+        mine.add(_obs(proxy, f"https://proxy.example.org/pre/fhir/Patient/{pid}", url=f"{live_server}/Observation",
+                      headers={"X-Forwarded-Host": "proxy.example.org", "X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/pre"}))
+    # an untrusted client cannot make a foreign base "ours"
+    spoofed = _obs(client, f"https://spoof.example.org/fhir/Patient/{pid}", headers={"X-Forwarded-Host": "spoof.example.org"})
     foreign = _obs(client, f"http://other.example.org/fhir/Patient/{pid}")
     for q in (f"subject={pid}", f"subject=Patient/{pid}", f"patient={pid}", f"subject:Patient={pid}",
               f"subject=http://testserver/fhir/Patient/{pid}", f"subject={alias}/Patient/{pid}"):
         assert _ids(client, f"/fhir/Observation?{q}&code:text=local-base&_count=100") == mine, q
     assert _ids(client, f"/fhir/Observation?subject=http://other.example.org/fhir/Patient/{pid}") == {foreign}
+    assert spoofed not in _ids(client, f"/fhir/Observation?subject={pid}&_count=100")
     # compartment search, _revinclude, _include, $everything
     assert _ids(client, f"/fhir/Patient/{pid}/Observation?_count=100") == mine
     assert _ids(client, f"/fhir/Patient?_id={pid}&_revinclude=Observation:subject&_count=100") == mine

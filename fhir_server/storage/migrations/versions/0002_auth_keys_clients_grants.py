@@ -1,14 +1,14 @@
 """auth: signing keys, OAuth clients, grants (issue 12)
 
 Revision ID: 0002_auth
-Revises: 0001
+Revises: 0003_notify_deliveries
 """
 from alembic import op
 import sqlalchemy as sa
 
 
 revision = "0002_auth"
-down_revision = "0001"
+down_revision = "0003_notify_deliveries"
 branch_labels = None
 depends_on = None
 

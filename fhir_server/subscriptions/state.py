@@ -1,0 +1,36 @@
+"""Reading a subscription's delivery state, for $status, $events and the token operation."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from ..errors import FhirError
+from ..rest.operations import OperationCall
+from ..security.authz import AccessRequest, authorize
+from .spec import SubscriptionSpec
+from .tables import subscriptions
+
+
+def subscription_ids(call: OperationCall) -> list[str]:
+    """The instance's id, or the `id` parameters of a type-level call (400 if none)."""
+    from ..rest.operations import body_parameters
+
+    if call.res_id:
+        return [call.res_id]
+    ids = [v for k, v in list(call.params) + body_parameters(call) if k == "id"]
+    ids = [i.split("/")[-1] for raw in ids for i in raw.split(",") if i]
+    if not ids:
+        raise FhirError.of(400, "required", f"${call.name} at type level needs one or more 'id' parameters")
+    return ids
+
+
+def load(call: OperationCall, sub_id: str):
+    """(row, spec) of a subscription the caller may read; 404 when unknown."""
+    authorize(call.ctx.principal, AccessRequest("read", "Subscription", sub_id))
+    with call.db.read() as conn:
+        row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id)).first()
+    if row is None:
+        raise FhirError.of(404, "not-found", f"Subscription/{sub_id} is not known")
+    return row, SubscriptionSpec.from_json(json.loads(row.spec))

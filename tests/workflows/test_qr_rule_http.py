@@ -1,0 +1,125 @@
+"""The QuestionnaireResponse write rule through HTTP: 422 and nothing stored."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from fhir_server.errors import FhirError
+
+
+def _questionnaire(client, url, version="1", status="active", items=None, date="2024-01-01"):
+    q = {"resourceType": "Questionnaire", "url": url, "version": version, "status": status, "date": date,
+         "item": items or [
+             {"linkId": "age", "type": "integer", "required": True},
+             {"linkId": "mood", "type": "choice", "answerValueSet": "http://example.org/vs/mood-" + url[-8:]},
+         ]}
+    r = client.post("/fhir/Questionnaire", json=q)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _response(questionnaire, *items, status="completed"):
+    body = {"resourceType": "QuestionnaireResponse", "questionnaire": questionnaire, "status": status}
+    if items:
+        body["item"] = list(items)
+    return body
+
+
+@pytest.fixture
+def qurl(client):
+    url = f"http://example.org/q/{uuid.uuid4().hex[:8]}"
+    vs = {"resourceType": "ValueSet", "url": "http://example.org/vs/mood-" + url[-8:], "status": "active",
+          "compose": {"include": [{"system": "http://example.org/mood", "concept": [{"code": "good"}, {"code": "bad"}]}]}}
+    assert client.post("/fhir/ValueSet", json=vs).status_code == 201
+    _questionnaire(client, url)
+    return url
+
+
+def _count(client, url):
+    return client.get("/fhir/QuestionnaireResponse", params={"questionnaire": url, "_summary": "count"}).json()["total"]
+
+
+def test_conforming_response_is_stored(client, qurl):
+    r = client.post("/fhir/QuestionnaireResponse", json=_response(qurl, {"linkId": "age", "answer": [{"valueInteger": 40}]},
+                                                                   {"linkId": "mood", "answer": [{"valueCoding": {"system": "http://example.org/mood", "code": "good"}}]}))
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("items,expression", [
+    ([{"linkId": "age", "answer": [{"valueInteger": 4}]}, {"linkId": "x", "answer": [{"valueString": "?"}]}], "QuestionnaireResponse.item[1].linkId"),
+    ([{"linkId": "age", "answer": [{"valueString": "forty"}]}], "QuestionnaireResponse.item[0].answer[0].value"),
+    ([{"linkId": "mood", "answer": [{"valueCoding": {"system": "http://example.org/mood", "code": "meh"}}]},
+      {"linkId": "age", "answer": [{"valueInteger": 4}]}], "QuestionnaireResponse.item[0].answer[0].value"),
+    ([], "QuestionnaireResponse.item"),
+])
+def test_nonconforming_response_is_422_and_not_stored(client, qurl, items, expression):
+    before = _count(client, qurl)
+    r = client.post("/fhir/QuestionnaireResponse", json=_response(qurl, *items))
+    assert r.status_code == 422, r.text
+    oo = r.json()
+    assert oo["resourceType"] == "OperationOutcome"
+    assert [i["expression"] for i in oo["issue"]] == [[expression]]
+    assert _count(client, qurl) == before
+
+
+def test_required_only_when_completed(client, qurl):
+    assert client.post("/fhir/QuestionnaireResponse", json=_response(qurl, status="in-progress")).status_code == 201
+
+
+def test_update_is_checked_too(client, qurl):
+    r = client.post("/fhir/QuestionnaireResponse", json=_response(qurl, status="in-progress"))
+    body = r.json()
+    body["status"] = "completed"
+    r = client.put(f"/fhir/QuestionnaireResponse/{body['id']}", json=body)
+    assert r.status_code == 422
+    body["item"] = [{"linkId": "age", "answer": [{"valueInteger": 3}]}]
+    assert client.put(f"/fhir/QuestionnaireResponse/{body['id']}", json=body).status_code == 200
+
+
+def test_patch_is_checked_too(client, qurl):
+    r = client.post("/fhir/QuestionnaireResponse", json=_response(qurl, {"linkId": "age", "answer": [{"valueInteger": 3}]}))
+    rid = r.json()["id"]
+    patch = [{"op": "replace", "path": "/item/0/answer/0", "value": {"valueBoolean": True}}]
+    r = client.patch(f"/fhir/QuestionnaireResponse/{rid}", json=patch, headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 422, r.text
+
+
+def test_version_in_canonical_and_newest_active(client):
+    url = f"http://example.org/q/{uuid.uuid4().hex[:8]}"
+    _questionnaire(client, url, "1", items=[{"linkId": "old", "type": "string"}], date="2023-01-01")
+    _questionnaire(client, url, "2", items=[{"linkId": "new", "type": "string"}], date="2024-01-01")
+    _questionnaire(client, url, "3", status="draft", items=[{"linkId": "draft", "type": "string"}], date="2025-01-01")
+    old = {"linkId": "old", "answer": [{"valueString": "x"}]}
+    new = {"linkId": "new", "answer": [{"valueString": "x"}]}
+    assert client.post("/fhir/QuestionnaireResponse", json=_response(f"{url}|1", old)).status_code == 201
+    assert client.post("/fhir/QuestionnaireResponse", json=_response(f"{url}|1", new)).status_code == 422
+    assert client.post("/fhir/QuestionnaireResponse", json=_response(url, new)).status_code == 201
+    assert client.post("/fhir/QuestionnaireResponse", json=_response(url, old)).status_code == 422
+
+
+def test_unknown_questionnaire_is_a_warning_by_default(client):
+    r = client.post("/fhir/QuestionnaireResponse", json=_response("http://example.org/q/never", {"linkId": "z", "answer": [{"valueString": "x"}]}),
+                    headers={"Prefer": "return=OperationOutcome"})
+    assert r.status_code == 201
+    assert any(i["severity"] == "warning" and i["code"] == "not-found" for i in r.json()["issue"])
+
+
+def test_unknown_questionnaire_refused_when_configured(app):
+    from fhir_server.workflows.proms.rule import make_rule
+
+    db = app.state.db
+    rule = make_rule("refuse")
+    with db.read() as conn:
+        with pytest.raises(FhirError) as err:
+            rule(conn, "QuestionnaireResponse", None, _response("http://example.org/q/never"))
+    assert err.value.status == 422
+
+
+def test_contained_questionnaire(client):
+    body = _response("#q", {"linkId": "a", "answer": [{"valueInteger": 1}]})
+    body["contained"] = [{"resourceType": "Questionnaire", "id": "q", "status": "active", "item": [{"linkId": "a", "type": "boolean"}]}]
+    assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 422
+    body["item"][0]["answer"] = [{"valueBoolean": True}]
+    assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 201
