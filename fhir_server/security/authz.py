@@ -30,7 +30,9 @@ class Principal:
     `unrestricted` principals are the server's own in-process callers (the loader,
     HL7 v2 inbound, jobs) and every request when protection is off
     (`FHIR_SERVER_AUTH=off`). Everything arriving over HTTP with protection on is a
-    token's principal: scopes plus SMART context (`patient`, `fhirUser`)."""
+    token's principal: scopes plus SMART context (`patient`, `fhirUser`). A principal
+    built in-process is authenticated (its scopes decide); only the HTTP edge's
+    ANONYMOUS (no verified token) is not, and gets 401 at the seam."""
 
     subject: str = "anonymous"
     scopes: frozenset[str] = frozenset()
@@ -39,7 +41,7 @@ class Principal:
     issuer: str | None = None
     patient: str | None = None  # SMART launch context: the Patient id the token is bound to
     fhir_user: str | None = None  # SMART fhirUser: "Patient/123", "Practitioner/9", ...
-    authenticated: bool = False
+    authenticated: bool = True
     unrestricted: bool = False
     expires_at: float | None = None  # epoch seconds (the token's exp)
 
@@ -48,7 +50,7 @@ class Principal:
         return cls(subject=subject, authenticated=True, unrestricted=True)
 
 
-ANONYMOUS = Principal()
+ANONYMOUS = Principal(authenticated=False)
 
 
 @dataclass(frozen=True)

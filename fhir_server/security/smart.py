@@ -5,7 +5,7 @@
 - `user/` scopes reach what the user may see: a user who is a Patient (fhirUser
   Patient/x) sees that patient's compartment; staff (fhirUser Practitioner or
   PractitionerRole) see the type as a whole, narrowed by later policies (issue 13:
-  care relationships, guardians, proxies). A user token without fhirUser sees nothing.
+  care relationships, guardians, proxies); so does a user token without fhirUser.
 - `system/` scopes reach every resource of the type (backend services).
 - v2 granular scopes (`?param=value`) add their search parameters to what is visible.
 """
@@ -26,8 +26,6 @@ def _usable(principal: Principal, s: Scope) -> bool:
     """A patient/ scope needs the patient context; a user/ scope needs a user."""
     if s.context == "patient":
         return bool(principal.patient)
-    if s.context == "user":
-        return bool(principal.fhir_user)
     return True
 
 
@@ -107,8 +105,6 @@ def visibility(principal: Principal, res_type: str, permission: str = "s") -> Vi
             user = principal.fhir_user or ""
             if user.startswith("Patient/"):
                 compartment = ("Patient", user.split("/", 1)[1])
-            elif not user.startswith(("Practitioner/", "PractitionerRole/")):
-                continue
         if compartment is None and not s.params:
             return None  # one unrestricted grant: everything of the type
         alts.append(Criteria(compartment, s.params))

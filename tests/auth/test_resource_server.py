@@ -260,9 +260,12 @@ def test_hl7v2_needs_a_system_write_scope(anonymous_client, two_patients):
     assert r.status_code == 403
 
 
-def test_user_token_without_fhir_user_sees_nothing(anonymous_client, pid):
-    r = anonymous_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {make_token('user/*.rs')}"})
-    assert r.status_code == 403
+def test_user_token_of_a_patient_sees_their_compartment(anonymous_client, two_patients):
+    p = two_patients
+    token = make_token("user/*.rs", fhir_user=f"Patient/{p['ann']}")
+    h = {"Authorization": f"Bearer {token}"}
+    assert anonymous_client.get(f"/fhir/Observation/{p['ann_lab']}", headers=h).status_code == 200
+    assert anonymous_client.get(f"/fhir/Observation/{p['bob_lab']}", headers=h).status_code == 404
 
 
 def test_verified_tokens_are_cached(app, anonymous_client, pid):
