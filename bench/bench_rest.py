@@ -12,12 +12,16 @@ count, the script
    missing TCP_NODELAY,
 4. drives the three operations from a second process over loopback -
    `bare`   GET /fhir/Patient/{random preloaded id} on the bare app,
-   `read`   the same requests on the FHIR server,
+   `read`   the same requests on the FHIR server, each with a valid bearer token
+            (system/*.*, from `fhir-server token`),
+   `noauth` the same requests on a second FHIR server process on the same database
+            with protection off (FHIR_SERVER_AUTH=off): the unauthenticated read,
    `create` POST /fhir/Patient with a varying Patient body -
    with `wrk` (Debian package) or, when wrk is absent, an asyncio + httpx client
    running in separate processes,
 5. repeats the three runs --reps times (interleaved, after a warm-up) and prints
-   the medians of req/s, p50 and p99 latency, and the read/bare ratio.
+   the medians of req/s, p50 and p99 latency, the read/bare ratio and the
+   authenticated/unauthenticated read ratio (read/noauth, target >= 0.80).
 
 Run with the project's virtualenv:
 
@@ -53,6 +57,7 @@ BARE_BODY_ENV = "FHIR_BENCH_BARE_BODY_FILE"
 # Targets from the issue (2-core machine).
 TARGET_READ_OVER_BARE = 0.50
 TARGET_PG_CREATES_PER_S = 2500.0
+TARGET_AUTH_OVER_NOAUTH = 0.80  # issue 12: an authenticated read keeps >= 80% of the unauthenticated one
 
 
 # --------------------------------------------------------------------------------------
@@ -134,7 +139,7 @@ def wait_ready(proc: Proc, url: str, timeout: float = 90.0) -> None:
     raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:.0f}s:\n{proc.log_tail()}")
 
 
-def keepalive_probe(port: int, path: str, n: int = 7) -> float:
+def keepalive_probe(port: int, path: str, token: str | None = None, n: int = 7) -> float:
     """Median latency in ms of back-to-back GETs on ONE keep-alive connection.
 
     About 40 ms here, against about 1 ms on a fresh connection, means Nagle's algorithm
@@ -146,7 +151,7 @@ def keepalive_probe(port: int, path: str, n: int = 7) -> float:
     try:
         for _ in range(n):
             t0 = time.perf_counter()
-            conn.request("GET", path, headers={"Accept": "application/fhir+json"})
+            conn.request("GET", path, headers={"Accept": "application/fhir+json", **_auth(token)})
             conn.getresponse().read()
             times.append((time.perf_counter() - t0) * 1e3)
     finally:
@@ -178,11 +183,11 @@ def bench_patient(i: int) -> dict:
     }
 
 
-def preload(base: str, n: int, batch: int = 100) -> list[str]:
+def preload(base: str, n: int, batch: int = 100, token: str | None = None) -> list[str]:
     import httpx
 
     ids: list[str] = []
-    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json", **_auth(token)}
     with httpx.Client(timeout=120.0) as client:
         for start in range(0, n, batch):
             entries = [
@@ -199,6 +204,20 @@ def preload(base: str, n: int, batch: int = 100) -> list[str]:
     if len(ids) != n:
         raise RuntimeError(f"expected {n} ids from the preload, got {len(ids)}")
     return ids
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def server_token(db_url: str, port: int, env: dict[str, str]) -> str:
+    """A system/*.* token from the server's own issuer for http://127.0.0.1:PORT/fhir."""
+    out = subprocess.run(
+        [sys.executable, "-m", "fhir_server.cli", "token", "--scope", "system/*.*", "--ttl", "86400",
+         "--audience", f"http://127.0.0.1:{port}/fhir", "--database-url", db_url],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
 
 
 # --------------------------------------------------------------------------------------
@@ -227,9 +246,11 @@ function init(args)
     if #line > 0 then paths[#paths + 1] = line end
   end
   math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
+  headers = {["Accept"] = "application/fhir+json"}
+  if args[2] and #args[2] > 0 then headers["Authorization"] = "Bearer " .. args[2] end
 end
 function request()
-  return wrk.format("GET", paths[math.random(#paths)], {["Accept"] = "application/fhir+json"})
+  return wrk.format("GET", paths[math.random(#paths)], headers)
 end
 """
 
@@ -244,6 +265,7 @@ local families = {"Nowak", "Hansen", "Johansson", "Virtanen", "Jensen", "Berg"}
 local headers = {["Content-Type"] = "application/fhir+json", ["Accept"] = "application/fhir+json"}
 function init(args)
   run = args[1] or "r"
+  if args[2] and #args[2] > 0 then headers["Authorization"] = "Bearer " .. args[2] end
 end
 function request()
   n = n + 1
@@ -300,16 +322,16 @@ class WrkClient:
         self.create_lua.write_text(WRK_CREATE_LUA)
         self.runs = 0
 
-    def run(self, op: str, port: int, paths_file: Path, duration: float) -> RunResult:
+    def run(self, op: str, port: int, paths_file: Path, duration: float, token: str | None = None) -> RunResult:
         self.runs += 1
         argv = [
             self.wrk, f"-t{self.threads}", f"-c{self.connections}", f"-d{max(1, round(duration))}s",
             "--latency", "--timeout", "10s",
         ]
         if op == "create":
-            argv += ["-s", str(self.create_lua), f"http://127.0.0.1:{port}", "--", f"r{os.getpid()}x{self.runs}"]
+            argv += ["-s", str(self.create_lua), f"http://127.0.0.1:{port}", "--", f"r{os.getpid()}x{self.runs}", token or ""]
         else:
-            argv += ["-s", str(self.read_lua), f"http://127.0.0.1:{port}", "--", str(paths_file)]
+            argv += ["-s", str(self.read_lua), f"http://127.0.0.1:{port}", "--", str(paths_file), token or ""]
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr}\n{proc.stdout}")
@@ -329,14 +351,14 @@ class PythonClient:
         self.connections = connections
         self.runs = 0
 
-    def run(self, op: str, port: int, paths_file: Path, duration: float) -> RunResult:
+    def run(self, op: str, port: int, paths_file: Path, duration: float, token: str | None = None) -> RunResult:
         self.runs += 1
         per = [self.connections // self.procs + (1 if i < self.connections % self.procs else 0) for i in range(self.procs)]
         children = [
             subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--_client", op, "--_port", str(port),
                  "--_paths", str(paths_file), "--_conns", str(c), "--duration", str(duration),
-                 "--_tag", f"r{os.getpid()}x{self.runs}p{i}"],
+                 "--_tag", f"r{os.getpid()}x{self.runs}p{i}", "--_token", token or ""],
                 stdout=subprocess.PIPE, text=True,
             )
             for i, c in enumerate(per) if c > 0
@@ -358,15 +380,15 @@ class PythonClient:
         return RunResult(rps=count / elapsed if elapsed else 0.0, p50_ms=pct(0.50), p99_ms=pct(0.99), errors=errors, requests=count)
 
 
-async def _client_main(op: str, port: int, paths_file: str, conns: int, duration: float, tag: str) -> dict:
+async def _client_main(op: str, port: int, paths_file: str, conns: int, duration: float, tag: str, token: str = "") -> dict:
     import httpx
 
     paths = [p for p in Path(paths_file).read_text().splitlines() if p]
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     lat: list[float] = []
     state = {"count": 0, "errors": 0, "n": 0}
-    hdr_read = {"Accept": "application/fhir+json"}
-    hdr_create = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    hdr_read = {"Accept": "application/fhir+json", **_auth(token)}
+    hdr_create = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json", **_auth(token)}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=10.0) as client:
         start = time.perf_counter()
         stop_at = start + duration
@@ -440,12 +462,13 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
          "--workers", str(workers), "--database-url", db_url, "--log-level", "warning"],
         env, log_dir,
     )
-    bare = None
+    bare = noauth = None
     try:
         wait_ready(server, f"http://127.0.0.1:{port}/fhir/metadata")
         base = f"http://127.0.0.1:{port}/fhir"
+        token = server_token(db_url, port, env)
         t0 = time.perf_counter()
-        ids = preload(base, args.n)
+        ids = preload(base, args.n, token=token)
         dt = time.perf_counter() - t0
         print(f"preloaded {len(ids)} Patients in {dt:.1f}s ({len(ids) / dt:.0f}/s via transaction bundles)", flush=True)
 
@@ -454,7 +477,7 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
 
         import httpx
 
-        r = httpx.get(f"{base}/Patient/{ids[len(ids) // 2]}", headers={"Accept": "application/fhir+json"})
+        r = httpx.get(f"{base}/Patient/{ids[len(ids) // 2]}", headers={"Accept": "application/fhir+json", **_auth(token)})
         r.raise_for_status()
         body_file = work / f"bare-body-{tag}.json"
         body_file.write_bytes(r.content)
@@ -473,7 +496,18 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
         rb = httpx.get(f"http://127.0.0.1:{bare_port}/fhir/Patient/{ids[0]}")
         assert rb.content == r.content
 
-        probe_server = keepalive_probe(port, f"/fhir/Patient/{ids[0]}")
+        noauth_port = free_port()
+        noauth = Proc(
+            f"noauth-{tag}",
+            [sys.executable, "-m", "fhir_server.cli", "serve", "--host", "127.0.0.1", "--port", str(noauth_port),
+             "--workers", str(workers), "--database-url", db_url, "--log-level", "warning"],
+            {**env, "FHIR_SERVER_AUTH": "off"}, log_dir,
+        )
+        wait_ready(noauth, f"http://127.0.0.1:{noauth_port}/fhir/metadata")
+        assert httpx.get(f"http://127.0.0.1:{noauth_port}/fhir/Patient/{ids[0]}").status_code == 200
+        assert httpx.get(f"{base}/Patient/{ids[0]}").status_code == 401  # the measured server does check tokens
+
+        probe_server = keepalive_probe(port, f"/fhir/Patient/{ids[0]}", token)
         probe_bare = keepalive_probe(bare_port, f"/fhir/Patient/{ids[0]}")
         print(f"keep-alive probe (1 connection, sequential GETs): server {probe_server:.1f} ms, "
               f"bare {probe_bare:.1f} ms", flush=True)
@@ -483,14 +517,14 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
                   "request after the first on a connection waits for the client's delayed ACK.", flush=True)
             NAGLE_WARNINGS.append(tag)
 
-        ops = [("bare", bare_port), ("read", port), ("create", port)]
+        ops = [("bare", bare_port, None), ("noauth", noauth_port, None), ("read", port, token), ("create", port, token)]
         if args.warmup > 0:
-            for op, p in ops:
-                client.run(op, p, paths_file, args.warmup)
-        rows = {op: Row(backend, workers, op) for op, _ in ops}
+            for op, p, tok in ops:
+                client.run("read" if op == "noauth" else op, p, paths_file, args.warmup, tok)
+        rows = {op: Row(backend, workers, op) for op, _, _ in ops}
         for rep in range(args.reps):
-            for op, p in ops:  # interleaved so that a noisy phase hits all three alike
-                res = client.run(op, p, paths_file, args.duration)
+            for op, p, tok in ops:  # interleaved so that a noisy phase hits all alike
+                res = client.run("read" if op == "noauth" else op, p, paths_file, args.duration, tok)
                 rows[op].runs.append(res)
                 err = f"  ERRORS {res.errors}" if res.errors else ""
                 print(f"  rep {rep + 1}/{args.reps} {op:6s} {res.rps:9.0f} req/s  p50 {res.p50_ms:7.2f} ms"
@@ -499,6 +533,8 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
     finally:
         if bare is not None:
             bare.stop()
+        if noauth is not None:
+            noauth.stop()
         server.stop()
 
 
@@ -523,8 +559,12 @@ def print_table(rows: list[Row], client_name: str, args) -> None:
         ratios = [r.rps / b.rps for r, b in zip(read.runs, bare.runs) if b.rps]
         ratio = statistics.median(ratios) if ratios else float("nan")
         verdict = "ok" if ratio >= TARGET_READ_OVER_BARE else "BELOW TARGET"
+        auth_ratios = [r.rps / u.rps for r, u in zip(read.runs, g["noauth"].runs) if u.rps]
+        auth_ratio = statistics.median(auth_ratios) if auth_ratios else float("nan")
         line = (f"{backend:9s} workers={workers}: read/bare = {ratio:.2f} "
-                f"(target >= {TARGET_READ_OVER_BARE:.2f}: {verdict})")
+                f"(target >= {TARGET_READ_OVER_BARE:.2f}: {verdict}); "
+                f"authenticated/unauthenticated read = {auth_ratio:.2f} "
+                f"(target >= {TARGET_AUTH_OVER_NOAUTH:.2f}: {'ok' if auth_ratio >= TARGET_AUTH_OVER_NOAUTH else 'BELOW TARGET'})")
         if backend == "postgres":
             c = create.median("rps")
             line += (f"; create = {c:.0f}/s (target >= {TARGET_PG_CREATES_PER_S:.0f}/s: "
@@ -558,13 +598,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_paths", dest="paths", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_conns", dest="conns", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--_tag", dest="tag", default="x", help=argparse.SUPPRESS)
+    ap.add_argument("--_token", dest="token", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.serve_bare:
         serve_bare(args.port, int(args.workers))
         return 0
     if args.client_op:
-        data = asyncio.run(_client_main(args.client_op, args.port, args.paths, args.conns, args.duration, args.tag))
+        data = asyncio.run(_client_main(args.client_op, args.port, args.paths, args.conns, args.duration, args.tag, args.token))
         sys.stdout.write(json.dumps(data))
         return 0
 

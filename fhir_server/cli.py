@@ -89,6 +89,10 @@ def serve(
     logging.basicConfig(level=log_level.upper())
     _prepare_database(settings)
     typer.echo(f"FHIR base: http://{host}:{port}{settings.base_path}")
+    if settings.auth.strip().lower() == "off":
+        typer.echo("WARNING: FHIR_SERVER_AUTH=off - every request is allowed without a token (local experiments only)")
+    else:
+        typer.echo(f"Every request needs a bearer token. Get one with: .venv/bin/fhir-server token --scope 'system/*.*' --audience http://{host}:{port}{settings.base_path}")
     uvicorn.run(
         "fhir_server.api.app:app_factory",
         factory=True,
@@ -233,6 +237,107 @@ def notify_status(
         typer.echo(f"ran {run_pending(db, settings, kinds=['notify.send'])} delivery job(s)")
     typer.echo(json.dumps(status(db, settings), indent=2, ensure_ascii=False, default=str))
     db.dispose()
+
+
+keys_app = typer.Typer(help="Signing keys of the built-in authorization server", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _auth_db(database_url: str | None):
+    from .storage.database import Database
+    from .storage.migrate import upgrade
+
+    settings = _settings(database_url)
+    db = Database(settings.resolved_database_url())
+    upgrade(db.engine)
+    return settings, db
+
+
+@app.command()
+def token(
+    scope: str = typer.Option("system/*.*", help="Space-separated SMART scopes, e.g. 'system/*.*' or 'patient/*.rs'"),
+    patient: str = typer.Option(None, help="Patient id: the token's SMART patient context"),
+    national_id: str = typer.Option(None, "--national-id", help="SYSTEM|VALUE: resolve the patient by national identifier"),
+    fhir_user: str = typer.Option(None, "--fhir-user", help="fhirUser, e.g. Practitioner/123"),
+    ttl: int = typer.Option(None, help="Lifetime in seconds (default FHIR_SERVER_AUTH_TOKEN_TTL)"),
+    audience: str = typer.Option(None, help="The FHIR base the token is for (default FHIR_SERVER_AUTH_BASE_URL or http://127.0.0.1:8080/fhir)"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL"),
+):
+    """Print a signed access token from the built-in issuer (for scripts and tests)."""
+    from .auth.tokens import cli_token
+
+    settings = _settings(database_url)
+    db = _auth_db(database_url)[1] if national_id or not settings.auth_signing_key_file else None
+    if national_id:
+        from .auth.identity import resolve
+        from .errors import FhirError
+
+        system, sep, value = national_id.partition("|")
+        if not sep:
+            raise typer.BadParameter("use SYSTEM|VALUE", param_hint="--national-id")
+        try:
+            patient = resolve(db, system, value)
+        except FhirError as exc:
+            raise typer.BadParameter(exc.issues[0].diagnostics, param_hint="--national-id") from None
+        if patient is None:
+            typer.echo(f"no Patient has the national identifier {national_id}", err=True)
+            raise typer.Exit(1)
+    if patient and not fhir_user:
+        fhir_user = f"Patient/{patient}"
+    typer.echo(cli_token(settings, db, scope, patient=patient, fhir_user=fhir_user, ttl=ttl, audience=audience))
+
+
+client_app = typer.Typer(help="OAuth clients of the built-in authorization server", no_args_is_help=True)
+app.add_typer(client_app, name="client")
+
+
+@client_app.command("add")
+def client_add(
+    client_id: str = typer.Argument(..., help="The client_id"),
+    scope: str = typer.Option(..., help="Scopes the client may be granted, e.g. 'system/*.rs' or 'openid fhirUser launch/patient patient/*.rs'"),
+    redirect_uri: list[str] = typer.Option(None, "--redirect-uri", help="Redirect URI (repeatable) for authorization-code clients"),
+    jwks_file: str = typer.Option(None, help="JWKS file with the client's public keys (backend services, private_key_jwt)"),
+    jwks_url: str = typer.Option(None, help="JWKS URL of the client's public keys (backend services, private_key_jwt)"),
+    secret: str = typer.Option(None, help="A client secret (confidential client, client_secret_basic)"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL"),
+):
+    """Register (or replace) an OAuth client: public (PKCE), confidential (secret) or backend (JWKS)."""
+    import json as _json
+
+    from .auth.clients import add_client, hash_secret
+
+    _, db = _auth_db(database_url)
+    meta: dict = {"client_id": client_id, "scope": scope, "redirect_uris": list(redirect_uri or [])}
+    if jwks_file:
+        meta["jwks"] = _json.loads(open(jwks_file).read())
+    if jwks_url:
+        meta["jwks_uri"] = jwks_url
+    if jwks_file or jwks_url:
+        meta["token_endpoint_auth_method"] = "private_key_jwt"
+    elif secret:
+        meta["token_endpoint_auth_method"] = "client_secret_basic"
+        meta["client_secret_sha256"] = hash_secret(secret)
+    else:
+        meta["token_endpoint_auth_method"] = "none"
+    try:
+        add_client(db.engine, meta)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"client {client_id} registered ({meta['token_endpoint_auth_method']})")
+
+
+@keys_app.command("rotate")
+def keys_rotate(database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL")):
+    """Make a new signing key; the old one still verifies until its tokens expire."""
+    from .auth.keys import rotate
+
+    settings, db = _auth_db(database_url)
+    try:
+        kid = rotate(db.engine, settings)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"new signing key {kid}")
 
 
 if __name__ == "__main__":  # pragma: no cover

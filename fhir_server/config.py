@@ -84,6 +84,20 @@ class Settings(BaseSettings):
     # $to, $text, $text_json (the text as a JSON string) and $key (idempotency key) are filled in
     notify_sms_body: str = '{"to": "$to", "message": $text_json, "reference": "$key"}'
     notify_sms_message_id_field: str = "id"  # where the gateway's JSON reply carries its message id
+    # Security (issue 12; docs/security.md). Protection is on unless auth=off.
+    auth: str = "on"  # on | off (off: every request is allowed; for local experiments only)
+    auth_base_url: str = ""  # the FHIR base as clients reach it: tokens' `aud`, the built-in issuer's `iss`; empty: from each request
+    auth_signing_key_file: str = ""  # PEM private key (RSA or EC P-256) of the built-in issuer; empty: keys in the database
+    auth_token_ttl: int = 3600  # seconds an access token from the built-in issuer lives
+    auth_refresh_ttl: int = 30 * 24 * 3600  # seconds a refresh token lives (rotated at each use)
+    auth_clock_skew: int = 60  # seconds of leeway on exp/nbf/iat
+    auth_issuers_file: str = ""  # JSON list of trusted external OpenID Providers (issuer, audience, claim mapping)
+    auth_clients_file: str = ""  # JSON list of OAuth clients registered by configuration
+    auth_jwks_refetch_seconds: int = 30  # at most one JWKS re-fetch per issuer in this many seconds (unknown kid)
+    auth_unknown_person: str = "refuse"  # refuse | create: an eID login of a person with no Patient
+    dev_login: bool = False  # development-only test login page at the authorize endpoint
+    cors_origins: str = ""  # comma-separated browser origins allowed (CORS); empty: none
+    rate_limit: str = ""  # per-client limit in `limits` notation, e.g. "600/minute"; empty: off
 
     def resolved_database_url(self) -> str:
         return self.database_url or default_database_url()

@@ -65,4 +65,5 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.documents",
     "fhir_server.workflows.claims",
     "fhir_server.operations.claim_submit",
+    "fhir_server.auth",
 ]

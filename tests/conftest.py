@@ -17,6 +17,28 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # (seconds per fresh database); the session app (`settings` below) loads them.
 os.environ.setdefault("FHIR_SERVER_TERMINOLOGY_LOAD", "false")
 
+# Every app the tests build (the session app, apps built by single tests, servers
+# started as subprocesses) signs and verifies with one test key and expects tokens
+# for one audience, so that `auth_headers` works against all of them.
+TEST_AUDIENCE = "http://testserver/fhir"
+
+
+def _test_signing_key() -> str:
+    import atexit
+    import tempfile
+
+    from joserfc.jwk import RSAKey
+
+    fd, path = tempfile.mkstemp(prefix="fhir-test-key-", suffix=".pem")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(RSAKey.generate_key(2048, private=True).as_pem(private=True))
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    return path
+
+
+os.environ.setdefault("FHIR_SERVER_AUTH_SIGNING_KEY_FILE", _test_signing_key())
+os.environ.setdefault("FHIR_SERVER_AUTH_BASE_URL", TEST_AUDIENCE)
+
 
 def shared_data(*parts: str) -> Path:
     """A path in ../shared/data; skips the test when the data set is absent."""
@@ -65,16 +87,46 @@ def app(settings):
     return build_app(settings)
 
 
+def make_token(scope: str = "system/*.*", patient: str | None = None, fhir_user: str | None = None, ttl: int = 3600,
+               audience: str | None = None, client_id: str = "test-client", subject: str = "test", extra: dict | None = None) -> str:
+    """A token of the built-in issuer signed with the test key (see issue_token)."""
+    from fhir_server.auth.keys import load_pem
+    from fhir_server.auth.tokens import issue_access_token
+
+    key = load_pem(os.environ["FHIR_SERVER_AUTH_SIGNING_KEY_FILE"])
+    aud = audience or os.environ["FHIR_SERVER_AUTH_BASE_URL"]
+    if patient and not fhir_user:
+        fhir_user = f"Patient/{patient}"
+    return issue_access_token(key, aud, aud, scope, subject, client_id, ttl, patient, fhir_user, extra)
+
+
+@pytest.fixture(scope="session")
+def issue_token():
+    """issue_token(scope="system/*.*", patient=None, fhir_user=None, ttl=3600, ...) -> a
+    bearer token from the server's own issuer; headers: {"Authorization": f"Bearer {tok}"}."""
+    return make_token
+
+
 @pytest.fixture(scope="session")
 def auth_headers() -> dict[str, str]:
     """Headers that let a test request act as a backend system client with full access
     (`system/*.*`). Tests that build their own HTTP clients (live server, fhirpy, httpx)
-    send these. Empty until the server requires tokens; the security work fills it."""
-    return {}
+    send these; the `client` fixture sends them by default."""
+    return {"Authorization": f"Bearer {make_token('system/*.*')}"}
 
 
 @pytest.fixture
-def client(app):
+def client(app, auth_headers):
+    """A test client acting as a backend system with full access (system/*.*)."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, base_url="http://testserver", headers=auth_headers) as c:
+        yield c
+
+
+@pytest.fixture
+def anonymous_client(app):
+    """A test client that sends no token."""
     from fastapi.testclient import TestClient
 
     with TestClient(app, base_url="http://testserver") as c:

@@ -87,6 +87,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     limits.configure(settings)
     app.state.forwarding = ForwardingPolicy(settings.public_base_url, settings.trusted_proxies)
     app.add_middleware(FastReads, base_path=base)
+    from ..auth import protect
+
+    protect(app, db, settings)  # bearer tokens (and CORS) in front of everything but the open paths
     app.add_middleware(RequestLineGuard)
     # large responses (the CapabilityStatement, search pages, exports) compressed for clients that accept gzip
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5,
@@ -152,7 +155,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     @app.get(base + "/metadata", operation_id="capabilities", summary="The CapabilityStatement (capabilities interaction)")
     async def metadata(request: Request):
         c = ctx(request)
-        body = capability_statement(c.base_url)
+        security = getattr(app.state, "capability_security", None)  # set by fhir_server.auth
+        body = capability_statement(c.base_url, security(c.base_url) if security else None)
         summary = validate_summary(request.query_params.get("_summary"))
         elements = request.query_params.get("_elements")
         if summary == "count":
@@ -304,7 +308,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         summary = validate_summary(request.query_params.get("_summary"))
         elements = request.query_params.get("_elements")
         reader = getattr(request.state, FAST_READER, None)
-        if reader is not None:
+        if reader is not None and not ix.needs_visibility_check(c, res_type):
             ix.check_read(c, res_type, res_id)
             out = ix.read_outcome(res_type, res_id, await reader.read_current(res_type, res_id))
         else:

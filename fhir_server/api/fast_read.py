@@ -19,7 +19,7 @@ from starlette.requests import Request
 from ..errors import FhirError
 from ..rest import interactions as ix
 from ..rest.context import RequestContext
-from ..security.authz import Principal
+from ..security.authz import ANONYMOUS, visibility
 from ..storage.repository import StoredResource
 from . import http
 
@@ -67,8 +67,12 @@ class FastReads:
         try:
             media = http.negotiate(None, accept)
             state = scope.get("state") or {}
-            ctx = RequestContext(base_url="", principal=state.get("principal") or Principal(), request_id=state.get("request_id", ""))
+            principal = state.get("principal") or ANONYMOUS
+            ctx = RequestContext(base_url="", principal=principal, request_id=state.get("request_id", ""))
             ix.check_read(ctx, res_type, res_id)
+            if not principal.unrestricted and visibility(principal, res_type, "r") is not None:
+                return False  # restricted to a compartment or criteria: the app's read asks the database
+
         except FhirError:
             return False
         try:

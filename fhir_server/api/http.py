@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..rest.context import Outcome, RequestContext
+from ..security.authz import ANONYMOUS
 from .forwarding import DEFAULT_POLICY
 
 FHIR_JSON = "application/fhir+json"
@@ -65,7 +66,7 @@ def make_context(request: Request, base_path: str) -> RequestContext:
     if ret and ret not in ("minimal", "representation", "OperationOutcome"):
         ret = None
     ctx = RequestContext(base_url=base_url(request, base_path), prefer_return=ret, lenient=prefer.get("handling") == "lenient")
-    ctx.principal = getattr(request.state, "principal", ctx.principal)
+    ctx.principal = getattr(request.state, "principal", ANONYMOUS)
     ctx.request_id = getattr(request.state, "request_id", ctx.request_id)
     return ctx
 

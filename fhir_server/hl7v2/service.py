@@ -45,6 +45,9 @@ def attach(app: FastAPI, db: Database, settings: Settings) -> None:
 
     @app.post("/hl7v2", operation_id="hl7v2-message", summary="Receive one HL7 v2 message (ER7), answered with its ACK")
     async def hl7v2_over_http(request: Request):
+        from ..security.authz import ANONYMOUS, AccessRequest, authorize
+
+        authorize(getattr(request.state, "principal", ANONYMOUS), AccessRequest("hl7v2"))  # a system/ scope that writes
         raw = await request.body()
         if len(raw) > settings.mllp_max_message_bytes:
             ack = await run_in_threadpool(_oversize_ack, raw, settings.mllp_max_message_bytes)

@@ -36,7 +36,7 @@ def feed_types() -> list[str]:
     return list(_types)
 
 
-@operation("changes", ("system",), definition="http://fhir-server.example/OperationDefinition/changes")
+@operation("changes", ("system",), definition="http://fhir-server.example/OperationDefinition/changes", access="system")
 def changes(call: OperationCall) -> Outcome:
     if call.method != "GET":
         raise FhirError.of(405, "not-supported", "$changes is read with GET")

@@ -20,6 +20,7 @@ from ..model.lexical import ascii_int
 from ..rest.context import Outcome
 from ..rest.interactions import parse_instant
 from ..rest.operations import OperationCall, body_parameters, operation
+from ..search.access import system_condition, type_condition
 from ..storage.schema import idx_reference, resources
 from . import compartment_ref_condition, patient_compartment
 
@@ -83,6 +84,10 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
     ref = idx_reference.alias("ref")
     members = select(ref.c.res_pk).where(ref.c.target_id == call.res_id, compartment_ref_condition(comp_types, ref))
     conds = [r.pk.in_(members), r.deleted == false(), r.pk != patient.pk]
+    access = call.ctx.access()  # what the caller's scopes let it see, per type, in the query
+    allowed = system_condition(access, sorted(comp_types), resources, base)
+    if allowed is not None:
+        conds.append(allowed)
     if since is not None:
         conds.append(r.last_updated >= since)
     total = conn.execute(select(func.count()).select_from(resources).where(*conds)).scalar() or 0
@@ -106,7 +111,7 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
         entries.append(_entry(base, row.res_type, row.res_id, row.content, "match"))
         served.add((row.res_type, row.res_id))
         page_pks.append(row.pk)
-    entries += _supporting(conn, base, page_pks, served, types)
+    entries += _supporting(conn, base, page_pks, served, types, access)
 
     params = [(k, v) for k, v in pairs if k != "_cursor"]
     self_url = f"{base}/Patient/{call.res_id}/$everything" + ("?" + urlencode(pairs) if pairs else "")
@@ -121,7 +126,7 @@ def _aware(dt: datetime) -> datetime:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
 
 
-def _supporting(conn: Connection, base: str, page_pks: list[int], served: set, types) -> list[dict]:
+def _supporting(conn: Connection, base: str, page_pks: list[int], served: set, types, access=None) -> list[dict]:
     """Practitioners, organisations, locations, medications... the page refers to."""
     if not page_pks:
         return []
@@ -137,9 +142,11 @@ def _supporting(conn: Connection, base: str, page_pks: list[int], served: set, t
     r = resources.c
     for t in sorted({t for t, _ in wanted}):
         ids = sorted(i for tt, i in wanted if tt == t)
+        cond = type_condition(access, t, "r", resources, base)
+        extra = [] if cond is None else [cond]
         for start in range(0, len(ids), 500):
             for row in conn.execute(
-                select(r.res_id, r.content).where(and_(r.res_type == t, r.res_id.in_(ids[start : start + 500]), r.deleted == false()))
+                select(r.res_id, r.content).where(and_(r.res_type == t, r.res_id.in_(ids[start : start + 500]), r.deleted == false()), *extra)
             ):
                 out.append(_entry(base, t, row.res_id, row.content, "include"))
     return out

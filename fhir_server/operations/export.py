@@ -33,6 +33,7 @@ from ..rest.interactions import parse_instant
 from ..rest.operations import OperationCall, body_parameters, operation
 from ..storage.schema import job_files, resources
 from . import patient_compartment
+from .export_access import check_owner, owner_of, restrict_to_caller
 from .export_job import KIND, NDJSON, export_dir
 
 log = logging.getLogger("fhir_server.export")
@@ -183,6 +184,7 @@ def kick_off(call: OperationCall) -> Outcome:
             raise FhirError.of(400, "invalid", f"_typeFilter '{f}' may not use {', '.join(bad)}", "_typeFilter")
         type_filters.setdefault(t, []).append(query)
 
+    type_list, patients = restrict_to_caller(call, level, type_list, patients)
     now = datetime.now(timezone.utc)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as precise as lastUpdated
     with call.db.write() as conn:
@@ -202,6 +204,7 @@ def kick_off(call: OperationCall) -> Outcome:
             "patients": patients,
             "transaction_time": now.isoformat(),
             "request": _request_url(call),
+            "owner": owner_of(call),
         }
         job_id = queue.enqueue(conn, KIND, params)
     queue.wakeup.set()
@@ -210,9 +213,13 @@ def kick_off(call: OperationCall) -> Outcome:
 
 
 # One handler, registered per level so each advertises its own definition.
-operation("export", ("system",), definition=DEFINITION)(kick_off)
+# Access: system and Group exports need a system/ scope (backend services); a Patient-level
+# export is open to a patient/ or user/ token too, and then covers that patient's own record.
+operation("export", ("system",), definition=DEFINITION, access="system")(kick_off)
 operation("export", ("type",), types=("Patient",), definition="http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export")(kick_off)
-operation("export", ("instance",), types=("Group",), definition="http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export")(kick_off)
+operation("export", ("instance",), types=("Group",), definition="http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export", access="system")(kick_off)
+
+
 
 
 # ====================================================================== status
@@ -238,6 +245,7 @@ def _load_export(conn: Connection, call: OperationCall, job_id: str) -> queue.Jo
     job = queue.get(conn, job_id)
     if job is None or job.kind != KIND or job.state == queue.CANCELLED or _expired(call.settings, job):
         raise FhirError.of(404, "not-found", f"No export job '{job_id}' (unknown, cancelled or expired)")
+    check_owner(call, job)
     return job
 
 
@@ -248,14 +256,14 @@ def _manifest(call: OperationCall, job: queue.Job, files: list) -> bytes:
         {
             "transactionTime": _fhir_instant(job.params["transaction_time"]),
             "request": job.params["request"],
-            "requiresAccessToken": False,
+            "requiresAccessToken": True,
             "output": output,
             "error": [],
         }
     )
 
 
-@operation("export-poll-status", ("system",), advertise=False)
+@operation("export-poll-status", ("system",), advertise=False, access="authenticated")
 def poll_status(call: OperationCall):
     """Bulk Data status endpoint: progress, manifest, failure, or cancellation."""
     job_id = _job_id_param(call)
@@ -306,7 +314,7 @@ def _stream(handle, chunk: int = 256 * 1024):
         handle.close()
 
 
-@operation("export-file", ("system",), advertise=False)
+@operation("export-file", ("system",), advertise=False, access="authenticated")
 def export_file(call: OperationCall):
     """Stream one NDJSON output file of a finished export."""
     if call.method != "GET":

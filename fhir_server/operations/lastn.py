@@ -106,7 +106,7 @@ def lastn(call: OperationCall) -> Outcome:
         raise FhirError.of(400, "required", "$lastn needs a 'category' and/or a 'code' parameter", "category")
     authorize(call.ctx.principal, AccessRequest("search-type", "Observation", None))
     with call.db.read() as conn:
-        matches = find_matches(conn, "Observation", criteria, limit=MAX_MATCHES + 1, base_url=call.ctx.base_url)
+        matches = find_matches(conn, "Observation", criteria, limit=MAX_MATCHES + 1, base_url=call.ctx.base_url, access=call.ctx.access())
         if len(matches) > MAX_MATCHES:
             raise FhirError.of(413, "too-costly", f"$lastn would consider more than {MAX_MATCHES} Observations; narrow the criteria (date, code)")
         stored = repo.read_by_pks(conn, [pk for pk, _ in matches])

@@ -13,6 +13,6 @@ from .meta_write import change_meta
 DEFINITION = "http://hl7.org/fhir/OperationDefinition/Resource-meta-add"
 
 
-@operation("meta-add", ("instance",), definition=DEFINITION)
+@operation("meta-add", ("instance",), definition=DEFINITION, access="write")
 def meta_add(call: OperationCall) -> Outcome:
     return change_meta(call, add_to)

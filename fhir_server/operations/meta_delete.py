@@ -13,6 +13,6 @@ from .meta_write import change_meta
 DEFINITION = "http://hl7.org/fhir/OperationDefinition/Resource-meta-delete"
 
 
-@operation("meta-delete", ("instance",), definition=DEFINITION)
+@operation("meta-delete", ("instance",), definition=DEFINITION, access="write")
 def meta_delete(call: OperationCall) -> Outcome:
     return change_meta(call, remove_from)

@@ -27,7 +27,7 @@ BATCH = 500
 DEFINITION = "http://example.org/fhir-server/OperationDefinition/reindex"
 
 
-@operation("reindex", ("system", "type"), types=None, definition=DEFINITION)
+@operation("reindex", ("system", "type"), types=None, definition=DEFINITION, access="system")
 def kick_off(call: OperationCall) -> Outcome:
     if call.method != "POST":
         raise FhirError.of(405, "not-supported", "$reindex is started with POST")
@@ -48,7 +48,7 @@ def kick_off(call: OperationCall) -> Outcome:
     return Outcome(status=202, body=body, headers={"Content-Location": status_url})
 
 
-@operation("reindex-status", ("system",), advertise=False)
+@operation("reindex-status", ("system",), advertise=False, access="system")
 def status(call: OperationCall) -> Outcome:
     job_id = dict(call.params).get("_jobId", "")
     with call.db.read() as conn:

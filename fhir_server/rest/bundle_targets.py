@@ -82,7 +82,7 @@ def _claim(plan: TargetPlan, key: tuple[str, str], index: int, what: dict[int, s
     plan.targets[key] = index
 
 
-def plan_targets(conn: Connection, entries: list["EntryRequest"]) -> TargetPlan:
+def plan_targets(conn: Connection, entries: list["EntryRequest"], ctx) -> TargetPlan:
     """Resolve every write entry to the resource it writes; 400 when two entries share one."""
     plan = TargetPlan()
     what = {e.index: f"{e.method} {e.request.get('url')}" for e in entries}
@@ -91,7 +91,7 @@ def plan_targets(conn: Connection, entries: list["EntryRequest"]) -> TargetPlan:
         if not e.res_type or e.operation or e.method in ("GET", "HEAD"):
             continue
         try:
-            _plan_entry(conn, plan, e, what, criteria_owner)
+            _plan_entry(conn, plan, e, what, criteria_owner, ctx)
         except SameResourceTwice:
             raise
         except FhirError as exc:
@@ -102,7 +102,7 @@ def plan_targets(conn: Connection, entries: list["EntryRequest"]) -> TargetPlan:
 
 
 def _plan_entry(conn: Connection, plan: TargetPlan, e: "EntryRequest", what: dict[int, str],
-                criteria_owner: dict[tuple[str, str], int]) -> None:
+                criteria_owner: dict[tuple[str, str], int], ctx) -> None:
     """Resolve one write entry (see plan_targets)."""
     t = e.res_type
     ix.check_type(t)
@@ -114,7 +114,7 @@ def _plan_entry(conn: Connection, plan: TargetPlan, e: "EntryRequest", what: dic
                 _claim(plan, ("criteria", f"{t}?{crit[1]}"), criteria_owner[crit], what)
                 _claim(plan, ("criteria", f"{t}?{crit[1]}"), e.index, what)
             criteria_owner[crit] = e.index
-            matches = ix._find(conn, t, e.request["ifNoneExist"])
+            matches = ix._find(conn, ctx, t, e.request["ifNoneExist"])
             if len(matches) == 1:
                 target = matches[0][1]
                 _claim(plan, (t, target), e.index, what)
@@ -125,7 +125,7 @@ def _plan_entry(conn: Connection, plan: TargetPlan, e: "EntryRequest", what: dic
         target = e.res_id
         _claim(plan, (t, target), e.index, what)
     elif e.query:
-        matches = ix._find(conn, t, e.query, limit=2 if e.method != "DELETE" else 100)
+        matches = ix._find(conn, ctx, t, e.query, limit=2 if e.method != "DELETE" else 100)
         if e.method == "PUT":
             crit = (t, ix._criteria_key(e.query))
             if crit in criteria_owner:

@@ -84,10 +84,10 @@ def _parse_entry(index: int, entry: Any, base_url: str) -> EntryRequest:
 # ----------------------------------------------------------------------------- references
 
 
-def _resolve_conditional_reference(conn: Connection, ref: str) -> str:
+def _resolve_conditional_reference(conn: Connection, ctx: RequestContext, ref: str) -> str:
     res_type, _, query = ref.partition("?")
     ix.check_type(res_type)
-    matches = ix._find(conn, res_type, query)
+    matches = ix._find(conn, ctx, res_type, query)
     if not matches:
         raise FhirError.of(412, "not-found", f"Conditional reference '{ref}' matched no resource")
     if len(matches) > 1:
@@ -95,10 +95,10 @@ def _resolve_conditional_reference(conn: Connection, ref: str) -> str:
     return f"{res_type}/{matches[0][1]}"
 
 
-def _rewrite(conn: Connection, entry: "EntryRequest", mapping: dict[str, str]) -> None:
+def _rewrite(conn: Connection, ctx: RequestContext, entry: "EntryRequest", mapping: dict[str, str]) -> None:
     """Rewrite fullUrls and conditional references in the entry's resource; 400 for a
     `urn:uuid:` reference that no entry of the Bundle carries."""
-    dangling = bundle_refs.rewrite(entry.resource, mapping, lambda ref: _resolve_conditional_reference(conn, ref))
+    dangling = bundle_refs.rewrite(entry.resource, mapping, lambda ref: _resolve_conditional_reference(conn, ctx, ref))
     if dangling:
         raise FhirError(400, [
             Issue("error", "not-found", f"Reference '{ref}' at {path} names no entry of the Bundle (no entry has "
@@ -214,7 +214,7 @@ def process_transaction(conn: Connection, ctx: RequestContext, bundle: dict, set
         if e.operation:
             raise _entry_error(e.index, FhirError.of(400, "not-supported", f"Operations ({e.operation}) are not supported inside a Bundle"))
     bundle_targets.lock_criteria(conn, entries)
-    plan = bundle_targets.plan_targets(conn, entries)
+    plan = bundle_targets.plan_targets(conn, entries, ctx)
     bundle_targets.lock_targets(conn, plan)
     ordered = sorted(entries, key=lambda e: (ORDER[e.method], e.index))
     outcomes: dict[int, Outcome] = {}
@@ -226,7 +226,7 @@ def process_transaction(conn: Connection, ctx: RequestContext, bundle: dict, set
     for e in entries:
         if e.resource is not None:
             try:
-                _rewrite(conn, e, plan.mapping)
+                _rewrite(conn, ctx, e, plan.mapping)
             except FhirError as exc:
                 raise _entry_error(e.index, exc) from None
         if e.query and e.method in ("GET", "PUT", "PATCH", "DELETE") and "urn:" in e.query:
@@ -262,7 +262,7 @@ def process_batch(db, ctx: RequestContext, bundle: dict, settings) -> dict:
 
             def one(conn, e=e):
                 if e.resource is not None:
-                    _rewrite(conn, e, {})
+                    _rewrite(conn, ctx, e, {})
                 return _execute(conn, ctx, e, None)
 
             out = run_with_retry(db, one, copy_of=None)

@@ -56,7 +56,8 @@ def _search_params(res_type: str) -> list[dict]:
 
 
 @lru_cache(maxsize=8)
-def capability_statement(base_url: str) -> bytes:
+def capability_statement(base_url: str, security: bytes | None = None) -> bytes:
+    """The statement for `base_url`; `security` is the JSON of rest.security (from the auth module)."""
     resources = []
     for res_type in sorted(resource_types()):
         entry = {
@@ -83,6 +84,7 @@ def capability_statement(base_url: str) -> bytes:
         resources.append(entry)
     rest = {
         "mode": "server",
+        **({"security": jsonio.parse_plain(security)} if security else {}),
         "resource": resources,
         "interaction": [{"code": c} for c in SYSTEM_INTERACTIONS],
     }

@@ -6,16 +6,26 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..errors import Issue
-from ..security.authz import Principal
+from ..security.authz import Principal, visibility
 
 
 @dataclass
 class RequestContext:
+    """`principal` defaults to the server itself (in-process callers: loader, HL7 v2,
+    jobs); the HTTP edge always sets the request's own (anonymous until a token is verified)."""
+
     base_url: str  # e.g. http://127.0.0.1:8080/fhir, honouring X-Forwarded-*
-    principal: Principal = field(default_factory=Principal)
+    principal: Principal = field(default_factory=Principal.internal)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     prefer_return: str | None = None  # minimal | representation | OperationOutcome
     lenient: bool = False  # Prefer: handling=lenient
+
+    def access(self):
+        """The caller's visibility per (type, permission) for the search engine; None if unrestricted."""
+        if self.principal.unrestricted:
+            return None
+        principal = self.principal
+        return lambda res_type, permission: visibility(principal, res_type, permission)
 
 
 @dataclass

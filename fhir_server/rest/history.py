@@ -15,7 +15,28 @@ from ..model.lexical import ascii_int
 from ..security.authz import AccessRequest, authorize
 from ..storage import repository as repo
 from .context import RequestContext
-from .interactions import check_type, fhir_instant, parse_instant
+from .interactions import check_type, check_visible, fhir_instant, parse_instant
+
+
+def _visible_pks(ctx: RequestContext, res_type: str | None):
+    """The pks of resources whose history the caller may see (None: all). Versions of a
+    resource are visible while its current version is (a deleted one's history is not,
+    to a restricted token)."""
+    access = ctx.access()
+    if access is None:
+        return None
+    from sqlalchemy import select
+
+    from ..model.definitions import resource_types
+    from ..search.access import system_condition, type_condition
+    from ..storage.schema import resources
+
+    r = resources
+    if res_type:
+        cond = type_condition(access, res_type, "s", r, ctx.base_url)
+        return None if cond is None else select(r.c.pk).where(r.c.res_type == res_type, cond)
+    cond = system_condition(access, sorted(resource_types()), r, ctx.base_url)
+    return None if cond is None else select(r.c.pk).where(cond)
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
@@ -76,15 +97,19 @@ def history(
     count = min(ascii_int(args["_count"], "_count"), MAX_COUNT) if "_count" in args else DEFAULT_COUNT
     before = _decode_cursor(args["_page"]) if "_page" in args else None
 
+    visible_pks = None
     if res_id:
         current = repo.read_current(conn, res_type, res_id)
         if current is None:
             raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
+        check_visible(conn, ctx, res_type, res_id)
+    else:
+        visible_pks = _visible_pks(ctx, res_type)
 
-    rows = repo.history_rows(conn, res_type, res_id, since, at, before, count + 1) if count else []
+    rows = repo.history_rows(conn, res_type, res_id, since, at, before, count + 1, visible_pks) if count else []
     has_next = len(rows) > count
     rows = rows[:count]
-    total = repo.count_history(conn, res_type, res_id, since) if at is None else None
+    total = repo.count_history(conn, res_type, res_id, since, visible_pks) if at is None else None
 
     path = "/".join(p for p in (res_type, res_id, "_history") if p)
     self_params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]

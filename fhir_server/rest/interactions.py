@@ -21,7 +21,7 @@ from .. import events
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..model.lexical import is_version_id
-from ..security.authz import AccessRequest, authorize
+from ..security.authz import AccessRequest, authorize, visibility
 from ..storage import repository as repo
 from . import limits, rules
 from .context import Outcome, RequestContext
@@ -126,13 +126,38 @@ def _query_pairs(query: str) -> list[tuple[str, str]]:
     return [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)]
 
 
-def _find(conn: Connection, res_type: str, query: str, limit: int = 2) -> list[tuple[int, str]]:
+def _find(conn: Connection, ctx: RequestContext, res_type: str, query: str, limit: int = 2) -> list[tuple[int, str]]:
+    """Matches of a conditional interaction's criteria among what the caller may see."""
     from ..search.engine import find_matches
 
     pairs = _query_pairs(query)
     if not pairs:
         raise FhirError.of(400, "invalid", "A conditional interaction needs search criteria")
-    return find_matches(conn, res_type, pairs, limit=limit)
+    authorize(ctx.principal, AccessRequest("search-type", res_type))
+    return find_matches(conn, res_type, pairs, limit=limit, base_url=ctx.base_url, access=ctx.access())
+
+
+def _within(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, permission: str) -> bool:
+    """Whether the live resource lies within what the caller's scopes reach for `permission`."""
+    if ctx.principal.unrestricted:
+        return True
+    from ..search.access import visible
+
+    return visible(conn, res_type, res_id, visibility(ctx.principal, res_type, permission))
+
+
+def _check_written(conn: Connection, ctx: RequestContext, out: Outcome, permission: str) -> None:
+    """After a write (same transaction): the new version must lie within the scopes'
+    reach (a patient/ token writes only into its own compartment); else 403 and the
+    transaction rolls back."""
+    if out.res_type and out.res_id and not _within(conn, ctx, out.res_type, out.res_id, permission):
+        raise FhirError.of(403, "forbidden", f"{out.res_type}/{out.res_id} would lie outside what the token may write (its compartment or scope criteria)")
+
+
+def _check_existing(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, permission: str) -> None:
+    """Before changing an existing resource: it must be within the scopes' reach (else 403)."""
+    if not _within(conn, ctx, res_type, res_id, permission):
+        raise FhirError.of(403, "forbidden", f"{res_type}/{res_id} is outside what the token may {'delete' if permission == 'd' else 'update'}")
 
 
 def _criteria_key(query: str) -> str:
@@ -244,7 +269,7 @@ def create(
     check_type(res_type)
     if if_none_exist:
         repo.lock_key(conn, "conditional-create", res_type, _criteria_key(if_none_exist))
-        matches = _find(conn, res_type, if_none_exist)
+        matches = _find(conn, ctx, res_type, if_none_exist)
         if len(matches) > 1:
             raise FhirError.of(412, "multiple-matches", f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; the criteria must select at most one")
         if matches:
@@ -255,6 +280,7 @@ def create(
     new_id = res_id or str(uuid.uuid4())
     warnings = _prepare_write(conn, ctx, "create", res_type, new_id, parsed)
     out = _store(conn, ctx, res_type, new_id, parsed, None, "create", warnings)
+    _check_written(conn, ctx, out, "c")
     return _finish_write(ctx, out, f"Created {res_type}/{new_id}")
 
 
@@ -281,7 +307,10 @@ def update(
         if have != expected:
             raise FhirError.of(412, "conflict", f"Version conflict: If-Match asks for version {expected}, the current version is {have or 'none'}")
     warnings = _prepare_write(conn, ctx, "update", res_type, res_id, parsed)
+    if current is not None and not current.deleted:
+        _check_existing(conn, ctx, res_type, res_id, "u")
     out = _store(conn, ctx, res_type, res_id, parsed, current, "update", warnings)
+    _check_written(conn, ctx, out, "u" if out.status == 200 else "c")
     return _finish_write(ctx, out, f"Updated {res_type}/{res_id}" if out.status == 200 else f"Created {res_type}/{res_id}")
 
 
@@ -291,7 +320,7 @@ def conditional_update(
     """PUT /Type?criteria: 0 matches create, 1 updates, more is 412."""
     check_type(res_type)
     repo.lock_key(conn, "conditional-create", res_type, _criteria_key(query))
-    matches = _find(conn, res_type, query)
+    matches = _find(conn, ctx, res_type, query)
     if len(matches) > 1:
         raise FhirError.of(412, "multiple-matches", f"Conditional update '{query}' matched {len(matches)} resources")
     body_id = parsed.plain.get("id")
@@ -341,13 +370,15 @@ def patch(
         if exc.status == 400:  # the patched result is invalid: the patch is unprocessable
             exc.status = 422
         raise
+    _check_existing(conn, ctx, res_type, res_id, "u")
     out = _store(conn, ctx, res_type, res_id, parsed, current, "patch", warnings)
+    _check_written(conn, ctx, out, "u")
     return _finish_write(ctx, out, f"Patched {res_type}/{res_id}")
 
 
 def conditional_patch(conn: Connection, ctx: RequestContext, res_type: str, query: str, body: Any, content_type: str, if_match: str | None = None) -> Outcome:
     check_type(res_type)
-    matches = _find(conn, res_type, query)
+    matches = _find(conn, ctx, res_type, query)
     if not matches:
         raise FhirError.of(404, "not-found", f"Conditional patch '{query}' matched no {res_type}")
     if len(matches) > 1:
@@ -369,6 +400,7 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
         raise FhirError.of(412, "conflict", f"Version conflict: If-Match asks for version {expected}, the current version is {current.version_id}")
     if current.deleted:
         return Outcome(status=204, res_type=res_type, res_id=res_id, version_id=current.version_id, headers={"ETag": f'W/"{current.version_id}"'})
+    _check_existing(conn, ctx, res_type, res_id, "d")
     version_id = current.version_id + 1
     now = now_utc()
     repo.write_version(conn, current.pk, res_type, res_id, version_id, now, None, "DELETE")
@@ -383,7 +415,7 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
 
 def conditional_delete(conn: Connection, ctx: RequestContext, res_type: str, query: str) -> Outcome:
     check_type(res_type)
-    matches = _find(conn, res_type, query)
+    matches = _find(conn, ctx, res_type, query)
     if len(matches) > 1:
         raise FhirError.of(412, "multiple-matches", f"Conditional delete '{query}' matched {len(matches)} resources; only single deletes are supported")
     if not matches:
@@ -402,12 +434,28 @@ def search(conn: Connection, ctx: RequestContext, res_type: str | None, params: 
         check_type(res_type)
     interaction = "search-type" if res_type else "search-system"
     authorize(ctx.principal, AccessRequest(interaction, res_type, compartment[1] if compartment else None))
-    return execute_search(conn, SearchRequest(res_type, params, ctx.base_url, ctx.lenient, compartment))
+    return execute_search(conn, SearchRequest(res_type, params, ctx.base_url, ctx.lenient, compartment, ctx.access()))
 
 
 def read(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> Outcome:
     check_read(ctx, res_type, res_id)
-    return read_outcome(res_type, res_id, repo.read_current(conn, res_type, res_id))
+    stored = repo.read_current(conn, res_type, res_id)
+    if stored is not None and not stored.deleted:
+        check_visible(conn, ctx, res_type, res_id)
+    return read_outcome(res_type, res_id, stored)
+
+
+def needs_visibility_check(ctx: RequestContext, res_type: str) -> bool:
+    """Whether a read of `res_type` must ask the database if the resource is within the
+    caller's reach (a compartment or scope criteria), i.e. cannot use a bare lookup."""
+    return not ctx.principal.unrestricted and visibility(ctx.principal, res_type, "r") is not None
+
+
+def check_visible(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> None:
+    """A resource outside the caller's reach answers 404, exactly as one that does not
+    exist: a token cannot probe which ids exist in other patients' records."""
+    if not _within(conn, ctx, res_type, res_id, "r"):
+        raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
 
 
 def check_read(ctx: RequestContext, res_type: str, res_id: str) -> None:
@@ -434,6 +482,7 @@ def vread(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, ver
     authorize(ctx.principal, AccessRequest("vread", res_type, res_id))
     if not is_version_id(version):
         raise FhirError.of(404, "not-found", f"Version '{version}' of {res_type}/{res_id} is not known")
+    check_visible(conn, ctx, res_type, res_id)
     stored = repo.read_version(conn, res_type, res_id, int(version))
     if stored is None:
         raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")

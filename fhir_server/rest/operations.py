@@ -13,6 +13,7 @@ from ..errors import FhirError
 from ..security.authz import AccessRequest, authorize
 from .capabilities import register_operation
 from .context import RequestContext
+from .interactions import check_visible
 
 
 @dataclass
@@ -60,6 +61,9 @@ def body_parameters(call: OperationCall) -> list[tuple[str, str]]:
 Handler = Callable[[OperationCall], Any]
 # (name, level) -> handler; level is "system", "type" or "instance".
 _handlers: dict[tuple[str, str], tuple[Handler, tuple[str, ...] | None]] = {}
+# (name, level) -> what the SMART seam asks of the caller (see security.smart.check).
+_access: dict[tuple[str, str], str] = {}
+ACCESS_KINDS = ("read", "write", "system", "authenticated")
 
 
 def operation(
@@ -68,15 +72,25 @@ def operation(
     types: tuple[str, ...] | None = None,
     definition: str | None = None,
     advertise: bool = True,
+    access: str = "read",
 ):
     """Decorator: register `fn` as $name at the given levels (and types).
 
     `advertise=False` is for protocol endpoints (polling, downloads) that are
-    reached by URL from a response, not operations a client calls by name."""
+    reached by URL from a response, not operations a client calls by name.
+
+    `access` is what the authorisation seam asks of the caller before the handler
+    runs: "read" (default: a read scope on the instance's type, a search scope on the
+    type, or on `*` at system level), "write" (create/update on the type), "system"
+    (a system/ scope: backend services) or "authenticated" (any valid token; the
+    handler checks the rest, e.g. that an export belongs to the caller)."""
+    if access not in ACCESS_KINDS:
+        raise ValueError(f"unknown operation access '{access}'")
 
     def wrap(fn: Handler) -> Handler:
         for level in levels:
             _handlers[(name, level)] = (fn, types)
+            _access[(name, level)] = access
         if not advertise:
             return fn
         url = definition or f"http://hl7.org/fhir/OperationDefinition/{name}"
@@ -98,5 +112,8 @@ def dispatch(call: OperationCall) -> Any:
     fn, types = found
     if types and call.res_type and call.res_type not in types:
         raise FhirError.of(400, "not-supported", f"Operation ${call.name} is not supported on {call.res_type}")
-    authorize(call.ctx.principal, AccessRequest(f"operation:{call.name}", call.res_type, call.res_id))
+    authorize(call.ctx.principal, AccessRequest(f"operation:{call.name}", call.res_type, call.res_id, operation_access=_access.get((call.name, level), "read")))
+    if call.res_id and call.res_type:  # an instance the caller may not see is not there (404)
+        with call.db.read() as conn:
+            check_visible(conn, call.ctx, call.res_type, call.res_id)
     return fn(call)

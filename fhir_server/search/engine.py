@@ -33,6 +33,7 @@ from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
 from . import custom, ordered, registry
 from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
+from .access import Access, system_condition, type_condition
 from .values import to_utc
 
 DEFAULT_COUNT = 20
@@ -57,6 +58,7 @@ class SearchRequest:
     base_url: str
     lenient: bool = False
     compartment: tuple[str, str] | None = None
+    access: Access | None = None  # the caller's visibility per type (None: unrestricted)
 
 
 @dataclass
@@ -91,13 +93,19 @@ def _is_ignorable(err: FhirError) -> bool:
 
 def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
     plan = _Plan()
-    ctx = QueryContext(req.base_url, conn=conn)
+    ctx = QueryContext(req.base_url, conn=conn, access=req.access)
     res_type = req.res_type
     if res_type is not None and not registry.is_resource_type(res_type):
         raise FhirError.of(404, "not-found", f"Unknown resource type '{res_type}'")
     plan.conds.append(live(r))
     if res_type:
         plan.conds.append(r.c.res_type == res_type)
+        allowed = type_condition(req.access, res_type, "s", r, req.base_url)
+    else:
+        types = [t.strip() for k, v in req.params if k == "_type" for t in v.split(",") if t.strip()]
+        allowed = system_condition(req.access, types or sorted(registry.resource_types()), r, req.base_url)
+    if allowed is not None:
+        plan.conds.append(allowed)
     if req.compartment:
         plan.conds.append(compartment_condition(req.compartment[0], req.compartment[1], res_type, r))
     for name, value in req.params:
@@ -362,7 +370,7 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
             "search": {"mode": "match"},
         })
     if plan.includes and rows:
-        for row in _includes(conn, plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows]):
+        for row in _includes(conn, plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows], req.access):
             budget.take(len(row.content), "The search page with its included resources")
             entries.append({
                 "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
@@ -421,20 +429,25 @@ def _project(content: bytes, res_type: str, plan: _Plan):
     return out
 
 
-def _fetch(conn: Connection, wanted: dict[str, set[str]]) -> list:
+def _fetch(conn: Connection, wanted: dict[str, set[str]], access: Access | None = None, column: str = "res_id") -> list:
+    """Live rows of each type whose `column` (res_id or pk) is wanted and which the caller may see."""
     rows = []
+    r = resources
     for rtype, ids in wanted.items():
+        cond = type_condition(access, rtype, "r", r)
+        extra = [] if cond is None else [cond]
         for chunk in _chunks(sorted(ids)):
             rows += conn.execute(
-                select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
-                .where(resources.c.res_type == rtype, resources.c.res_id.in_(chunk), live(resources))
-                .order_by(resources.c.pk)
+                select(r.c.pk, r.c.res_type, r.c.res_id, r.c.content)
+                .where(r.c.res_type == rtype, r.c[column].in_(chunk), live(r), *extra)
+                .order_by(r.c.pk)
             ).all()
     return rows
 
 
-def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, str, str]]) -> list:
-    """Resolve _include/_revinclude for one page; :iterate repeats over what was added."""
+def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, str, str]], access: Access | None = None) -> list:
+    """Resolve _include/_revinclude for one page; :iterate repeats over what was added.
+    Included resources the caller may not see are left out (in the query, not after)."""
     seen = {(t, i) for _, t, i in matches}
     out = []
     frontier = matches
@@ -474,12 +487,12 @@ def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, 
                         if spec.src_type:
                             conds.append(ref.c.res_type == spec.src_type)
                         rev_pks.update(conn.execute(select(ref.c.res_pk).where(*conds)).scalars())
-        new = _fetch(conn, wanted)
+        new = _fetch(conn, wanted, access)
+        rev_by_type: dict[str, set[int]] = {}
         for chunk in _chunks(sorted(rev_pks)):
-            new += conn.execute(
-                select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
-                .where(resources.c.pk.in_(chunk), live(resources)).order_by(resources.c.pk)
-            ).all()
+            for pk, rtype in conn.execute(select(resources.c.pk, resources.c.res_type).where(resources.c.pk.in_(chunk))).all():
+                rev_by_type.setdefault(rtype, set()).add(pk)
+        new += _fetch(conn, rev_by_type, access, "pk")
         fresh = []
         for row in new:
             key = (row.res_type, row.res_id)
@@ -492,12 +505,13 @@ def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, 
 
 
 def find_matches(conn: Connection, res_type: str, params: list[tuple[str, str]], limit: int = 2,
-                 base_url: str = "") -> list[tuple[int, str]]:
-    """(pk, id) of up to ``limit`` live matches, in pk order, for conditional
+                 base_url: str = "", access: Access | None = None) -> list[tuple[int, str]]:
+    """(pk, id) of up to ``limit`` live matches the caller may see (`access`, from
+    RequestContext.access(); None: all), in pk order, for conditional
     create/update/delete and operations that post-process matches ($lastn)."""
     flush(conn)
     r = resources
-    req = SearchRequest(res_type, [(k, v) for k, v in params if k not in CONTROL_PARAMS | IGNORED_PARAMS], base_url)
+    req = SearchRequest(res_type, [(k, v) for k, v in params if k not in CONTROL_PARAMS | IGNORED_PARAMS], base_url, access=access)
     plan = _plan(conn, req, r)
     q = select(r.c.pk, r.c.res_id).where(*plan.conds).order_by(r.c.pk).limit(limit)
     return [(row.pk, row.res_id) for row in conn.execute(q).all()]

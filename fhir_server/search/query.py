@@ -78,6 +78,21 @@ class QueryContext:
     depth: int = 0
     warnings: list[str] = field(default_factory=list)
     conn: object | None = None  # the search's connection: token :in/:below & co. resolve value sets and code systems
+    access: Callable | None = None  # search.access.Access: the caller's visibility per type
+
+
+def _reach(ctx: QueryContext, res_type: str, r2: FromClause, what: str) -> list[ColumnElement]:
+    """The access condition on a type a chain or _has passes through: 403 when the
+    caller may not search that type at all (the chain would reveal hidden data)."""
+    if ctx.access is None:
+        return []
+    from .access import criteria_condition
+
+    vis = ctx.access(res_type, "s")
+    if vis is not None and not vis:
+        raise FhirError.of(403, "forbidden", f"{what} passes through {res_type}, which the token may not search (a {res_type} search scope is missing)", what)
+    cond = criteria_condition(res_type, vis, r2, ctx.base_url)
+    return [] if cond is None else [cond]
 
 
 def lookup_param(res_type: str | None, code: str) -> SearchParam | None:
@@ -493,9 +508,10 @@ def _chain_condition(ctx: QueryContext, res_type: str | None, head: str, rest: s
         raise unsupported(f"Unknown search parameter '{next_code}' in chain '{head}.{rest}'", head)
     target = targets[0]
     r2 = resources.alias()
-    sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, ctx.conn)
+    sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, conn=ctx.conn, access=ctx.access)
     inner = select(r2.c.res_id).where(r2.c.res_type == target, live(r2),
-                                      param_condition(sub_ctx, target, rest, value, r2))
+                                      param_condition(sub_ctx, target, rest, value, r2),
+                                      *_reach(ctx, target, r2, f"{head}.{rest}"))
     ref = idx_reference.alias()
     conds = [ref.c.param == code, ref.c.target_type == target, ref.c.target_id.in_(inner)]
     if res_type:
@@ -517,9 +533,10 @@ def _has_condition(ctx: QueryContext, res_type: str | None, name: str, value: st
     if res_type is None:
         raise bad("_has needs a resource type", name)
     r2 = resources.alias()
-    sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, ctx.conn)
+    sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, conn=ctx.conn, access=ctx.access)
     src = select(r2.c.pk).where(r2.c.res_type == src_type, live(r2),
-                                param_condition(sub_ctx, src_type, rest, value, r2))
+                                param_condition(sub_ctx, src_type, rest, value, r2),
+                                *_reach(ctx, src_type, r2, name))
     ref = idx_reference.alias()
     ids = select(ref.c.target_id).where(ref.c.res_type == src_type, ref.c.param == ref_code,
                                         ref.c.target_type == res_type, ref.c.res_pk.in_(src))

@@ -299,17 +299,19 @@ def history_rows(
     at: list[tuple[str, datetime | None, datetime | None]] | None,
     before_seq: int | None,
     limit: int,
+    visible_pks=None,
 ):
     """Versions newest first; keyset-paged on the global sequence number.
 
     `at` holds (prefix, low, high) periods (UTC, half-open [low, high), None for an
     open end): a version is kept when the time it was current -- from its
     lastUpdated to the next version's -- meets each period as the prefix asks
-    (http.html#history `_at`, search.html#prefix)."""
+    (http.html#history `_at`, search.html#prefix).
+    `visible_pks`: a subquery of resource pks the caller may see (None: all)."""
     flush(conn)
     v = resource_versions.c
     stmt = select(v.seq, v.res_type, v.res_id, v.version_id, v.last_updated, v.method, v.deleted, v.content)
-    conds = []
+    conds = [] if visible_pks is None else [v.res_pk.in_(visible_pks)]
     if res_type:
         conds.append(v.res_type == res_type)
     if res_id:
@@ -358,10 +360,12 @@ def _current_during(prefix: str, low, high, start, end):
     raise ValueError(prefix)
 
 
-def count_history(conn: Connection, res_type: str | None, res_id: str | None, since: datetime | None) -> int:
+def count_history(conn: Connection, res_type: str | None, res_id: str | None, since: datetime | None, visible_pks=None) -> int:
     flush(conn)
     v = resource_versions.c
     stmt = select(func.count()).select_from(resource_versions)
+    if visible_pks is not None:
+        stmt = stmt.where(v.res_pk.in_(visible_pks))
     if res_type:
         stmt = stmt.where(v.res_type == res_type)
     if res_id:

@@ -328,3 +328,35 @@ notify_deliveries = Table(
     UniqueConstraint("request_id", "channel", name="uq_notify_deliveries_request_channel"),
 )
 Index("ix_notify_deliveries_state", notify_deliveries.c.state)
+# The built-in authorization server (fhir_server/auth): signing keys, registered
+# clients, and the grants it must remember (authorization codes, refresh tokens,
+# revoked access tokens, client-assertion jti values against replay).
+auth_keys = Table(
+    "auth_keys",
+    metadata,
+    Column("kid", String(128), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("private_pem", Text, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("retired", DateTime(timezone=True), nullable=True),  # no longer signs; still verifies until its tokens expire
+)
+
+auth_clients = Table(
+    "auth_clients",
+    metadata,
+    Column("client_id", String(256), primary_key=True),
+    Column("metadata", Text, nullable=False),  # JSON: redirect_uris, scope, jwks / jwks_uri, token_endpoint_auth_method, ...
+    Column("created", DateTime(timezone=True), nullable=False),
+)
+
+auth_grants = Table(
+    "auth_grants",
+    metadata,
+    Column("handle", String(128), primary_key=True),  # SHA-256 of the code / token / jti (never the secret itself)
+    Column("kind", String(16), nullable=False),  # code | refresh | revoked | jti
+    Column("client_id", String(256), nullable=False),
+    Column("data", Text, nullable=False),  # JSON
+    Column("expires", DateTime(timezone=True), nullable=False),
+    Column("used", Boolean, nullable=False, default=False),
+)
+Index("ix_auth_grants_expires", auth_grants.c.expires)

@@ -43,11 +43,15 @@ def principal_from_json(text_: str | None) -> Principal:
         return Principal()
     data = json.loads(text_)
     return Principal(subject=data.get("subject", "anonymous"), scopes=frozenset(data.get("scopes") or ()),
-                     claims=data.get("claims") or {})
+                     claims=data.get("claims") or {}, client_id=data.get("client_id"), issuer=data.get("issuer"),
+                     patient=data.get("patient"), fhir_user=data.get("fhir_user"),
+                     authenticated=bool(data.get("authenticated", True)), unrestricted=bool(data.get("unrestricted", False)))
 
 
 def principal_to_json(p: Principal) -> str:
-    return json.dumps({"subject": p.subject, "scopes": sorted(p.scopes), "claims": p.claims}, default=str)
+    return json.dumps({"subject": p.subject, "scopes": sorted(p.scopes), "claims": p.claims, "client_id": p.client_id,
+                       "issuer": p.issuer, "patient": p.patient, "fhir_user": p.fhir_user,
+                       "authenticated": p.authenticated, "unrestricted": p.unrestricted}, default=str)
 
 
 def may_see(owner: Principal, res_type: str, res_id: str, resource: dict | None) -> bool:

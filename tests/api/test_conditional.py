@@ -24,14 +24,14 @@ def test_conditional_create(client):
     assert c.status_code == 412
 
 
-def test_conditional_create_is_race_free(app):
+def test_conditional_create_is_race_free(app, auth_headers):
     from fastapi.testclient import TestClient
 
     mark = uuid.uuid4().hex
     results: list[int] = []
 
     def worker():
-        with TestClient(app) as c:
+        with TestClient(app, headers=auth_headers) as c:
             r = c.post("/fhir/Patient", json=_pat(mark), headers={"If-None-Exist": f"identifier=urn:cc|{mark}"})
             results.append(r.status_code)
 
@@ -40,7 +40,7 @@ def test_conditional_create_is_race_free(app):
         t.start()
     for t in threads:
         t.join()
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth_headers) as c:
         total = c.get(f"/fhir/Patient?identifier=urn:cc|{mark}&_summary=count").json()["total"]
     assert total == 1
     assert sorted(results).count(201) == 1 and all(s in (200, 201) for s in results)
@@ -80,7 +80,7 @@ def test_conditional_without_criteria_is_400(client):
     assert client.delete("/fhir/Patient").status_code == 400
 
 
-def test_concurrent_update_as_create_never_500(app):
+def test_concurrent_update_as_create_never_500(app, auth_headers):
     """Racing PUTs that create the same id: one creates, the others update or
     get a clean 409; none fails with a 500 and exactly one version 1 exists."""
     from fastapi.testclient import TestClient
@@ -89,7 +89,7 @@ def test_concurrent_update_as_create_never_500(app):
     statuses: list[int] = []
 
     def worker():
-        with TestClient(app) as c:
+        with TestClient(app, headers=auth_headers) as c:
             r = c.put(f"/fhir/Patient/{rid}", json={"resourceType": "Patient", "id": rid})
             statuses.append(r.status_code)
 
@@ -100,7 +100,7 @@ def test_concurrent_update_as_create_never_500(app):
         t.join()
     assert statuses.count(201) == 1, statuses
     assert all(s in (200, 201, 409) for s in statuses), statuses
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth_headers) as c:
         hist = c.get(f"/fhir/Patient/{rid}/_history").json()
     versions = sorted(int(e["resource"]["meta"]["versionId"]) for e in hist["entry"])
     assert versions == list(range(1, len(versions) + 1))

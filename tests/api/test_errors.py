@@ -37,7 +37,7 @@ def test_bad_input_is_an_operation_outcome(client, method, path, body, headers):
     assert oo["issue"] and all(i["severity"] and i["code"] and i.get("diagnostics") for i in oo["issue"])
 
 
-def test_unexpected_errors_are_500_operation_outcomes_with_request_id(app, monkeypatch):
+def test_unexpected_errors_are_500_operation_outcomes_with_request_id(app, monkeypatch, auth_headers):
     from fastapi.testclient import TestClient
 
     from fhir_server.rest import interactions
@@ -46,7 +46,7 @@ def test_unexpected_errors_are_500_operation_outcomes_with_request_id(app, monke
         raise RuntimeError("simulated fault")
 
     monkeypatch.setattr(interactions, "read_outcome", boom)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, raise_server_exceptions=False, headers=auth_headers) as c:
         r = c.get("/fhir/Patient/anything", headers={"X-Request-Id": "req-42"})
     assert r.status_code == 500
     assert r.json()["resourceType"] == "OperationOutcome"

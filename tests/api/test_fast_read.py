@@ -83,8 +83,9 @@ STORED = StoredResource(1, "Patient", "p1", 3, datetime(2026, 1, 2, 3, 4, 5, tzi
                         b'{"resourceType":"Patient","id":"p1"}')
 
 
-def _run(stored, path="/fhir/Patient/p1", query=b"", headers=(), method="GET"):
-    """Send one request through FastReads; returns (answered_by_layer, messages, reader)."""
+def _run(stored, path="/fhir/Patient/p1", query=b"", headers=(), method="GET", principal=authz.Principal.internal()):
+    """Send one request through FastReads (as a caller allowed everything unless `principal`
+    says otherwise); returns (answered_by_layer, messages, reader)."""
     reader = FakeReader(stored)
     passed = []
 
@@ -97,9 +98,19 @@ def _run(stored, path="/fhir/Patient/p1", query=b"", headers=(), method="GET"):
         sent.append(m)
 
     scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": list(headers),
-             "state": {FAST_READER: reader}}
+             "state": {FAST_READER: reader, **({"principal": principal} if principal is not None else {})}}
     asyncio.run(FastReads(downstream, "/fhir")(scope, None, send))
     return not passed, sent, reader
+
+
+def test_layer_leaves_unauthenticated_and_restricted_reads_to_the_app():
+    """No principal (no verified token) or a compartment-restricted one: the app answers
+    (a 401, or a read that asks the database whether the resource is visible)."""
+    assert not _run(STORED, principal=None)[0]
+    patient_token = authz.Principal(scopes=frozenset({"patient/*.rs"}), patient="p9", authenticated=True)
+    assert not _run(STORED, principal=patient_token)[0]
+    system_token = authz.Principal(scopes=frozenset({"system/*.rs"}), authenticated=True)
+    assert _run(STORED, principal=system_token)[0]
 
 
 def test_layer_answers_a_plain_read():

@@ -8,13 +8,14 @@ import uuid
 import pytest
 
 
-def test_fhirclient_metadata_and_crud(live_server):
+def test_fhirclient_metadata_and_crud(live_server, auth_headers):
     from fhirclient import client as fc_client
     from fhirclient.models.capabilitystatement import CapabilityStatement
     from fhirclient.models.humanname import HumanName
     from fhirclient.models.patient import Patient
 
     smart = fc_client.FHIRClient(settings={"app_id": "tests", "api_base": live_server + "/"})
+    smart.server.session.headers.update(auth_headers)  # a backend token (fhirclient's own SMART flow needs a browser)
     # the strict R4 model must accept our CapabilityStatement
     cs = CapabilityStatement.read_from("metadata", smart.server)
     assert cs.fhirVersion == "4.0.1"
@@ -40,10 +41,10 @@ def test_fhirclient_metadata_and_crud(live_server):
         Patient.read(created["id"], smart.server)
 
 
-def test_fhirpy_sync_crud_and_search(live_server):
+def test_fhirpy_sync_crud_and_search(live_server, auth_headers):
     from fhirpy import SyncFHIRClient
 
-    client = SyncFHIRClient(live_server)
+    client = SyncFHIRClient(live_server, authorization=auth_headers["Authorization"])
     family = f"Py{uuid.uuid4().hex[:8]}"
     patient = client.resource("Patient", name=[{"family": family, "given": ["Jan"]}], birthDate="1970-05-01")
     patient.save()
@@ -59,11 +60,11 @@ def test_fhirpy_sync_crud_and_search(live_server):
     assert client.resources("Patient").search(family=family).fetch_all() == []
 
 
-def test_fhirpy_async(live_server):
+def test_fhirpy_async(live_server, auth_headers):
     from fhirpy import AsyncFHIRClient
 
     async def run():
-        client = AsyncFHIRClient(live_server)
+        client = AsyncFHIRClient(live_server, authorization=auth_headers["Authorization"])
         family = f"As{uuid.uuid4().hex[:8]}"
         p = client.resource("Patient", name=[{"family": family}])
         await p.save()

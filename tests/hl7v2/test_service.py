@@ -49,13 +49,13 @@ def test_unknown_message_type_is_rejected_over_http(client):
     assert "MSA|AR|C-1" in ack and "ERR|" in ack
 
 
-def test_mllp_listener_runs_with_the_app(settings):
+def test_mllp_listener_runs_with_the_app(settings, auth_headers):
     from fhir_server.bootstrap import build_app
     from fhir_server.hl7v2.listener import send_mllp
 
     port = _free_port()
     app = build_app(settings.model_copy(update={"mllp_port": port, "mllp_host": "127.0.0.1"}))
-    with TestClient(app) as client:
+    with TestClient(app, headers=auth_headers) as client:
         family = f"Mllp{uuid.uuid4().hex[:6]}"
         ack = send_mllp("127.0.0.1", port, _adt(uuid.uuid4().hex[:12], "02070803628", family))
         assert "MSA|AA|" in ack
@@ -102,14 +102,14 @@ def receiver():
     r.sock.close()
 
 
-def test_appointment_changes_send_siu(settings, receiver):
+def test_appointment_changes_send_siu(settings, receiver, auth_headers):
     from fhir_server.bootstrap import build_app
     from fhir_server.hl7v2 import outbound
     from fhir_server.storage.database import Database
 
     app = build_app(settings.model_copy(update={"hl7_destinations": f"127.0.0.1:{receiver.port}", "run_background_jobs": False}))
     try:
-        with TestClient(app) as client:
+        with TestClient(app, headers=auth_headers) as client:
             appt = {
                 "resourceType": "Appointment",
                 "status": "booked",

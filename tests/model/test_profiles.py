@@ -50,10 +50,10 @@ GOOD_PATIENT = {"resourceType": "Patient", "active": False, "gender": "female", 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def stored_profiles(app):
+def stored_profiles(app, auth_headers):
     from fastapi.testclient import TestClient
 
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth_headers) as c:
         for r in (NATIONAL_PATIENT, BP, VALUE_SET):
             assert c.post(f"/fhir/{r['resourceType']}", json=r, headers=H).status_code == 201
 

@@ -47,7 +47,10 @@ def fresh_database_url(tmp_path: Path) -> tuple[str, callable]:
 
 
 class Server:
-    def __init__(self, tmp_path: Path, **overrides):
+    def __init__(self, tmp_path: Path, auth_headers: dict | None = None, **overrides):
+        from tests.conftest import make_token
+
+        auth_headers = auth_headers or {"Authorization": f"Bearer {make_token('system/*.*')}"}
         url, self.drop = fresh_database_url(tmp_path)
         self.settings = Settings(
             database_url=url,
@@ -57,7 +60,7 @@ class Server:
         )
         self.app = build_app(self.settings)
         self.db = self.app.state.db
-        self.client = TestClient(self.app)
+        self.client = TestClient(self.app, headers=auth_headers)
 
     def create(self, resource: dict) -> str:
         r = self.client.post(f"/fhir/{resource['resourceType']}", json=resource)
@@ -117,8 +120,8 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
+def server(tmp_path, auth_headers):
+    s = Server(tmp_path, auth_headers)
     yield s
     s.close()
 
@@ -136,7 +139,7 @@ def test_system_export_end_to_end(server):
     assert r.status_code == 202 and r.headers["x-progress"] == "queued"
 
     manifest = server.finish(status)
-    assert manifest["requiresAccessToken"] is False
+    assert manifest["requiresAccessToken"] is True  # the files need the same bearer token
     assert manifest["error"] == []
     assert manifest["request"] == "http://testserver/fhir/$export"
     tx = datetime.fromisoformat(manifest["transactionTime"].replace("Z", "+00:00"))
@@ -435,8 +438,8 @@ def test_failed_job_reports_500(server, monkeypatch):
 
 
 @pytest.fixture
-def expiring_server(tmp_path):
-    s = Server(tmp_path, export_retention_hours=0)
+def expiring_server(tmp_path, auth_headers):
+    s = Server(tmp_path, auth_headers, export_retention_hours=0)
     yield s
     s.close()
 
@@ -464,11 +467,11 @@ def test_unknown_job_and_file(server):
     assert server.client.get(url.rsplit("_file=", 1)[0] + "_file=../../t.sqlite").status_code == 404
 
 
-def test_background_worker_runs_jobs(tmp_path):
+def test_background_worker_runs_jobs(tmp_path, auth_headers):
     url, drop = fresh_database_url(tmp_path)
     settings = Settings(database_url=url, export_dir=str(tmp_path / "export"), run_background_jobs=True)
     app = build_app(settings)
-    with TestClient(app) as client:
+    with TestClient(app, headers=auth_headers) as client:
         assert client.post("/fhir/Patient", json={"resourceType": "Patient"}).status_code == 201
         status = client.get("/fhir/$export", params={"_type": "Patient"}, headers=ASYNC).headers["content-location"]
         for _ in range(100):

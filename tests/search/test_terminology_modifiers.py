@@ -12,13 +12,13 @@ GENDER_VS = "http://hl7.org/fhir/ValueSet/administrative-gender"
 
 
 @pytest.fixture(scope="module")
-def tagged(app):
+def tagged(app, auth_headers):
     """RelatedPersons with RoleCode relationships and Patients with tagged genders, under a unique tag."""
     from fastapi.testclient import TestClient
 
     tag = uuid.uuid4().hex[:12]
     made: dict[str, str] = {}
-    with TestClient(app) as c:
+    with TestClient(app, headers=auth_headers) as c:
         for code in ("MTH", "FTH", "NMTH", "FRND", "PRN"):
             rp = {"resourceType": "RelatedPerson", "patient": {"reference": "Patient/x"},
                   "meta": {"tag": [{"system": "urn:test", "code": tag}]},

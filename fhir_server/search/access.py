@@ -1,0 +1,85 @@
+"""Access criteria (from the policy at the seam) compiled into SQL conditions.
+
+The policy answers "which resources of type T may this caller see" with a list of
+`security.authz.Criteria` (OR-ed; each a compartment AND search parameters) or None
+(all). Here they become conditions over a `resources` alias, added to the query like any
+other search criterion: paging, totals and includes then never count or reveal a
+hidden resource (DESIGN.md: access is a search criterion, not a filter afterwards).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import Connection, ColumnElement, and_, false, or_, select, true
+from sqlalchemy.sql import FromClause
+
+from ..errors import FhirError
+from ..security.authz import Visibility
+from ..storage.schema import resources
+
+# (res_type, permission "r" | "s") -> Visibility
+Access = Callable[[str, str], Visibility]
+
+
+def criteria_condition(res_type: str, vis: Visibility, r: FromClause, base_url: str = "") -> ColumnElement | None:
+    """The SQL condition for a Visibility on alias `r` of type `res_type` (None: no restriction)."""
+    from .query import QueryContext, compartment_condition, param_condition
+
+    if vis is None:
+        return None
+    alts = []
+    for c in vis:
+        parts = []
+        try:
+            if c.compartment:
+                parts.append(compartment_condition(c.compartment[0], c.compartment[1], res_type, r))
+            for name, value in c.params:
+                parts.append(param_condition(QueryContext(base_url), res_type, name, value, r))
+        except FhirError:
+            continue  # a granular scope whose parameter does not apply to this type grants nothing here
+        alts.append(and_(*parts) if parts else true())
+    return or_(*alts) if alts else false()
+
+
+def type_condition(access: Access | None, res_type: str, permission: str, r: FromClause, base_url: str = "") -> ColumnElement | None:
+    """The access condition for `res_type` (None when unrestricted)."""
+    if access is None:
+        return None
+    return criteria_condition(res_type, access(res_type, permission), r, base_url)
+
+
+def system_condition(access: Access | None, types: list[str], r: FromClause, base_url: str = "") -> ColumnElement | None:
+    """For a search across types: OR over each type of (type AND its condition)."""
+    if access is None:
+        return None
+    alts = []
+    unrestricted = True
+    for t in types:
+        vis = access(t, "s")
+        if vis is None:
+            alts.append(r.c.res_type == t)
+            continue
+        unrestricted = False
+        if not vis:
+            continue
+        alts.append(and_(r.c.res_type == t, criteria_condition(t, vis, r, base_url)))
+    if unrestricted:
+        return None
+    return or_(*alts) if alts else false()
+
+
+def visible(conn: Connection, res_type: str, res_id: str, vis: Visibility) -> bool:
+    """Whether the live resource (res_type, res_id) satisfies the criteria (True when vis is None)."""
+    if vis is None:
+        return True
+    if not vis:
+        return False
+    from ..storage.repository import flush
+    from .query import live
+
+    flush(conn)
+    r = resources
+    cond = criteria_condition(res_type, vis, r)
+    row = conn.execute(select(r.c.pk).where(r.c.res_type == res_type, r.c.res_id == res_id, live(r), cond).limit(1)).first()
+    return row is not None

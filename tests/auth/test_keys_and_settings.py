@@ -1,0 +1,152 @@
+"""Signing keys in the database and their rotation; protection off; CORS; rate limiting;
+malformed tokens and headers (Hypothesis) never give a 500; `fhir-server client add`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from tests.conftest import TEST_AUDIENCE
+
+
+@pytest.fixture(scope="module")
+def db_keyed(settings):
+    """An app whose built-in issuer keeps its keys in the database (no PEM file)."""
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    s = settings.model_copy(update={"auth_signing_key_file": "", "auth_jwks_refetch_seconds": 0})
+    app = build_app(s)
+    with TestClient(app) as c:
+        yield app, s, c
+
+
+def _db_token(app, s, scope="system/*.*"):
+    from fhir_server.auth.tokens import cli_token
+
+    return cli_token(s, app.state.db, scope, audience=TEST_AUDIENCE)
+
+
+def test_keys_in_database_and_rotation(db_keyed):
+    from fhir_server.auth.keys import rotate
+
+    app, s, c = db_keyed
+    old = _db_token(app, s)
+    assert c.get("/fhir/Patient", params={"_count": 1}, headers={"Authorization": f"Bearer {old}"}).status_code == 200
+    kids_before = {k["kid"] for k in c.get("/auth/jwks").json()["keys"]}
+    new_kid = rotate(app.state.db.engine, s)  # as `fhir-server keys rotate` does, from another process
+    new = _db_token(app, s)  # signed with a kid the running server has not loaded yet
+    assert c.get("/fhir/Patient", params={"_count": 1}, headers={"Authorization": f"Bearer {new}"}).status_code == 200
+    # the old key still verifies until its tokens expire
+    fresh_old = old + ""
+    assert c.get("/fhir/Patient", params={"_count": 2}, headers={"Authorization": f"Bearer {fresh_old}"}).status_code == 200
+    kids_after = {k["kid"] for k in c.get("/auth/jwks").json()["keys"]}
+    assert new_kid in kids_after and kids_before <= kids_after
+
+
+def test_cli_keys_rotate_and_client_add(db_keyed, tmp_path):
+    app, s, c = db_keyed
+    env = {**os.environ, "FHIR_SERVER_DATABASE_URL": s.resolved_database_url(), "FHIR_SERVER_AUTH_SIGNING_KEY_FILE": ""}
+    out = subprocess.run([sys.executable, "-m", "fhir_server.cli", "keys", "rotate"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("new signing key"), out.stderr
+    cid = f"app-{uuid.uuid4().hex[:6]}"
+    cmd = [sys.executable, "-m", "fhir_server.cli", "client", "add", cid, "--scope", "openid launch/patient patient/*.rs", "--redirect-uri", "https://app.example/cb"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    client = app.state.auth_server.clients.get(cid)
+    assert client.redirect_uris == ["https://app.example/cb"] and client.auth_method == "none"
+    bad = subprocess.run([*cmd[:5], "x", "--scope", "a", "--redirect-uri", "ftp://nope"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0
+
+
+def test_auth_off_is_explicit_and_visible(settings):
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    app = build_app(settings.model_copy(update={"auth": "off"}))
+    with TestClient(app) as c:
+        assert c.post("/fhir/Patient", json={"resourceType": "Patient"}).status_code == 201
+        security = c.get("/fhir/metadata").json()["rest"][0]["security"]
+        assert "OFF" in security["description"]
+
+
+def test_cors(settings, auth_headers):
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    app = build_app(settings.model_copy(update={"cors_origins": "https://portal.example"}))
+    with TestClient(app) as c:
+        pre = c.options("/fhir/Patient", headers={"Origin": "https://portal.example", "Access-Control-Request-Method": "GET",
+                                                   "Access-Control-Request-Headers": "authorization"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://portal.example"
+        r = c.get("/fhir/metadata", headers={"Origin": "https://portal.example"})
+        assert r.headers["access-control-allow-origin"] == "https://portal.example"
+        assert r.json()["rest"][0]["security"]["cors"] is True
+        evil = c.options("/fhir/Patient", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+        assert "access-control-allow-origin" not in evil.headers
+        unauth = c.get("/fhir/Patient", headers={"Origin": "https://portal.example"})
+        assert unauth.status_code == 401 and unauth.headers["access-control-allow-origin"] == "https://portal.example"
+
+
+def test_no_cors_by_default(anonymous_client):
+    r = anonymous_client.options("/fhir/Patient", headers={"Origin": "https://portal.example", "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_rate_limit_per_client(settings, issue_token):
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    app = build_app(settings.model_copy(update={"rate_limit": "3/minute"}))
+    a = {"Authorization": f"Bearer {issue_token('system/*.rs', client_id='busy')}"}
+    b = {"Authorization": f"Bearer {issue_token('system/*.rs', client_id='calm')}"}
+    with TestClient(app) as c:
+        codes = [c.get("/fhir/Patient", params={"_count": 1}, headers=a).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]
+        r = c.get("/fhir/Patient", params={"_count": 1}, headers=a)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and r.json()["issue"][0]["code"] == "throttled"
+        assert c.get("/fhir/Patient", params={"_count": 1}, headers=b).status_code == 200
+
+
+_header_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=300)
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.one_of(
+    _header_text,
+    _header_text.map(lambda t: "Bearer " + t),
+    st.lists(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=", max_size=120), min_size=1, max_size=5)
+      .map(lambda parts: "Bearer " + ".".join(parts)),
+    st.binary(max_size=200).map(lambda b: "Bearer " + __import__("base64").urlsafe_b64encode(b).decode() + "." + "e30." + "x"),
+))
+def test_malformed_tokens_never_500(anonymous_client, header):
+    r = anonymous_client.get("/fhir/Patient", headers={"Authorization": header})
+    assert r.status_code == 401, (header, r.status_code, r.text)
+    assert r.json()["resourceType"] == "OperationOutcome"
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(claims=st.dictionaries(st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "scope", "patient", "fhirUser", "sub", "jti", "client_id"]),
+                              st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40), st.lists(st.text(max_size=10), max_size=3),
+                                        st.booleans()), max_size=11))
+def test_signed_tokens_with_odd_claims_never_500(anonymous_client, claims):
+    """Correctly signed, but with claims of any type: 401 or an answer, never a 500."""
+    import os as _os
+
+    from joserfc import jwt
+
+    from fhir_server.auth.keys import load_pem
+
+    key = load_pem(_os.environ["FHIR_SERVER_AUTH_SIGNING_KEY_FILE"])
+    token = jwt.encode({"alg": "RS256", "kid": key.kid}, claims, key)
+    r = anonymous_client.get("/fhir/Patient", params={"_count": 1}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code in (200, 401, 403), (claims, r.status_code, r.text)

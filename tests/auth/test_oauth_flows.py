@@ -1,0 +1,233 @@
+"""Real OAuth flows against the built-in authorization server: a SMART app (authorization
+code + PKCE through the development login), SMART Backend Services (private_key_jwt with a
+key pair made here) running a bulk $export over HTTP, refresh-token rotation,
+introspection and revocation, and the `fhir-server token` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+
+from tests.conftest import TEST_AUDIENCE
+
+from .conftest import SE_PNR, personnummer, pkce
+
+
+# ------------------------------------------------------------------ backend services
+
+
+def _assertion(key, alg: str, client_id: str, aud: str, exp_in: int = 240, jti: str | None = None) -> str:
+    now = int(time.time())
+    claims = {"iss": client_id, "sub": client_id, "aud": aud, "exp": now + exp_in, "jti": jti or uuid.uuid4().hex}
+    return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
+
+
+@pytest.fixture(scope="module")
+def backend_client(app):
+    from fhir_server.auth.clients import add_client
+
+    key = RSAKey.generate_key(2048, private=True, parameters={"kid": "backend-1", "alg": "RS384"})
+    client_id = f"registry-{uuid.uuid4().hex[:8]}"
+    add_client(app.state.db.engine, {"client_id": client_id, "token_endpoint_auth_method": "private_key_jwt",
+                                      "jwks": {"keys": [key.as_dict(private=False)]}, "scope": "system/*.rs"})
+    return client_id, key
+
+
+def _token_request(base: str, client_id: str, key, alg="RS384", scope="system/*.rs", **kw):
+    conf = httpx.get(f"{base}/.well-known/smart-configuration").json()
+    origin = base.rsplit("/fhir", 1)[0]
+    form = {"grant_type": "client_credentials", "scope": scope,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": _assertion(key, alg, client_id, conf["token_endpoint"], **kw)}
+    return httpx.post(f"{origin}/auth/token", data=form)
+
+
+def test_backend_services_export(app, live_server, backend_client, auth_headers):
+    client_id, key = backend_client
+    assert httpx.post(f"{live_server}/Patient", json={"resourceType": "Patient"}, headers=auth_headers).status_code == 201
+    r = _token_request(live_server, client_id, key, scope="system/*.rs system/Patient.cruds")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["token_type"] == "Bearer" and body["scope"] == "system/*.rs"  # narrowed to what the client may have
+    assert "refresh_token" not in body
+    h = {"Authorization": f"Bearer {body['access_token']}"}
+    assert httpx.post(f"{live_server}/Patient", json={"resourceType": "Patient"}, headers=h).status_code == 403
+    r = httpx.get(f"{live_server}/$export", params={"_type": "Patient"}, headers={**h, "Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    status = live_server + r.headers["content-location"].split("/fhir", 1)[1]
+    from fhir_server.jobs.runner import run_pending
+
+    for _ in range(20):
+        polled = httpx.get(status, headers=h)
+        if polled.status_code == 200:
+            break
+        assert polled.status_code == 202, polled.text
+        run_pending(app.state.db, app.state.settings, kinds=["export"])
+    manifest = polled.json()
+    assert manifest["requiresAccessToken"] is True and manifest["output"]
+    url = live_server + manifest["output"][0]["url"].split("/fhir", 1)[1]
+    assert httpx.get(url).status_code == 401  # the file needs the token too
+    ndjson = httpx.get(url, headers=h)
+    assert ndjson.status_code == 200 and ndjson.text.count("\n") == manifest["output"][0]["count"]
+
+
+def test_backend_assertion_rules(live_server, backend_client):
+    client_id, key = backend_client
+    jti = uuid.uuid4().hex
+    assert _token_request(live_server, client_id, key, jti=jti).status_code == 200
+    def refused(r):  # RFC 6749 §5.2: invalid_client, 400 unless the client used the Authorization header
+        return r.status_code == 400 and r.json()["error"] == "invalid_client"
+
+    assert refused(_token_request(live_server, client_id, key, jti=jti))  # a jti is used once
+    same_key_any_alg = RSAKey.import_key({k: v for k, v in key.as_dict(private=True).items() if k != "alg"})
+    assert refused(_token_request(live_server, client_id, same_key_any_alg, alg="RS256"))  # SMART: RS384 or ES384
+    assert refused(_token_request(live_server, client_id, key, exp_in=3600))  # at most five minutes ahead
+    stranger = RSAKey.generate_key(2048, private=True, parameters={"kid": "backend-1"})
+    assert refused(_token_request(live_server, client_id, stranger))
+    assert refused(_token_request(live_server, "nobody", key))
+
+
+def test_backend_es384(live_server, app):
+    from fhir_server.auth.clients import add_client
+
+    key = ECKey.generate_key("P-384", private=True, parameters={"kid": "ec-1"})
+    client_id = f"ehr-{uuid.uuid4().hex[:8]}"
+    add_client(app.state.db.engine, {"client_id": client_id, "jwks": {"keys": [key.as_dict(private=False)]}, "scope": "system/*.*"})
+    r = _token_request(live_server, client_id, key, alg="ES384", scope="system/Patient.rs")
+    assert r.status_code == 200, r.text
+    token = r.json()["access_token"]
+    found = httpx.get(f"{live_server}/Patient", params={"_count": 1}, headers={"Authorization": f"Bearer {token}"})
+    assert found.status_code == 200
+
+
+# ------------------------------------------------------------------ SMART app: authorization code + PKCE
+
+
+@pytest.fixture(scope="module")
+def dev_app(settings):
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    app = build_app(settings.model_copy(update={"dev_login": True}))
+    with TestClient(app, base_url="http://localhost", follow_redirects=False) as c:
+        yield app, c
+
+
+@pytest.fixture(scope="module")
+def portal(dev_app, auth_headers):
+    from fhir_server.auth.clients import add_client
+
+    app, c = dev_app
+    client_id = f"portal-{uuid.uuid4().hex[:8]}"
+    add_client(app.state.db.engine, {"client_id": client_id, "redirect_uris": ["https://portal.example/cb"],
+                                      "token_endpoint_auth_method": "none",
+                                      "scope": "openid fhirUser launch/patient offline_access patient/*.rs"})
+    canonical, written = personnummer()
+    pid = c.post("/fhir/Patient", headers=auth_headers, json={"resourceType": "Patient", "identifier": [{"system": SE_PNR, "value": canonical}]}).json()["id"]
+    other = c.post("/fhir/Patient", headers=auth_headers, json={"resourceType": "Patient"}).json()["id"]
+    return {"client_id": client_id, "pid": pid, "other": other, "written": written}
+
+
+def _authorize(c, portal, challenge, state="s-1", scope="openid fhirUser launch/patient offline_access patient/*.rs", method="S256"):
+    params = {"response_type": "code", "client_id": portal["client_id"], "redirect_uri": "https://portal.example/cb",
+              "scope": scope, "state": state, "aud": TEST_AUDIENCE}
+    if challenge:
+        params.update(code_challenge=challenge, code_challenge_method=method)
+    return params
+
+
+def _login(c, params, value, system=SE_PNR):
+    page = c.get("/auth/authorize", params=params)
+    assert page.status_code == 200 and "TEST LOGIN" in page.text, page.text
+    return c.post("/auth/authorize", data={**params, "login_system": system, "login_value": value})
+
+
+def test_authorization_code_with_pkce(dev_app, portal):
+    app, c = dev_app
+    verifier, challenge = pkce()
+    params = _authorize(c, portal, challenge)
+    r = _login(c, params, portal["written"])  # a written form other than the stored one
+    assert r.status_code == 302, r.text
+    back = urlsplit(r.headers["location"])
+    q = parse_qs(back.query)
+    assert back.netloc == "portal.example" and q["state"] == ["s-1"]
+    code = q["code"][0]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": "https://portal.example/cb", "client_id": portal["client_id"]}
+    wrong = c.post("/auth/token", data={**form, "code_verifier": pkce()[0]})
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    r = c.post("/auth/token", data={**form, "code_verifier": verifier})
+    assert r.status_code == 200, r.text
+    tok = r.json()
+    assert tok["patient"] == portal["pid"] and tok["refresh_token"] and tok["id_token"]
+    again = c.post("/auth/token", data={**form, "code_verifier": verifier})
+    assert again.status_code == 400  # a code is used once
+    h = {"Authorization": f"Bearer {tok['access_token']}"}
+    assert c.get(f"/fhir/Patient/{portal['pid']}", headers=h).status_code == 200
+    assert c.get(f"/fhir/Patient/{portal['other']}", headers=h).status_code == 404
+
+    # refresh tokens rotate: the old one stops working
+    r = c.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"], "client_id": portal["client_id"]})
+    assert r.status_code == 200, r.text
+    fresh = r.json()
+    assert fresh["refresh_token"] != tok["refresh_token"] and fresh["patient"] == portal["pid"]
+    r = c.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"], "client_id": portal["client_id"]})
+    assert r.status_code == 400
+
+    # introspection and revocation
+    info = c.post("/auth/introspect", data={"token": fresh["access_token"], "client_id": portal["client_id"]}).json()
+    assert info["active"] is True and info["patient"] == portal["pid"] and info["client_id"] == portal["client_id"]
+    assert c.post("/auth/revoke", data={"token": fresh["access_token"], "client_id": portal["client_id"]}).status_code == 200
+    assert c.get(f"/fhir/Patient/{portal['pid']}", headers={"Authorization": f"Bearer {fresh['access_token']}"}).status_code == 401
+    info = c.post("/auth/introspect", data={"token": fresh["access_token"], "client_id": portal["client_id"]}).json()
+    assert info["active"] is False
+
+
+def test_pkce_is_required_and_s256_only(dev_app, portal):
+    _, c = dev_app
+    r = c.get("/auth/authorize", params=_authorize(c, portal, None))
+    assert r.status_code == 302 and "error=invalid_request" in r.headers["location"]
+    verifier, _ = pkce()
+    r = c.get("/auth/authorize", params=_authorize(c, portal, verifier, method="plain"))
+    assert r.status_code == 302 and "error=" in r.headers["location"]
+
+
+def test_unknown_redirect_uri_is_not_followed(dev_app, portal):
+    _, c = dev_app
+    params = {**_authorize(c, portal, pkce()[1]), "redirect_uri": "https://evil.example/cb"}
+    r = c.get("/auth/authorize", params=params)
+    assert r.status_code == 400 and "location" not in r.headers
+
+
+def test_unknown_person_is_refused(dev_app, portal):
+    _, c = dev_app
+    r = _login(c, _authorize(c, portal, pkce()[1]), personnummer()[1])
+    assert r.status_code == 400 and "No patient record" in r.text
+
+
+def test_dev_login_is_off_by_default(client):
+    r = client.post("/auth/authorize", data={"login_system": SE_PNR, "login_value": "x"})
+    assert r.status_code == 403
+
+
+# ------------------------------------------------------------------ fhir-server token
+
+
+def test_cli_token(settings, client, anonymous_client):
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+    env = {**os.environ, "FHIR_SERVER_DATABASE_URL": settings.resolved_database_url()}
+    cmd = [sys.executable, "-m", "fhir_server.cli", "token", "--scope", "patient/*.rs", "--patient", pid]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    assert anonymous_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert anonymous_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"}).json()["total"] == 1
