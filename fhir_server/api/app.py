@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,6 +28,7 @@ from ..storage.faults import classify, database_exception_types
 from . import binary, http
 from .fast_read import FAST_READER, FastReads
 from .access_log import AccessLog
+from .compression import TextCompression
 from .docs import attach_docs
 from .forwarding import ForwardingPolicy
 from .guards import RequestLineGuard
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_middleware(FastReads, base_path=base)
     app.add_middleware(RequestLineGuard)
     # large responses (the CapabilityStatement, search pages, exports) compressed for clients that accept gzip
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5)
+    app.add_middleware(TextCompression, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5)
     app.add_middleware(AccessLog, fmt=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
     attach_health(app, db)
