@@ -11,9 +11,8 @@ def test_typed_subscriber_sees_only_its_types():
     def fn(_conn, change):
         seen.append(change.res_type)
 
-    saved = (list(events._subscribers), {k: list(v) for k, v in events._typed.items()})
+    saved = list(events._subscribers)
     events._subscribers.clear()
-    events._typed.clear()
     try:
         assert not events.has_subscribers("Patient")
         events.subscribe(fn, types=("ClaimResponse",))
@@ -25,6 +24,4 @@ def test_typed_subscriber_sees_only_its_types():
         events.unsubscribe(fn)
         assert not events.has_subscribers("ClaimResponse")
     finally:
-        events._subscribers[:] = saved[0]
-        events._typed.clear()
-        events._typed.update(saved[1])
+        events._subscribers[:] = saved

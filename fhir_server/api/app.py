@@ -37,6 +37,8 @@ from .health import attach_health
 log = logging.getLogger("fhir_server")
 
 GZIP_MINIMUM_BYTES = 16 * 1024
+# Only text formats are compressed (api/compression.py): raw Binary downloads keep
+# their Content-Length (and byte ranges); documents and photos are compressed already.
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/fhir+json", "application/json")
 WRITE_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_middleware(FastReads, base_path=base)
     app.add_middleware(RequestLineGuard)
     # large responses (the CapabilityStatement, search pages, exports) compressed for clients that accept gzip
+    # (text formats only: binary content is left as it is, with its Content-Length)
     app.add_middleware(TextCompression, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5)
     app.add_middleware(AccessLog, fmt=settings.access_log)
     app.add_middleware(RequestIdMiddleware)

@@ -95,8 +95,8 @@ def test_danish_journey(http, events, tmp_path):
 
     # 3. Invalid decisions are refused and change nothing.
     bad = [
-        # outside the required value set: refused by the generic binding check (terminology module, 400)
-        (decision(more_id, P, I, "preauthorization", "approved-ish", item=eligible_items(3)), 400),
+        # outside the required value set: refused by the generic binding check (terminology module, 422: a well-formed resource with a code outside its required binding)
+        (decision(more_id, P, I, "preauthorization", "approved-ish", item=eligible_items(3)), 422),
         # valid codes, but not a decision the workflow can act on: 422
         (decision(more_id, P, I, "preauthorization", "queued", item=eligible_items(3)), 422),
         (decision(more_id, "Patient/someone-else", I, "preauthorization", item=eligible_items(3)), 422),
