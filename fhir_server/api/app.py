@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,6 +28,7 @@ from ..storage.faults import classify, database_exception_types
 from . import binary, http
 from .fast_read import FAST_READER, FastReads
 from .access_log import AccessLog
+from .compression import TextCompression
 from .docs import attach_docs
 from .forwarding import ForwardingPolicy
 from .guards import RequestLineGuard
@@ -37,10 +37,8 @@ from .health import attach_health
 log = logging.getLogger("fhir_server")
 
 GZIP_MINIMUM_BYTES = 16 * 1024
-# Raw Binary downloads keep their Content-Length (and byte ranges) and are not
-# compressed again: documents and photos are compressed formats already.
-GZIP_EXCLUDED_TYPES = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/pdf", "application/octet-stream",
-                       "image/heic", "image/tiff", "image/*", "video/*")
+# Only text formats are compressed (api/compression.py): raw Binary downloads keep
+# their Content-Length (and byte ranges); documents and photos are compressed already.
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/fhir+json", "application/json")
 WRITE_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 
@@ -92,8 +90,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     protect(app, db, settings)  # bearer tokens (and CORS) in front of everything but the open paths
     app.add_middleware(RequestLineGuard)
     # large responses (the CapabilityStatement, search pages, exports) compressed for clients that accept gzip
-    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5,
-                       exclude_content_types=GZIP_EXCLUDED_TYPES)
+    # (text formats only: binary content is left as it is, with its Content-Length)
+    app.add_middleware(TextCompression, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5)
     app.add_middleware(AccessLog, fmt=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
     attach_health(app, db)

@@ -31,7 +31,12 @@ def startup_lock(engine: Engine) -> Iterator[None]:
     PostgreSQL: a session-level advisory lock held on a connection of its own
     while the work runs on others, so any number of `serve --workers N`
     processes (or servers) can start at once. SQLite: its writers already
-    queue (`BEGIN IMMEDIATE`), and start-up work runs in write transactions."""
+    queue (`BEGIN IMMEDIATE`) but give up after the busy timeout, so start-up work
+    also takes an exclusive file lock beside the database file."""
+    if engine.dialect.name == "sqlite":
+        with _sqlite_file_lock(engine):
+            yield
+        return
     if engine.dialect.name != "postgresql":
         yield
         return
@@ -41,6 +46,24 @@ def startup_lock(engine: Engine) -> Iterator[None]:
             yield
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": STARTUP_LOCK_KEY})
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive lock on `<database file>.startup-lock` (waits as long as it takes:
+    SQLite's own busy timeout would fail a process whose turn comes after 30 s)."""
+    import fcntl
+
+    path = engine.url.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    with open(f"{path}.startup-lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
