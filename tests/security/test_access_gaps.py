@@ -139,3 +139,32 @@ def test_revocation_in_one_process_reaches_the_other(app, settings, issue_token,
             assert r.status_code == 401 and "revoked" in r.json()["issue"][0]["diagnostics"]
     finally:
         db.dispose()
+
+
+def test_user_scopes_are_not_issued_without_a_user(settings):
+    from typer.testing import CliRunner
+
+    from fhir_server.cli import app as cli
+
+    env = {"FHIR_SERVER_DATABASE_URL": settings.database_url}
+    refused = CliRunner().invoke(cli, ["token", "--scope", "user/*.rs"], env=env)
+    assert refused.exit_code != 0 and "fhir-user" in refused.output
+    issued = CliRunner().invoke(cli, ["token", "--scope", "user/*.rs", "--fhir-user", "Practitioner/p1"], env=env)
+    assert issued.exit_code == 0, issued.output
+    assert issued.output.strip().count(".") == 2
+
+
+def test_authorization_server_grants_no_user_scopes_without_a_user(app, live_server):
+    """SMART Backend Services: the client itself is the subject, no fhirUser - user/ scopes are left out of the grant."""
+    from joserfc.jwk import RSAKey
+
+    from fhir_server.auth.clients import add_client
+    from tests.auth.test_oauth_flows import _token_request
+
+    key = RSAKey.generate_key(2048, private=True, parameters={"kid": "no-user-1", "alg": "RS384"})
+    client_id = "backend-" + uuid.uuid4().hex[:8]
+    add_client(app.state.db.engine, {"client_id": client_id, "token_endpoint_auth_method": "private_key_jwt",
+                                      "jwks": {"keys": [key.as_dict(private=False)]}, "scope": "system/Patient.rs user/*.rs"})
+    r = _token_request(live_server, client_id, key, scope="system/Patient.rs user/*.rs")
+    assert r.status_code == 200, r.text
+    assert r.json()["scope"] == "system/Patient.rs"
