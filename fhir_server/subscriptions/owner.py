@@ -59,7 +59,7 @@ def restricted(owner: Principal, res_type: str) -> bool:
     """Whether the owner's reach into `res_type` is narrower than the whole type
     (then a check needs the database, and a version other than the current one a
     writable connection)."""
-    return not owner.unrestricted and visibility(owner, res_type, "r") is not None
+    return not owner.unrestricted and bool(visibility(owner, res_type, "r"))  # None: all; []: nothing (no query either way)
 
 
 def may_see(conn: Connection, owner: Principal, res_type: str, res_id: str, content: dict | None,
