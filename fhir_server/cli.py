@@ -284,6 +284,8 @@ def token(
             raise typer.Exit(1)
     if patient and not fhir_user:
         fhir_user = f"Patient/{patient}"
+    if not fhir_user and any(s.startswith("user/") for s in scope.split()):
+        raise typer.BadParameter("user/ scopes need the user: add --fhir-user Practitioner/ID (or --patient ID)", param_hint="--scope")
     typer.echo(cli_token(settings, db, scope, patient=patient, fhir_user=fhir_user, ttl=ttl, audience=audience))
 
 

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     subscription_retry_max_seconds: float = 300.0
     subscription_delivery_timeout_seconds: float = 10.0
     subscription_poll_seconds: float = 0.5
+    subscription_secret_keys: str = ""  # comma-separated Fernet keys sealing channel.header secrets; empty: a key kept in the database
     # Binary content (docs/documents.md): filesystem under blob_dir, or an S3-compatible store
     blob_store: str = "filesystem"  # filesystem | s3
     blob_dir: str = "data/blobs"
@@ -94,6 +95,7 @@ class Settings(BaseSettings):
     auth_issuers_file: str = ""  # JSON list of trusted external OpenID Providers (issuer, audience, claim mapping)
     auth_clients_file: str = ""  # JSON list of OAuth clients registered by configuration
     auth_jwks_refetch_seconds: int = 30  # at most one JWKS re-fetch per issuer in this many seconds (unknown kid)
+    auth_revocation_check_seconds: float = 5.0  # a cached built-in token re-asks the revocation list after this many seconds (every process)
     auth_unknown_person: str = "refuse"  # refuse | create: an eID login of a person with no Patient
     dev_login: bool = False  # development-only test login page at the authorize endpoint
     cors_origins: str = ""  # comma-separated browser origins allowed (CORS); empty: none
