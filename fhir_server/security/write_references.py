@@ -62,15 +62,18 @@ def check_write_references(conn: Connection, principal: Principal, res_type: str
 
     compartment = registry.patient_compartment()
     seen: set[tuple[str, str]] = set()
+    grants: dict[str, object] = {}
     for where, t, rid in _local_references(resource, res_type):
         if (t, rid) in seen or (t != "Patient" and t not in compartment):
+            continue
+        if t not in grants:
+            grants[t] = visibility(principal, t, "r")
+        vis = grants[t]
+        if vis is None:  # the token reads every resource of the type: nothing to check
             continue
         seen.add((t, rid))
         if len(seen) > MAX_CHECKED:
             raise FhirError.of(403, "forbidden", f"A restricted token may reference at most {MAX_CHECKED} patient resources in one write")
-        vis = visibility(principal, t, "r")
-        if vis is None:
-            continue
         current = repo.read_current(conn, t, rid)
         if current is None or current.deleted:
             continue
