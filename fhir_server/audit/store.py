@@ -1,0 +1,117 @@
+"""Writing AuditEvents into the resource store, and finding the patients data is about.
+
+AuditEvents are ordinary stored resources (versioned, indexed by the R4 AuditEvent search
+parameters), but they are written here directly rather than through the REST interactions:
+their writes fire no change events and leave no AuditEvent of their own, so the access log
+cannot feed itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+from sqlalchemy import Connection, select, tuple_
+
+from ..storage import repository as repo
+from ..storage.schema import idx_reference, resources
+
+AUDIT_TYPE = "AuditEvent"
+_CHUNK = 400  # (type, id) pairs per lookup: far below the bind-parameter limits
+
+
+def insert_events(conn: Connection, events: list[dict]) -> None:
+    """Store AuditEvent dicts (each with its id) as version 1, with their search index rows."""
+    from ..search.indexer import index_resource
+
+    for event in events:
+        recorded = _instant(event.get("recorded")) or datetime.now(timezone.utc)
+        event["meta"] = {"versionId": "1", "lastUpdated": event.get("recorded"), **(event.get("meta") or {})}
+        ordered = {"resourceType": AUDIT_TYPE, "id": event["id"], "meta": event["meta"], **event}
+        content = orjson.dumps(ordered)
+        pk = repo.insert_resource(conn, AUDIT_TYPE, event["id"], 1, recorded, content, "POST")
+        index_resource(conn, pk, AUDIT_TYPE, ordered)
+
+
+def _instant(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def patients_of_stored(conn: Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+    """For stored resources (type, id): the Patient ids whose compartment holds each one
+    (R4 CompartmentDefinition/patient, answered from the reference index). A Patient is
+    its own patient; a resource not found (or outside every compartment) maps to []."""
+    from ..operations import compartment_ref_condition, patient_compartment
+
+    out: dict[tuple[str, str], list[str]] = {}
+    wanted = []
+    comp = patient_compartment()
+    for t, i in dict.fromkeys(pairs):
+        if t == "Patient":
+            out[(t, i)] = [i]
+        elif t in comp:
+            wanted.append((t, i))
+    r = resources.c
+    ref = idx_reference
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start:start + _CHUNK]
+        q = (
+            select(r.res_type, r.res_id, ref.c.target_id)
+            .select_from(resources.join(ref, ref.c.res_pk == r.pk))
+            .where(tuple_(r.res_type, r.res_id).in_(chunk), compartment_ref_condition({t for t, _ in chunk}))
+        )
+        for res_type, res_id, target in conn.execute(q):
+            if target:
+                lst = out.setdefault((res_type, res_id), [])
+                if target not in lst:
+                    lst.append(target)
+    return out
+
+
+def patients_of_resource(res_type: str, resource: dict | None) -> list[str]:
+    """The Patient ids a resource in hand belongs to (its compartment parameters' references)."""
+    from ..operations import patient_compartment
+    from ..search.indexer import _plan
+
+    if not resource:
+        return []
+    if res_type == "Patient":
+        return [resource["id"]] if resource.get("id") else []
+    params = patient_compartment().get(res_type)
+    if not params:
+        return []
+    found: list[str] = []
+    for sp, ev, conv in _plan(res_type).entries:
+        if conv is None or sp.code not in params or sp.type != "reference":
+            continue
+        try:
+            items = ev(resource, resource)
+            rows = conv(items) if items else []
+        except Exception:  # noqa: BLE001 - an odd reference never fails the write it audits
+            continue
+        for row in rows:
+            if row.get("target_type") == "Patient" and row.get("target_id") and row["target_id"] not in found:
+                found.append(row["target_id"])
+    return found
+
+
+def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Remove up to `limit` AuditEvents recorded before `cutoff` (rows, versions, index rows);
+    returns how many went. Retention is the one place stored resources are removed."""
+    from ..search.indexer import INDEX_TABLES
+    from ..storage.schema import resource_versions
+
+    r = resources.c
+    pks = [row[0] for row in conn.execute(
+        select(r.pk).where(r.res_type == AUDIT_TYPE, r.last_updated < cutoff).order_by(r.pk).limit(limit))]
+    if not pks:
+        return 0
+    for table in INDEX_TABLES.values():
+        conn.execute(table.delete().where(table.c.res_pk.in_(pks)))
+    conn.execute(resource_versions.delete().where(resource_versions.c.res_pk.in_(pks)))
+    conn.execute(resources.delete().where(r.pk.in_(pks)))
+    return len(pks)
+
+
