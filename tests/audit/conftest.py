@@ -13,16 +13,16 @@ from sqlalchemy import select
 def audit_events(app):
     """audit_events(request_id) -> the AuditEvents (dicts) whose request id entity is
     `request_id`, after writing what the buffer holds."""
-    from fhir_server.storage.schema import resources
+    from fhir_server.storage.schema import idx_reference, resources
 
     def find(request_id: str, flush: bool = True) -> list[dict]:
         if flush:
             app.state.audit_writer.flush()
-        r = resources.c
+        r, ref = resources.c, idx_reference.c
+        pks = select(ref.res_pk).where(ref.res_type == "AuditEvent", ref.param == "entity", ref.ident_value == request_id)
         with app.state.db.read() as conn:
-            rows = conn.execute(select(r.content).where(r.res_type == "AuditEvent", r.content.like(f"%{request_id}%"))).all()
-        out = [orjson.loads(row[0]) for row in rows]
-        return [e for e in out if any((x.get("what") or {}).get("identifier", {}).get("value") == request_id for x in e.get("entity", []))]
+            rows = conn.execute(select(r.content).where(r.pk.in_(pks))).all()
+        return [orjson.loads(row[0]) for row in rows]
 
     return find
 

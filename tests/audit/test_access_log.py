@@ -114,12 +114,14 @@ def test_refused_requests_are_logged(app, client, issue_token, audit_events):
         e = _one(audit_events(h["X-Request-Id"]))
         assert e["outcome"] == "4" and "401" in e["outcomeDesc"] and agent(e, "IRCP")["name"].startswith("anonymous")
         h = rid()
-        tok = issue_token("patient/Observation.rs", patient="nobody-1")
+        # a parent's portal token, the child picked as the SMART patient context
+        tok = issue_token("patient/Observation.rs", patient="child-1", fhir_user="RelatedPerson/parent-1")
         r = anon.get("/fhir/Practitioner", headers={**h, "Authorization": f"Bearer {tok}"})
         assert r.status_code == 403
         e = _one(audit_events(h["X-Request-Id"]))
         assert e["outcome"] == "4" and "403" in e["outcomeDesc"] and agent(e, "IRCP")["altId"] == "test"
-        assert agent(e, "PAT")["who"]["reference"] == "Patient/nobody-1"  # on whose behalf
+        assert agent(e, "IRCP")["who"]["reference"] == "RelatedPerson/parent-1"
+        assert agent(e, "PAT")["who"]["reference"] == "Patient/child-1"  # on whose behalf
 
 
 def test_acting_for_header_is_recorded(client, audit_events):
@@ -153,7 +155,7 @@ def test_hl7v2_message_is_logged(client, audit_events):
 
 
 def test_login_at_the_token_endpoint_is_logged(app, audit_events):
-    with TestClient(app, base_url="http://testserver") as anon:
+    with TestClient(app, base_url="http://127.0.0.1") as anon:  # OAuth: https or loopback
         h = rid()
         r = anon.post("/auth/token", data={"grant_type": "client_credentials", "client_id": "no-such-client"}, headers=h)
         assert r.status_code in (400, 401)
@@ -174,7 +176,7 @@ def test_successful_backend_login_is_logged(app, audit_events):
     client_id = f"audit-{uuid.uuid4().hex[:8]}"
     add_client(app.state.db.engine, {"client_id": client_id, "token_endpoint_auth_method": "private_key_jwt",
                                       "jwks": {"keys": [key.as_dict(private=False)]}, "scope": "system/*.rs"})
-    with TestClient(app, base_url="http://testserver") as anon:
+    with TestClient(app, base_url="http://127.0.0.1") as anon:  # OAuth: https or loopback
         endpoint = anon.get("/fhir/.well-known/smart-configuration").json()["token_endpoint"]
         now = int(time.time())
         assertion = jwt.encode({"alg": "RS384", "kid": "audit-1", "typ": "JWT"},
