@@ -22,15 +22,27 @@ _CHUNK = 400  # (type, id) pairs per lookup: far below the bind-parameter limits
 
 def insert_events(conn: Connection, events: list[dict]) -> None:
     """Store AuditEvent dicts (each with its id) as version 1, with their search index rows."""
-    from ..search.indexer import index_resource
+    from ..search.indexer import INDEX_TABLES, index_resource
+    from .index import rows as index_rows
 
+    batched: dict[str, list[dict]] = {}
     for event in events:
         recorded = _instant(event.get("recorded")) or datetime.now(timezone.utc)
         event["meta"] = {"versionId": "1", "lastUpdated": event.get("recorded"), **(event.get("meta") or {})}
         ordered = {"resourceType": AUDIT_TYPE, "id": event["id"], "meta": event["meta"], **event}
         content = orjson.dumps(ordered)
         pk = repo.insert_resource(conn, AUDIT_TYPE, event["id"], 1, recorded, content, "POST")
-        index_resource(conn, pk, AUDIT_TYPE, ordered)
+        by_kind = index_rows(ordered)
+        if by_kind is None:  # custom AuditEvent parameters: the generic extractor knows them
+            index_resource(conn, pk, AUDIT_TYPE, ordered)
+            continue
+        for kind, rows in by_kind.items():
+            for r in rows:
+                r["res_pk"] = pk
+                r["res_type"] = AUDIT_TYPE
+            batched.setdefault(kind, []).extend(rows)
+    for kind, rows in batched.items():
+        repo.buffer_rows(conn, INDEX_TABLES[kind], rows)  # one multi-row insert per index table
 
 
 def _instant(text: str | None) -> datetime | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import uuid
 
-import pytest
+import orjson
 from fastapi.testclient import TestClient
 
 from .conftest import agent, patients, rid
@@ -199,3 +199,35 @@ def test_events_are_valid_r4_audit_events(client, audit_events):
     client.get(f"/fhir/Patient?_id={pid}", headers=h)
     for e in audit_events(h["X-Request-Id"]):
         AuditEvent.model_validate(e)  # raises on a shape R4 does not allow
+
+
+def test_hl7v2_over_mllp_is_logged_with_its_writes(settings, auth_headers):
+    import socket
+
+    from sqlalchemy import select
+
+    from fhir_server.bootstrap import build_app
+    from fhir_server.hl7v2.listener import send_mllp
+    from fhir_server.storage.schema import resources
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    app = build_app(settings.model_copy(update={"mllp_port": port, "mllp_host": "127.0.0.1"}))
+    family = f"Mllp{uuid.uuid4().hex[:6]}"
+    msg = "\r".join([
+        f"MSH|^~\\&|EHR|CLINIC|FHIR|SERVER|20240501120000||ADT^A01^ADT_A01|{uuid.uuid4().hex[:12]}|P|2.5",
+        "EVN|A01|20240501120000",
+        f"PID|1||44051401458^^^&urn:oid:2.16.840.1.113883.3.4424.1.1.616&ISO^NNPOL||{family}^Anna||19440514|F",
+        "PV1|1|O"]) + "\r"
+    with TestClient(app, headers=auth_headers) as client:
+        assert "MSA|AA|" in send_mllp("127.0.0.1", port, msg)
+        pid = client.get("/fhir/Patient", params={"family": family}).json()["entry"][0]["resource"]["id"]
+        app.state.audit_writer.flush()
+        with app.state.db.read() as conn:
+            events = [orjson.loads(c) for (c,) in conn.execute(select(resources.c.content).where(resources.c.res_type == "AuditEvent"))]
+    mine = [e for e in events if any(a.get("altId", "").startswith("mllp:") for a in e["agent"])]
+    imports = [e for e in mine if e["type"]["code"] == "110107"]
+    assert imports and imports[-1]["outcome"] == "0" and "ACK AA" in imports[-1]["outcomeDesc"]
+    assert any(e["action"] == "C" and patients(e) == {f"Patient/{pid}"} for e in mine)  # the Patient it created
