@@ -84,29 +84,9 @@ def patients_of_stored(conn: Connection, pairs: list[tuple[str, str]]) -> dict[t
 
 def patients_of_resource(res_type: str, resource: dict | None) -> list[str]:
     """The Patient ids a resource in hand belongs to (its compartment parameters' references)."""
-    from ..operations import patient_compartment
-    from ..search.indexer import _plan
+    from ..search.membership import patients_of
 
-    if not resource:
-        return []
-    if res_type == "Patient":
-        return [resource["id"]] if resource.get("id") else []
-    params = patient_compartment().get(res_type)
-    if not params:
-        return []
-    found: list[str] = []
-    for sp, ev, conv in _plan(res_type).entries:
-        if conv is None or sp.code not in params or sp.type != "reference":
-            continue
-        try:
-            items = ev(resource, resource)
-            rows = conv(items) if items else []
-        except Exception:  # noqa: BLE001 - an odd reference never fails the write it audits
-            continue
-        for row in rows:
-            if row.get("target_type") == "Patient" and row.get("target_id") and row["target_id"] not in found:
-                found.append(row["target_id"])
-    return found
+    return patients_of(res_type, resource)
 
 
 def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
