@@ -87,11 +87,15 @@ def bench_backend(backend: str, db_url: str, args, client, work: Path, log_dir: 
              "--database-url", db_url, "--log-level", "warning", "--port"]
     pport, oport = free_port(), free_port()
     protected = br.Proc(f"protected-{backend}", serve + [str(pport)], {**env, "FHIR_SERVER_AUDIT": "on"}, log_dir)
-    opened = None
+    opened = noaudit = None
     try:
         br.wait_ready(protected, f"http://127.0.0.1:{pport}/fhir/metadata")
         opened = br.Proc(f"open-{backend}", serve + [str(oport)], {**env, "FHIR_SERVER_AUTH": "off", "FHIR_SERVER_AUDIT": "off"}, log_dir)
         br.wait_ready(opened, f"http://127.0.0.1:{oport}/fhir/metadata")
+        if args.split:  # protection on, access log off: what the token and policy cost alone
+            nport = free_port()
+            noaudit = br.Proc(f"noaudit-{backend}", serve + [str(nport)], {**env, "FHIR_SERVER_AUDIT": "off"}, log_dir)
+            br.wait_ready(noaudit, f"http://127.0.0.1:{nport}/fhir/metadata")
         system = token(db_url, pport, env, "system/*.*")
         t0 = time.perf_counter()
         data = preload(f"http://127.0.0.1:{pport}/fhir", args.patients, args.obs, system)
@@ -111,6 +115,9 @@ def bench_backend(backend: str, db_url: str, args, client, work: Path, log_dir: 
         assert httpx.get(f"http://127.0.0.1:{oport}/fhir/Observation/{data[other][0]}").status_code == 200
         ops = [("read-open", oport, reads, None), ("read-protected", pport, reads, ptoken),
                ("search-open", oport, searches, None), ("search-protected", pport, searches, ptoken)]
+        if args.split:
+            ntoken = token(db_url, nport, env, "patient/*.rs", patient=pid)
+            ops += [("read-noaudit", nport, reads, ntoken), ("search-noaudit", nport, searches, ntoken)]
         if args.warmup > 0:
             for _op, port, paths, tok in ops:
                 client.run("read", port, paths, args.warmup, tok)
@@ -126,6 +133,8 @@ def bench_backend(backend: str, db_url: str, args, client, work: Path, log_dir: 
                           headers={"Authorization": f"Bearer {system}"}).json().get("total")
         return {"runs": runs, "audit_events": count}
     finally:
+        if noaudit is not None:
+            noaudit.stop()
         if opened is not None:
             opened.stop()
         protected.stop()
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument("--split", action="store_true", help="also measure protection without the access log (token + policy alone)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-protected-"))
     wrk = shutil.which("wrk") if args.client in ("auto", "wrk") else None
@@ -168,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             pp = statistics.median(r.p50_ms for r in runs[f"{kind}-protected"])
             ok = "ok" if p / o >= TARGET_PROTECTED_OVER_OPEN else "BELOW"
             print(f"{backend:8s} {kind:8s} {o:11.0f} {p:10.0f} {p / o:6.2f}  {ok:14s} {po:6.2f} / {pp:6.2f}")
+            if runs.get(f"{kind}-noaudit"):
+                n = statistics.median(r.rps for r in runs[f"{kind}-noaudit"])
+                print(f"{'':8s} {kind:8s} protected without the access log: {n:.0f} req/s ({n / o:.2f} of open)")
         print(f"{backend:8s} AuditEvents written by the protected server: {res['audit_events']}")
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import orjson
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, func, select, tuple_
 
 from ..storage import repository as repo
-from ..storage.schema import idx_reference, resources
+from ..storage.schema import idx_reference, resource_versions, resources
 
 AUDIT_TYPE = "AuditEvent"
 _CHUNK = 400  # (type, id) pairs per lookup: far below the bind-parameter limits
@@ -26,12 +26,20 @@ def insert_events(conn: Connection, events: list[dict]) -> None:
     from .index import rows as index_rows
 
     batched: dict[str, list[dict]] = {}
+    next_pk = _sqlite_next_pk(conn) if len(events) > 1 else None
     for event in events:
         recorded = _instant(event.get("recorded")) or datetime.now(timezone.utc)
         event["meta"] = {"versionId": "1", "lastUpdated": event.get("recorded"), **(event.get("meta") or {})}
         ordered = {"resourceType": AUDIT_TYPE, "id": event["id"], "meta": event["meta"], **event}
         content = orjson.dumps(ordered)
-        pk = repo.insert_resource(conn, AUDIT_TYPE, event["id"], 1, recorded, content, "POST")
+        if next_pk is None:  # PostgreSQL: insert_resource buffers with pre-allocated keys already
+            pk = repo.insert_resource(conn, AUDIT_TYPE, event["id"], 1, recorded, content, "POST")
+        else:  # SQLite: one multi-row insert for the batch instead of one round trip per event
+            pk, next_pk = next_pk, next_pk + 1
+            repo.buffer_rows(conn, resources, [{"pk": pk, "res_type": AUDIT_TYPE, "res_id": event["id"], "version_id": 1,
+                                                "last_updated": recorded, "deleted": False, "content": content}])
+            repo.buffer_rows(conn, resource_versions, [{"res_pk": pk, "res_type": AUDIT_TYPE, "res_id": event["id"], "version_id": 1,
+                                                        "last_updated": recorded, "method": "POST", "deleted": False, "content": content}])
         by_kind = index_rows(ordered)
         if by_kind is None:  # custom AuditEvent parameters: the generic extractor knows them
             index_resource(conn, pk, AUDIT_TYPE, ordered)
@@ -43,6 +51,16 @@ def insert_events(conn: Connection, events: list[dict]) -> None:
             batched.setdefault(kind, []).extend(rows)
     for kind, rows in batched.items():
         repo.buffer_rows(conn, INDEX_TABLES[kind], rows)  # one multi-row insert per index table
+
+
+def _sqlite_next_pk(conn: Connection) -> int | None:
+    """The next free resources key on SQLite, inside a write transaction (BEGIN IMMEDIATE holds
+    the database's write lock, so no other writer can take it meanwhile); None elsewhere or
+    when the connection does not buffer."""
+    if conn.dialect.name != "sqlite" or not conn.info.get("fhir_buffering"):
+        return None
+    repo.flush(conn)  # keys of rows buffered earlier in this transaction
+    return (conn.execute(select(func.max(resources.c.pk))).scalar() or 0) + 1
 
 
 def _instant(text: str | None) -> datetime | None:
