@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     public_base_url: str = ""  # e.g. https://fhir.example.org/fhir; when set, always the base in links
     trusted_proxies: str = "127.0.0.1,::1"  # addresses/networks whose X-Forwarded-* headers are believed
     access_log: str = "text"  # off | text | json (one line per request)
+    # the access log (docs/audit.md): IHE BALP AuditEvents for every API access
+    audit: str = "on"  # on | off (off: no AuditEvents; for experiments only)
+    audit_flush_seconds: float = 1.0  # read events are written in batches at most this far apart
+    audit_retention_days: int = 0  # delete AuditEvents older than this (0: keep them all)
     max_resource_bytes: int = 8 * 1024 * 1024  # one resource on write (413 beyond)
     max_response_bytes: int = 64 * 1024 * 1024  # one batch/transaction/search response (413 beyond)
     http_header_timeout: float = 10.0  # seconds for a request head to arrive
