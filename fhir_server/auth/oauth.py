@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from authlib.oauth2.rfc6749.errors import InsecureTransportError
 from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -23,9 +24,15 @@ from .server import FormRequest, SmartAuthorizationServer
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+async def _insecure_transport(request: Request, exc: InsecureTransportError) -> Response:
+    """Plain http to a host that is not loopback: an OAuth error (400), RFC 6749 section 3.1."""
+    return JSONResponse(dict(exc.get_body()), status_code=exc.status_code, headers=NO_STORE)
+
+
 def attach_oauth(app, db, settings, keys, verifier) -> None:
     server = SmartAuthorizationServer(db, settings, keys, verifier)
     app.state.auth_server = server
+    app.add_exception_handler(InsecureTransportError, _insecure_transport)
     base = settings.base_path.rstrip("/")
 
     def endpoints(request: Request) -> dict:

@@ -214,6 +214,16 @@ def test_unknown_person_is_refused(dev_app, portal):
     assert r.status_code == 400 and "No patient record" in r.text
 
 
+def test_plain_http_to_a_public_host_is_a_400_not_a_500(app):
+    """RFC 6749 section 3.1: the token endpoint needs TLS; over plain http to a host that is
+    not loopback the answer is an OAuth error, never an internal error."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, base_url="http://fhir.example.org") as c:
+        r = c.post("/auth/token", data={"grant_type": "client_credentials"})
+    assert r.status_code == 400 and r.json()["error"] == "insecure_transport"
+
+
 def test_dev_login_is_off_by_default(client):
     r = client.post("/auth/authorize", data={"login_system": SE_PNR, "login_value": "x"})
     assert r.status_code == 403
