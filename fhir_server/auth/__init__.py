@@ -35,6 +35,9 @@ def protect(app, db, settings) -> None:
     app.state.auth_keys = keys
     app.state.auth_verifier = verifier
     app.state.capability_security = lambda base_url: discovery.capability_security(settings, base_url)
+    from ..security.acting import ActingFor
+
+    app.add_middleware(ActingFor, db=db)  # inside BearerAuth: whom the request acts for (guardians, Consent proxies)
     app.add_middleware(BearerAuth, settings=settings, verifier=verifier, base_path=settings.base_path.rstrip("/"), rate_limiter=make_limiter(settings))
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
