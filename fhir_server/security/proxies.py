@@ -15,8 +15,9 @@
    whole record, or with `provision.data` only those resources/cases.
 3. Deny provisions naming the actor override permits and the guardian rule.
 
-Cost: a handful of indexed lookups (two reads by id, RelatedPerson?patient=,
-Person?link=, Consent?patient=), no scans.
+Cost: two indexed queries per request: the patient and the actor's own resource by id;
+the RelatedPersons and Consents about the patient together with the Persons linking the
+actor, through the reference index (res_type, param, target_id, target_type). No scans.
 """
 
 from __future__ import annotations
@@ -144,28 +145,81 @@ class Actor:
         return False
 
 
-def load_actor(conn: Connection, actor: str) -> Actor:
+def _actor_from(actor: str, doc: dict | None, persons: list[dict]) -> Actor:
+    """The Actor of a Patient (or RelatedPerson) `doc` and the Persons linking it."""
     ids: set[tuple[str, str]] = set()
-    rps: set[str] = set()
-    if actor.startswith("RelatedPerson/"):
-        rps.add(actor)
-        doc = _read(conn, actor)
-        if doc:
-            ids |= national_ids(doc)
-    elif actor.startswith("Patient/"):
-        doc = _read(conn, actor)
-        if doc:
-            ids |= national_ids(doc)
-            for link in doc.get("link") or []:
-                other = ((link or {}).get("other") or {}).get("reference") if isinstance(link, dict) else None
-                if isinstance(other, str) and other.startswith("RelatedPerson/"):
-                    rps.add(other)
-        for person in _search(conn, "Person", [("link", actor)], limit=20):
-            for link in person.get("link") or []:
-                target = ((link or {}).get("target") or {}).get("reference") if isinstance(link, dict) else None
-                if isinstance(target, str) and target.startswith("RelatedPerson/"):
-                    rps.add(target)
+    rps: set[str] = {actor} if actor.startswith("RelatedPerson/") else set()
+    if doc:
+        ids |= national_ids(doc)
+        for link in doc.get("link") or []:
+            other = ((link or {}).get("other") or {}).get("reference") if isinstance(link, dict) else None
+            if isinstance(other, str) and other.startswith("RelatedPerson/"):
+                rps.add(other)
+    for person in persons:
+        for link in person.get("link") or []:
+            target = ((link or {}).get("target") or {}).get("reference") if isinstance(link, dict) else None
+            if isinstance(target, str) and target.startswith("RelatedPerson/"):
+                rps.add(target)
     return Actor(actor, ids, rps)
+
+
+def load_actor(conn: Connection, actor: str) -> Actor:
+    doc = _read(conn, actor)
+    persons = _search(conn, "Person", [("link", actor)], limit=20) if actor.startswith("Patient/") else []
+    return _actor_from(actor, doc, persons)
+
+
+def _by_reference_stmt():
+    from sqlalchemy import and_, bindparam, false, or_, select
+
+    from ..storage.schema import idx_reference, resources
+
+    r, x = resources, idx_reference
+    about_patient = and_(x.c.res_type.in_(("RelatedPerson", "Consent")), x.c.param == "patient",
+                         x.c.target_type == "Patient", x.c.target_id == bindparam("patient"))
+    linking_actor = and_(x.c.res_type == "Person", x.c.param == "link",
+                         x.c.target_type == bindparam("actor_type"), x.c.target_id == bindparam("actor_id"))
+    by_ref = (select(r.c.res_type, r.c.res_id, r.c.content).join(x, x.c.res_pk == r.c.pk)
+              .where(or_(about_patient, linking_actor), r.c.deleted == false()).distinct())
+    by_id = select(r.c.res_type, r.c.res_id, r.c.content).where(
+        r.c.res_type.in_(("Patient", "RelatedPerson")), r.c.res_id.in_((bindparam("patient_id"), bindparam("actor_own_id"))), r.c.deleted == false())
+    return by_ref, by_id
+
+
+_STMTS = None
+
+
+def _patients_and_links(conn: Connection, actor: str, patient_id: str) -> dict:
+    """Two indexed queries: the Patient and the actor's own resource by id; and the
+    RelatedPersons and Consents about the patient with the Persons linking the actor
+    (idx_reference: (res_type, param, target_id, target_type))."""
+    global _STMTS
+    if _STMTS is None:
+        _STMTS = _by_reference_stmt()
+    by_ref, by_id = _STMTS
+    actor_type, _, actor_id = actor.partition("/")
+    out: dict = {"patient": None, "actor": None, "RelatedPerson": [], "Consent": [], "Person": []}
+    for row in conn.execute(by_id, {"patient_id": patient_id, "actor_own_id": actor_id}):
+        doc = _doc(row.content)
+        if row.res_type == "Patient" and row.res_id == patient_id:
+            out["patient"] = doc
+        if row.res_type == actor_type and row.res_id == actor_id:
+            out["actor"] = doc
+    for row in conn.execute(by_ref, {"patient": patient_id, "actor_type": actor_type, "actor_id": actor_id}):
+        doc = _doc(row.content)
+        if doc is not None:
+            out[row.res_type].append(doc)
+    return out
+
+
+def _doc(content) -> dict | None:
+    if content is None:
+        return None
+    try:
+        doc = jsonio.parse_plain(bytes(content))
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _is_actor(rp: dict, who: Actor) -> bool:
@@ -184,14 +238,16 @@ def _guardian_code(rp: dict) -> str | None:
 def resolve(conn: Connection, actor: str, patient_id: str, now: datetime, who: Actor | None = None) -> ActingGrant:
     """The grant of `actor` over Patient/`patient_id` at `now` (see the module docstring)."""
     grant = ActingGrant(actor=actor, patient=patient_id)
-    patient = _read(conn, f"Patient/{patient_id}")
+    docs = _patients_and_links(conn, actor, patient_id)
+    patient = docs["patient"]
     if patient is None:
         return grant
-    who = who or load_actor(conn, actor)
+    if who is None:
+        who = _actor_from(actor, docs["actor"], docs["Person"])
     target = f"Patient/{patient_id}"
 
     # 1. guardian of a minor
-    for rp in _search(conn, "RelatedPerson", [("patient", target)], limit=200):
+    for rp in docs["RelatedPerson"]:
         if rp.get("active") is False or not consent_rules.period_covers(rp.get("period"), now):
             continue
         if not _is_actor(rp, who):
@@ -209,7 +265,7 @@ def resolve(conn: Connection, actor: str, patient_id: str, now: datetime, who: A
                                         f"{code} of a child under the self-service age of {country}", until.isoformat()))
 
     # 2./3. consents naming the actor
-    for consent in _search(conn, "Consent", [("patient", target)], limit=500):
+    for consent in docs["Consent"]:
         for rule in consent_rules.rules_for(consent, now, who.is_named):
             source = f"Consent/{rule.consent_id}"
             if rule.kind == "deny":
