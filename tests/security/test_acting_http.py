@@ -254,3 +254,20 @@ def test_consent_action_limits_writes(client, as_person, danish_case):
     assert r.status_code == 403 and "does not allow 'create'" in r.text
     consent(client, d["child"], proxy_provision(f"Patient/{d['mother']}", data=[f"Claim/{claim}"], actions=["access", "collect"]))
     assert mother.post("/fhir/Communication", json=body).status_code == 201
+
+
+def test_user_scopes_and_related_person_users(client, as_person):
+    child, parent = family(client, "FI", years_ago(9))
+    qr = questionnaire_response(client, child)
+    own_qr = questionnaire_response(client, parent)
+    # a user/ token of the parent: their own record, or the child's with X-Acting-For
+    user = as_person(parent, scope="openid fhirUser user/*.rs")
+    assert ids(user.get("/fhir/QuestionnaireResponse").json()) == {own_qr}
+    assert ids(user.get("/fhir/QuestionnaireResponse", headers={"X-Acting-For": f"Patient/{child}"}).json()) == {qr}
+    # a RelatedPerson as the logged-in user: nothing without a patient, the child with one
+    rp = related_person(client, child, ["GUARD"])
+    guardian = as_person(rp, scope="openid fhirUser user/*.rs", ref_type="RelatedPerson")
+    assert ids(guardian.get("/fhir/QuestionnaireResponse").json()) == set()
+    assert ids(guardian.get("/fhir/QuestionnaireResponse", headers={"X-Acting-For": f"Patient/{child}"}).json()) == {qr}
+    stranger, _ = patient(client, "FI", years_ago(8))
+    assert guardian.get("/fhir/QuestionnaireResponse", headers={"X-Acting-For": f"Patient/{stranger}"}).status_code == 403
