@@ -7,11 +7,13 @@ one year): end = start (or now) + `period_years`. The client's own end is never 
 
 Rule (422 `invalid` / `code-invalid`, nothing written):
 - `scope` must carry a coding from the R4 value set consent-scope and `category` at least
-  one coding from consent-category (both bindings are extensible in R4; this server holds
-  Consents to them, because the policy engine reads them);
-- in a `patient-privacy` Consent every provision with a `type` (except a root whose nested
-  provisions carry the exceptions) must name `actor` itself or through its parent: a
-  proxy permit or deny without an actor grants or refuses no one;
+  one coding from consent-category or a v3 consent directive code (the list in
+  mappings/consent/proxy_policy.yaml; R4's own examples use them). Both bindings are
+  extensible in R4; this server holds Consents to them because the policy engine reads them;
+- in a `patient-privacy` Consent a permit or deny for a case (its `data` names a Claim,
+  EpisodeOfCare, Encounter or CarePlan: a per-case proxy or a case consent) must name
+  `actor` itself or through its parent: whom it concerns (the proxy, the case's handlers).
+  Provisions for everyone (an opt-out, a SMART app's permit) need no actor;
 - `provision.data` of a case (Claim, EpisodeOfCare, Encounter, CarePlan) needs a
   relative reference `Type/id`.
 """
@@ -26,10 +28,13 @@ SCOPE_VS = "http://hl7.org/fhir/ValueSet/consent-scope"
 CATEGORY_VS = "http://hl7.org/fhir/ValueSet/consent-category"
 
 
-def _in_value_set(concept, url: str) -> bool:
+def _in_value_set(concept, url: str, extra: dict | None = None) -> bool:
     from ..terminology.package import binding_tables
 
     expansion = binding_tables()["valueSets"].get(url) or {}
+    for c in (concept or {}).get("coding") or [] if isinstance(concept, dict) else []:
+        if isinstance(c, dict) and c.get("code") in (extra or {}).get(c.get("system"), ()):
+            return True
     for c in (concept or {}).get("coding") or [] if isinstance(concept, dict) else []:
         if isinstance(c, dict) and c.get("code") in expansion.get(c.get("system"), ()):
             return True
@@ -75,6 +80,17 @@ def default_period(conn: Connection, ctx, res_id: str | None, parsed) -> None:
         per["end"] = end
 
 
+def _case_refs(p: dict) -> list[str]:
+    from .proxy_policy import policy
+
+    out = []
+    for d in p.get("data") or []:
+        ref = ((d or {}).get("reference") or {}).get("reference") if isinstance(d, dict) else None
+        if isinstance(ref, str) and "/" in ref and ref.split("/")[-2] in policy().case_types:
+            out.append(ref)
+    return out
+
+
 def _provisions(p: dict, path: str, named: bool, out: list) -> None:
     has_actor = bool(p.get("actor"))
     out.append((p, path, named or has_actor))
@@ -91,7 +107,7 @@ def consent_rule(conn: Connection, res_type: str, res_id: str | None, resource: 
     issues: list[Issue] = []
     if not _in_value_set(resource.get("scope"), SCOPE_VS):
         issues.append(Issue("error", "code-invalid", f"Consent.scope must have a coding from {SCOPE_VS} (adr, research, patient-privacy, treatment)", ["Consent.scope"]))
-    if not any(_in_value_set(c, CATEGORY_VS) for c in resource.get("category") or []):
+    if not any(_in_value_set(c, CATEGORY_VS, policy().extra_category_codes) for c in resource.get("category") or []):
         issues.append(Issue("error", "code-invalid", f"Consent.category needs a coding from {CATEGORY_VS}", ["Consent.category"]))
     root = resource.get("provision")
     privacy = any(isinstance(c, dict) and c.get("code") == "patient-privacy" for c in ((resource.get("scope") or {}).get("coding") or []))
@@ -99,8 +115,7 @@ def consent_rule(conn: Connection, res_type: str, res_id: str | None, resource: 
         found: list = []
         _provisions(root, "Consent.provision", False, found)
         for p, path, named in found:
-            is_base = p is root and bool(p.get("provision"))
-            if privacy and p.get("type") in ("permit", "deny") and not named and not is_base:
+            if privacy and p.get("type") in ("permit", "deny") and not named and _case_refs(p):
                 issues.append(Issue("error", "required", f"A {p['type']} provision of a patient-privacy Consent must name who it concerns ({path}.actor): "
                                                          "a proxy permit or deny without an actor grants or refuses no one", [f"{path}.actor"]))
             for i, d in enumerate(p.get("data") or []):

@@ -31,6 +31,7 @@ class ProxyPolicy:
     action_system: str
     actions: dict[str, frozenset[str]]  # read | create | update | delete -> consentaction codes
     templates: dict[str, dict]
+    extra_category_codes: dict[str, frozenset[str]]
 
     def template(self, country: str | None) -> dict:
         return self.templates.get(country or "", self.templates.get("default", {}))
@@ -48,6 +49,7 @@ def policy() -> ProxyPolicy:
         action_system=raw["action_system"],
         actions={k: frozenset(v) for k, v in raw["actions"].items()},
         templates=dict(raw.get("consent_templates") or {}),
+        extra_category_codes={k: frozenset(v) for k, v in (raw.get("extra_category_codes") or {}).items()},
     )
 
 

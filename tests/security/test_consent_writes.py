@@ -50,7 +50,7 @@ def test_client_end_is_kept(client, teen):
 
 @pytest.mark.parametrize("provision,expression", [
     ({"type": "permit", "data": [{"meaning": "related", "reference": {"reference": "Claim/1"}}]}, "Consent.provision.actor"),
-    ({"type": "deny"}, "Consent.provision.actor"),
+    ({"type": "deny", "data": [{"meaning": "related", "reference": {"reference": "EpisodeOfCare/1"}}]}, "Consent.provision.actor"),
     ({"type": "deny", "provision": [{"type": "permit", "data": [{"meaning": "related", "reference": {"reference": "Claim/1"}}]}]},
      "Consent.provision.provision[0].actor"),
 ])
@@ -80,6 +80,14 @@ def test_scope_and_category_from_the_r4_value_sets(client, teen, scope, category
 
 def test_rejected_write_leaves_nothing(client, teen):
     cid = new_id("consent")
-    r = client.put(f"/fhir/Consent/{cid}", json={**body(teen, {"type": "deny"}), "id": cid})
+    r = client.put(f"/fhir/Consent/{cid}", json={**body(teen, {"type": "permit", "data": [{"meaning": "related", "reference": {"reference": "Claim/1"}}]}), "id": cid})
     assert r.status_code == 422
     assert client.get(f"/fhir/Consent/{cid}").status_code == 404
+
+
+def test_provisions_for_everyone_need_no_actor(client, teen):
+    """An opt-out or an app's permit (R4 consent-example-smartonfhir) concerns no particular person."""
+    assert client.post("/fhir/Consent", json=body(teen, {"type": "deny"})).status_code == 201
+    app_permit = {"provision": [{"type": "permit", "action": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": "access"}]}],
+                                 "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "MedicationRequest"}]}]}
+    assert client.post("/fhir/Consent", json=body(teen, app_permit)).status_code == 201
