@@ -66,5 +66,7 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.workflows.claims",
     "fhir_server.operations.claim_submit",
     "fhir_server.auth",
-    "fhir_server.audit",
+    "fhir_server.security.plugin",
+    "fhir_server.operations.proxies",
+    "fhir_server.audit",  # last: it sees every other plugin's routes and writes
 ]

@@ -145,6 +145,14 @@ def _load(db, ctx: RequestContext, res_id: str, vid: str | None, raw: bool):
     return out, resource, info
 
 
+def _visible(conn, ctx: RequestContext, res_type: str, res_id: str) -> bool:
+    """Whether the caller's criteria (scopes, acting-for rules) reach `res_type/res_id`."""
+    from ..search.access import visible
+    from ..security.authz import visibility
+
+    return ctx.principal.unrestricted or visible(conn, res_type, res_id, visibility(ctx.principal, res_type, "r"))
+
+
 def _check_security_context(conn, ctx: RequestContext, binary: dict) -> None:
     """R4 Binary.securityContext: access to the content follows access to that resource."""
     ref = (binary.get("securityContext") or {}).get("reference")
@@ -157,8 +165,11 @@ def _check_security_context(conn, ctx: RequestContext, binary: dict) -> None:
 
         stored = repo.read_current(conn, target_type, target_id)
         if stored is not None and stored.content:
-            cases = case_consent.cases_of(jsonio.parse_plain(stored.content))
-            if cases and not case_consent.may_see_case_documents(ctx.principal, cases):
+            doc = jsonio.parse_plain(stored.content)
+            cases = case_consent.cases_of(doc)
+            if not _visible(conn, ctx, target_type, target_id):
+                raise FhirError.of(404, "not-found", f"Binary/{binary.get('id')} is not known")
+            if cases and not case_consent.may_see_case_documents(ctx.principal, cases, conn, doc):
                 raise FhirError.of(403, "forbidden", "The documents of this case are shared only under the patient's consent for the case")
 
 

@@ -35,6 +35,9 @@ def protect(app, db, settings) -> None:
     app.state.auth_keys = keys
     app.state.auth_verifier = verifier
     app.state.capability_security = lambda base_url: discovery.capability_security(settings, base_url)
+    from ..security.acting import ActingFor
+
+    app.add_middleware(ActingFor, db=db)  # inside BearerAuth: whom the request acts for (guardians, Consent proxies)
     app.add_middleware(BearerAuth, settings=settings, verifier=verifier, base_path=settings.base_path.rstrip("/"), rate_limiter=make_limiter(settings))
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
@@ -44,7 +47,7 @@ def protect(app, db, settings) -> None:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Accept", "Prefer", "If-Match", "If-None-Match", "If-None-Exist", "If-Modified-Since", "X-Request-Id"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "Prefer", "If-Match", "If-None-Match", "If-None-Exist", "If-Modified-Since", "X-Request-Id", "X-Acting-For"],
             expose_headers=["Location", "Content-Location", "ETag", "Last-Modified", "X-Request-Id", "X-Progress", "Retry-After", "WWW-Authenticate"],
             max_age=600,
         )

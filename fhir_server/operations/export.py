@@ -33,7 +33,7 @@ from ..rest.interactions import parse_instant
 from ..rest.operations import OperationCall, body_parameters, operation
 from ..storage.schema import job_files, resources
 from . import patient_compartment
-from .export_access import check_owner, owner_of, restrict_to_caller
+from .export_access import acting_filters, check_owner, owner_of, restrict_to_caller
 from .export_job import KIND, NDJSON, export_dir
 
 log = logging.getLogger("fhir_server.export")
@@ -185,6 +185,7 @@ def kick_off(call: OperationCall) -> Outcome:
         type_filters.setdefault(t, []).append(query)
 
     type_list, patients, scope_filters = restrict_to_caller(call, level, type_list, patients)
+    type_list, type_filters = acting_filters(call, type_list, type_filters)
     now = datetime.now(timezone.utc)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as precise as lastUpdated
     with call.db.write() as conn:

@@ -67,6 +67,38 @@ def restrict_to_caller(call: OperationCall, level: str, types: list[str], patien
     scope_filters = {}
     for t in visible:
         criteria = grants[t]
-        if criteria is not None and all(c.params for c in criteria):
+        if criteria is not None and all(c.params and not getattr(c, "exclude", False) for c in criteria):
             scope_filters[t] = [list(c.params) for c in criteria]
     return visible, patients, scope_filters
+
+
+def acting_filters(call: OperationCall, types: list[str], type_filters: dict[str, list]) -> tuple[list[str], dict[str, list]]:
+    """A proxy acting for a patient (security.acting) exports what their grant shows: a
+    case-limited grant becomes `_typeFilter` queries AND-ed with the client's own (types
+    the grant does not reach are left out). A grant that excludes denied cases cannot be
+    written as filters: 403."""
+    from ..security.acting import grant_criteria
+    from ..security.proxies import ActingGrant
+
+    grant = call.ctx.principal.acting
+    if not isinstance(grant, ActingGrant) or (grant.full and not grant.denied):
+        return types, type_filters
+    kept: list[str] = []
+    filters = dict(type_filters)
+    for t in types:
+        crit = grant_criteria(grant, t)
+        if crit is None:
+            kept.append(t)
+            continue
+        if not crit:
+            filters.pop(t, None)
+            continue
+        if any(c.exclude for c in crit):
+            raise FhirError.of(403, "forbidden", "A Consent denies part of this record to the caller; a bulk export of it is not offered")
+        mine = [list(c.params) for c in crit]
+        theirs = filters.get(t) or [[]]
+        filters[t] = [list(q) + m for q in theirs for m in mine]
+        kept.append(t)
+    if not kept:
+        raise FhirError.of(403, "forbidden", "The caller's grant reaches none of the requested resource types")
+    return kept, filters

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy import Connection, ColumnElement, and_, false, or_, select, true
+from sqlalchemy import Connection, ColumnElement, and_, false, not_, or_, select, true
 from sqlalchemy.sql import FromClause
 
 from ..errors import FhirError
@@ -38,6 +38,11 @@ def criteria_condition(res_type: str, vis: Visibility, r: FromClause, base_url: 
                 parts.append(param_condition(QueryContext(base_url), res_type, name, value, r))
         except FhirError:
             continue  # a granular scope whose parameter does not apply to this type grants nothing here
+        for name, value in c.exclude:
+            try:
+                parts.append(not_(param_condition(QueryContext(base_url), res_type, name, value, r)))
+            except FhirError:
+                continue  # an exclusion that cannot apply to this type excludes nothing
         alts.append(and_(*parts) if parts else true())
     return or_(*alts) if alts else false()
 

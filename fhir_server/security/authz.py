@@ -44,6 +44,9 @@ class Principal:
     authenticated: bool = True
     unrestricted: bool = False
     expires_at: float | None = None  # epoch seconds (the token's exp)
+    # per request, set by security.acting when the logged-in person acts for another patient
+    # (`patient` is then that patient): a security.proxies.ActingGrant. Never cached.
+    acting: object | None = None
 
     @classmethod
     def internal(cls, subject: str = "internal") -> "Principal":
@@ -65,10 +68,12 @@ class AccessRequest:
 @dataclass(frozen=True)
 class Criteria:
     """One way a resource may be visible: inside `compartment` (("Patient", id)) AND
-    matching every search parameter in `params`. A list of Criteria is OR-ed."""
+    matching every search parameter in `params` and none in `exclude` (each excluded
+    parameter is a NOT). A list of Criteria is OR-ed."""
 
     compartment: tuple[str, str] | None = None
     params: tuple[tuple[str, str], ...] = ()
+    exclude: tuple[tuple[str, str], ...] = ()
 
 
 Visibility = list[Criteria] | None  # None: everything; []: nothing
@@ -87,6 +92,28 @@ class AllowAll:
 _policies: list[Policy] = [AllowAll()]
 
 
+class _Acting:
+    """The acting-for rules (guardians, Consent proxies: security.acting), always on, like
+    the scopes; imported lazily (security.acting imports this module)."""
+
+    def check(self, principal: Principal, request: AccessRequest) -> str | None:
+        if principal.acting is None or request.operation_access == "authenticated":
+            return None  # operations open to any token check the rest themselves
+        from .acting import ActingPolicy
+
+        return ActingPolicy().check(principal, request)
+
+    def criteria(self, principal: Principal, res_type: str, permission: str) -> "Visibility":
+        if principal.acting is None:
+            return None
+        from .acting import ActingPolicy
+
+        return ActingPolicy().criteria(principal, res_type, permission)
+
+
+_ACTING = _Acting()
+
+
 def set_policies(policies: list[Policy]) -> None:
     """Install the additional policies (after SMART scopes, which always apply)."""
     _policies[:] = policies
@@ -102,7 +129,7 @@ def authorize(principal: Principal, request: AccessRequest) -> None:
 
     if not principal.authenticated:
         raise unauthenticated()
-    reason = smart.check(principal, request)
+    reason = smart.check(principal, request) or _ACTING.check(principal, request)
     if reason:
         raise FhirError.of(403, "forbidden", reason)
     for policy in _policies:
@@ -116,14 +143,14 @@ def visibility(principal: Principal, res_type: str, permission: str = "s") -> Vi
     from . import smart
 
     vis = smart.visibility(principal, res_type, permission)
-    for policy in _policies:
+    for policy in (_ACTING, *_policies):
         extra = getattr(policy, "criteria", None)
         if extra is None:
             continue
         more = extra(principal, res_type, permission)
         if more is None:
             continue
-        vis = more if vis is None else [Criteria(a.compartment or b.compartment, a.params + b.params)
+        vis = more if vis is None else [Criteria(a.compartment or b.compartment, a.params + b.params, a.exclude + b.exclude)
                                         for a in vis for b in more
                                         if not (a.compartment and b.compartment and a.compartment != b.compartment)]
     return vis

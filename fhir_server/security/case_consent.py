@@ -1,33 +1,124 @@
-"""SEAM for the case consent (issue 13): may this caller see a case's documents?
+"""Per-case consent ("sagsbaseret samtykke"): may this caller see a case's documents?
 
-A document belongs to a case when its DocumentReference has `context.related`
-pointing at a Claim, EpisodeOfCare or Encounter. A proxy (power of attorney,
-parent of a 15-17 year old) may see a case's documents only while the patient's
-consent for that case is active. Until the consent module lands this answers
-yes for everyone; it is called where case documents are served (the raw
-Binary download, through its securityContext), and the consent work is
-expected to replace `may_see_case_documents` and to add the same rule as a
-search criterion for DocumentReference searches (access is a criterion, not a
-filter afterwards: DESIGN.md).
+A document belongs to a case when its DocumentReference has `context.related` (or
+`context.encounter`) pointing at a case resource (Claim, EpisodeOfCare, Encounter,
+CarePlan: mappings/consent/proxy_policy.yaml `case_types`). A case's documents are shared
+while the patient's consent for the case is in force: a Consent of the patient, `active`,
+its period covering now, with a permit provision whose `data` names the case (the Danish
+portal's consent to collect and share data for a case; one year by default, revocable).
+
+Who sees a case's documents (`may_see_case_documents`):
+- the patient themselves, and backend (`system/`) clients: always;
+- a proxy acting for the patient (security.acting): as their ActingGrant allows (a guardian
+  of a minor, a full proxy, or a proxy for that case), evaluated now;
+- staff (a `user/` token of a Practitioner/PractitionerRole, "the case's handlers"): only
+  while a case consent is in force for every case of the document.
+
+Uploads without a case consent are still accepted: `mark_waiting` (a DocumentReference
+preparer) tags such a DocumentReference `meta.tag` = WAITING_TAG ("waiting for consent"),
+and removes the tag when the document is written again once the consent is in force.
 """
 
 from __future__ import annotations
 
+from sqlalchemy import Connection
+
+from .. import clock
 from ..security.authz import Principal
 
-CASE_TYPES = ("Claim", "EpisodeOfCare", "Encounter")
+CASE_TYPES = ("Claim", "EpisodeOfCare", "Encounter", "CarePlan")
+TAG_SYSTEM = "http://fhir-server.example/CodeSystem/case-consent"
+WAITING_TAG = {"system": TAG_SYSTEM, "code": "waiting-for-consent", "display": "Waiting for the patient's consent for the case"}
 
 
 def cases_of(document_reference: dict) -> list[str]:
-    """The case references ("Claim/1", ...) of a DocumentReference's context.related."""
+    """The case references ("Claim/1", ...) of a DocumentReference's context.related / encounter."""
     out = []
-    for rel in ((document_reference.get("context") or {}).get("related") or []):
+    context = document_reference.get("context") or {}
+    refs = list(context.get("related") or []) + list(context.get("encounter") or [])
+    for rel in refs:
         ref = rel.get("reference") if isinstance(rel, dict) else None
-        if isinstance(ref, str) and ref.split("/")[0] in CASE_TYPES:
-            out.append(ref)
+        if isinstance(ref, str) and "/" in ref:
+            ref = "/".join(ref.split("/")[-2:])
+            if ref.split("/")[0] in CASE_TYPES and ref not in out:
+                out.append(ref)
     return out
 
 
-def may_see_case_documents(principal: Principal, cases: list[str]) -> bool:
-    """True when `principal` may see documents of all `cases` (today: always)."""
-    return True
+def patient_of(document_reference: dict) -> str | None:
+    ref = (document_reference.get("subject") or {}).get("reference")
+    if isinstance(ref, str) and ref.startswith("Patient/"):
+        return ref.split("/", 1)[1]
+    return None
+
+
+def consented_cases(conn: Connection, patient_id: str, cases: list[str]) -> set[str]:
+    """Those of `cases` for which a Consent of Patient/`patient_id` in force permits sharing now."""
+    from . import consent_rules
+    from .proxies import _search
+
+    now = clock.now()
+    out: set[str] = set()
+    denied: set[str] = set()
+    for consent in _search(conn, "Consent", [("patient", f"Patient/{patient_id}")]):
+        for rule in consent_rules.rules_for(consent, now, lambda _ref: True):
+            hits = {c for c in rule.data if c in cases}
+            (out if rule.kind == "permit" else denied).update(hits)
+        root = consent.get("provision") or {}
+        if consent_rules.in_force(consent, now) and not root.get("actor"):
+            # a provision naming no actor concerns everyone who handles the case
+            def walk(p, kind="permit"):
+                kind = p.get("type") or kind
+                if not p.get("actor"):
+                    refs = {"/".join(((d.get("reference") or {}).get("reference") or "").split("/")[-2:]) for d in p.get("data") or [] if isinstance(d, dict)}
+                    if consent_rules.period_covers(p.get("period"), now):
+                        (out if kind == "permit" else denied).update(refs & set(cases))
+                for child in p.get("provision") or []:
+                    if isinstance(child, dict):
+                        walk(child, kind)
+            walk(root)
+    return out - denied
+
+
+def _is_staff(principal: Principal) -> bool:
+    user = principal.fhir_user or ""
+    return user.startswith(("Practitioner/", "PractitionerRole/")) or (
+        not user and any(s.startswith("user/") for s in principal.scopes) and not any(s.startswith("system/") for s in principal.scopes))
+
+
+def may_see_case_documents(principal: Principal, cases: list[str], conn: Connection | None = None, document: dict | None = None) -> bool:
+    """True when `principal` may see documents of all `cases` (see the module docstring)."""
+    if principal.unrestricted or not cases:
+        return True
+    grant = principal.acting
+    if grant is not None:
+        from .proxies import ActingGrant
+
+        if not isinstance(grant, ActingGrant) or not grant.allowed:
+            return False
+        if grant.full:
+            return not any(c in grant.denied for c in cases)
+        return all(c in grant.items and c not in grant.denied for c in cases)
+    if not _is_staff(principal):
+        return True  # the patient themselves (their compartment) or a backend client
+    patient = patient_of(document or {})
+    if conn is None or patient is None:
+        return False
+    return consented_cases(conn, patient, cases) >= set(cases)
+
+
+def mark_waiting(conn: Connection, ctx, res_id: str | None, parsed) -> None:
+    """DocumentReference preparer: tag documents of a case without a consent in force."""
+    doc = parsed.plain
+    cases = cases_of(doc)
+    patient = patient_of(doc)
+    waiting = bool(cases and patient and consented_cases(conn, patient, cases) < set(cases))
+    for target in (parsed.plain, parsed.preserving):
+        meta = target.get("meta")
+        tags = [t for t in ((meta or {}).get("tag") or []) if not (isinstance(t, dict) and t.get("system") == TAG_SYSTEM)]
+        if waiting:
+            tags.append(dict(WAITING_TAG))
+        if tags:
+            target.setdefault("meta", {})["tag"] = tags
+        elif isinstance(meta, dict) and "tag" in meta:
+            del meta["tag"]

@@ -115,8 +115,12 @@ def visibility(principal: Principal, res_type: str, permission: str = "s") -> Vi
             compartment = ("Patient", principal.patient)
         elif s.context == "user":
             user = principal.fhir_user or ""
-            if user.startswith("Patient/"):
+            if principal.acting is not None and principal.patient:
+                compartment = ("Patient", principal.patient)  # acting for another patient (security.acting checked it)
+            elif user.startswith("Patient/"):
                 compartment = ("Patient", user.split("/", 1)[1])
+            elif user.startswith("RelatedPerson/"):
+                continue  # a related person sees only the patients they act for (X-Acting-For / patient context)
         if compartment is None and not s.params:
             return None  # one unrestricted grant: everything of the type
         alts.append(Criteria(compartment, s.params))

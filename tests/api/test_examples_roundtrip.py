@@ -23,7 +23,19 @@ def _examples():
 
 def _as_served(resource: dict) -> dict:
     """What the server changes on purpose: a requested Subscription is activated and
-    its channel.header secrets are masked (docs/subscriptions.md)."""
+    its channel.header secrets are masked (docs/subscriptions.md); a Consent without a
+    period end gets the policy template's (one year), a DocumentReference of a case
+    without a case consent is tagged waiting for consent (docs/consent.md)."""
+    if resource.get("resourceType") == "Consent":
+        return _consent_as_served(resource)
+    if resource.get("resourceType") == "DocumentReference":
+        from fhir_server.security.case_consent import WAITING_TAG, cases_of
+
+        if cases_of(resource):
+            out = json.loads(json.dumps(resource))
+            out.setdefault("meta", {}).setdefault("tag", []).append(dict(WAITING_TAG))
+            return out
+        return resource
     if resource.get("resourceType") != "Subscription":
         return resource
     out = json.loads(json.dumps(resource))
@@ -32,6 +44,23 @@ def _as_served(resource: dict) -> dict:
     headers = (out.get("channel") or {}).get("header")
     if headers:
         out["channel"]["header"] = [h.split(":", 1)[0].strip() + ": ***" for h in headers]
+    return out
+
+
+def _consent_as_served(resource: dict) -> dict:
+    from datetime import datetime, timezone
+
+    from fhir_server.security.consent_rules import parse_instant
+    from fhir_server.security.proxy_policy import add_years
+
+    period = (resource.get("provision") or {}).get("period") or {}
+    if resource.get("status") not in ("active", "proposed", "draft") or period.get("end"):
+        return resource
+    out = json.loads(json.dumps(resource))
+    start = parse_instant(period.get("start")) or datetime.now(timezone.utc)
+    per = out.setdefault("provision", {}).setdefault("period", {})
+    per.setdefault("start", start.date().isoformat())
+    per["end"] = add_years(start.date(), 1).isoformat()
     return out
 
 
