@@ -45,3 +45,18 @@ def recreate_pg_database(pg_url: str) -> None:
         ident = '"' + u.database.replace('"', '""') + '"'
         conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {ident}")
+
+
+def server_token(db_url: str, audience: str, env: dict[str, str] | None = None, scope: str = "system/*.*") -> str:
+    """A bearer token from the server's own issuer (`fhir-server token`) for `audience`
+    (the FHIR base the server was started with, FHIR_SERVER_AUTH_BASE_URL). The signing
+    key lives in the database when no key file is configured, so every server process
+    on that database accepts it."""
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "fhir_server.cli", "token", "--scope", scope, "--ttl", "86400",
+         "--audience", audience, "--database-url", db_url],
+        env=env if env is not None else dict(os.environ), capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
