@@ -52,7 +52,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from benchlib import recreate_pg_database, server_token, stop_group  # noqa: E402
+from benchlib import recreate_pg_database, server_bearer_headers, stop_group  # noqa: E402
 
 PUBLIC_BASE = "http://fhir.scaleout.example/fhir"  # the one audience every process accepts
 FAMILIES = ["Nowak", "Hansen", "Johansson", "Virtanen", "Jensen", "Berg", "Kowalska", "Lind", "Nieminen", "Olsen"]
@@ -202,7 +202,7 @@ def bench_backend(backend: str, db_url: str, args, work: Path) -> dict:
     servers: list[Serve] = []
     try:
         servers.append(Serve(f"{backend}-p1", db_url, work))
-        token = server_token(db_url, PUBLIC_BASE, servers[0].env)
+        token = server_bearer_headers(db_url, PUBLIC_BASE, servers[0].env)["Authorization"].split(" ", 1)[1]
         log(f"[{backend}] preloading {args.n} Patients")
         ids = preload(servers[0].base, args.n, token)
         (work / "read.paths").write_text("".join(f"/fhir/Patient/{i}\n" for i in ids))

@@ -43,7 +43,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import search_data as sd  # noqa: E402
-from benchlib import free_port, recreate_pg_database, server_token, stop_group  # noqa: E402
+from benchlib import free_port, recreate_pg_database, server_bearer_headers, stop_group  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:55433/fhir_search_bench"
 TARGET_P50_MS = 10.0  # indexed single-parameter searches at 1M on PostgreSQL
@@ -142,9 +142,9 @@ class Server:
 
     def headers(self) -> dict[str, str]:
         """Every request carries a system/*.* bearer token from the server's own issuer."""
-        if getattr(self, "_token", None) is None:
-            self._token = server_token(self.db_url, self.base, self.env)
-        return {"Authorization": f"Bearer {self._token}"}
+        if getattr(self, "_headers", None) is None:
+            self._headers = server_bearer_headers(self.db_url, self.base, self.env)
+        return self._headers
 
     def stop(self) -> None:
         stop_group(self.popen)
