@@ -43,7 +43,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import search_data as sd  # noqa: E402
-from benchlib import free_port, recreate_pg_database, stop_group  # noqa: E402
+from benchlib import free_port, recreate_pg_database, server_bearer_headers, stop_group  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:55433/fhir_search_bench"
 TARGET_P50_MS = 10.0  # indexed single-parameter searches at 1M on PostgreSQL
@@ -114,7 +114,9 @@ class Server:
     def __init__(self, db_url: str, log_path: Path):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
-        env = dict(os.environ, FHIR_SERVER_RUN_BACKGROUND_JOBS="false")
+        env = dict(os.environ, FHIR_SERVER_RUN_BACKGROUND_JOBS="false", FHIR_SERVER_AUTH_BASE_URL=self.base)
+        self.env = env
+        self.db_url = db_url
         exe = Path(sys.executable).with_name("fhir-server")
         argv = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--database-url", db_url,
                 "--log-level", "warning"]
@@ -131,12 +133,18 @@ class Server:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text(errors='replace')[-3000:]}")
             try:
-                if httpx.get(self.base + "/metadata", timeout=5).status_code == 200:
+                if httpx.get(self.base + "/metadata", headers=self.headers(), timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
         raise RuntimeError("server did not start")
+
+    def headers(self) -> dict[str, str]:
+        """Every request carries a system/*.* bearer token from the server's own issuer."""
+        if getattr(self, "_headers", None) is None:
+            self._headers = server_bearer_headers(self.db_url, self.base, self.env)
+        return self._headers
 
     def stop(self) -> None:
         stop_group(self.popen)
@@ -341,7 +349,7 @@ def bench_one(backend: str, size: int, args, templates, results: list[Result], p
     engine = make_engine(url)
     try:
         server.wait_ready()
-        with httpx.Client(timeout=600) as client:
+        with httpx.Client(timeout=600, headers=server.headers()) as client:
             for q in QUERIES:
                 if args.queries and q.name not in args.queries:
                     continue

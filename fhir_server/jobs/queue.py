@@ -21,6 +21,7 @@ from typing import Any, Callable
 from sqlalchemy import Connection, and_, delete, or_, select, update
 
 from ..storage.schema import job_files, jobs
+from .lease import LeaseKeeper
 
 log = logging.getLogger("fhir_server.jobs")
 
@@ -279,10 +280,16 @@ class JobContext:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.completed = False
+        self.keeper = None  # the LeaseKeeper renewing this job's lease while it runs
+
+    @property
+    def lease_lost(self) -> bool:
+        """True once the lease keeper found the job taken from this worker."""
+        return self.keeper is not None and self.keeper.lost
 
     def checkpoint(self, cursor: Any, progress: str | None = None) -> None:
         """Save the cursor and renew the lease, or raise JobInterrupted."""
-        if not heartbeat(self.db, self.job.id, self.owner, self.lease_seconds, cursor, progress):
+        if self.lease_lost or not heartbeat(self.db, self.job.id, self.owner, self.lease_seconds, cursor, progress):
             raise JobInterrupted(self.job.id)
         self.job.cursor = cursor
 
@@ -300,10 +307,20 @@ def run_job(db, settings, job: Job, owner: str) -> str:
         fail(db, job.id, owner, f"no handler for job kind '{job.kind}'")
         return FAILED
     ctx = JobContext(db, settings, job, owner, spec.lease_seconds)
+
+    def renew() -> bool:
+        return heartbeat(db, job.id, owner, spec.lease_seconds)
+
     try:
-        result = spec.fn(ctx)
-        if not ctx.completed:
-            ctx.complete(result)
+        # The lease is renewed for as long as the handler runs, checkpoints or
+        # not: a live worker's job is never claimed by another process.
+        with LeaseKeeper(renew, spec.lease_seconds / 3, name=f"lease-{job.id[:12]}") as keeper:
+            ctx.keeper = keeper
+            result = spec.fn(ctx)
+            if not ctx.completed:
+                if keeper.lost:
+                    raise JobInterrupted(job.id)
+                ctx.complete(result)
     except JobInterrupted:
         log.info("job %s interrupted (cancelled or lease lost)", job.id)
         return "interrupted"

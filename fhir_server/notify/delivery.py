@@ -188,9 +188,14 @@ def requeue_waiting(db, settings) -> int:
         return 0
     with db.write() as conn:
         ids = [r[0] for r in conn.execute(select(nd.c.request_id).where(nd.c.state == "waiting", nd.c.channel.in_(ready)).distinct())]
+        requeued = []
         for request_id in ids:
-            conn.execute(update(nd).where(nd.c.request_id == request_id, nd.c.state == "waiting").values(state="queued", updated=now()))
-            queue.enqueue(conn, SEND_JOB, {"request": request_id}, job_id=f"notify-{request_id}-{uuid.uuid4().hex[:8]}")
-    if ids:
+            # every process runs this sweep: only the one whose UPDATE moved the rows queues the job
+            moved = conn.execute(update(nd).where(nd.c.request_id == request_id, nd.c.state == "waiting")
+                                 .values(state="queued", updated=now())).rowcount
+            if moved:
+                queue.enqueue(conn, SEND_JOB, {"request": request_id}, job_id=f"notify-{request_id}-{uuid.uuid4().hex[:8]}")
+                requeued.append(request_id)
+    if requeued:
         queue.wakeup.set()
-    return len(ids)
+    return len(requeued)

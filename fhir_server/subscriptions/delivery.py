@@ -9,8 +9,10 @@ order is kept), counts a failure and waits base * 2**(failures-1) seconds,
 capped; after `subscription_max_failures` failures in a row the Subscription's
 status becomes `error` (a new version, with `error` saying why). Delivery goes
 on being tried at the capped interval; the first success sets it back to
-`active`. A process that dies mid-delivery leaves a lease that expires, so
-another (or the restarted) process sends the event again: receivers drop
+`active`. A live process renews its lease while it serves a subscription
+(fhir_server.jobs.lease), so a slow endpoint never lets a second process send
+the same events; a process that dies mid-delivery leaves a lease that expires,
+so another (or the restarted) process sends the event again: receivers drop
 duplicates by event number.
 
 Before sending, the owner's right to see each focus resource is checked again
@@ -28,6 +30,7 @@ from typing import Callable, Protocol
 import httpx
 from sqlalchemy import and_, exists, or_, select, update
 
+from ..jobs.lease import LeaseKeeper
 from ..jobs.runner import worker_name
 from ..rest.interactions import fhir_instant
 from . import notify
@@ -105,6 +108,13 @@ class Deliverer:
                 lease_owner=self.owner, lease_until=now + timedelta(seconds=LEASE_SECONDS))).rowcount
             return sub_id if got == 1 else None
 
+    def _renew(self, sub_id: str) -> bool:
+        """Extend this worker's lease on a subscription; False once it is not ours."""
+        s = subscriptions.c
+        with self.db.write() as conn:
+            return conn.execute(update(subscriptions).where(s.id == sub_id, s.lease_owner == self.owner).values(
+                lease_until=utcnow() + timedelta(seconds=LEASE_SECONDS))).rowcount == 1
+
     def _release(self, sub_id: str, **values) -> None:
         s = subscriptions.c
         with self.db.write() as conn:
@@ -123,7 +133,10 @@ class Deliverer:
             if sub_id is None:
                 return sent
             served.add(sub_id)
-            sent += self._deliver(sub_id)
+            # the lease is renewed while the subscription's queue is served (a slow
+            # endpoint, many batches): no other process takes it over meanwhile
+            with LeaseKeeper(lambda: self._renew(sub_id), LEASE_SECONDS / 3, name=f"lease-sub-{sub_id[:12]}") as keeper:
+                sent += self._deliver(sub_id, keeper)
 
     def queue_heartbeats(self) -> None:
         s = subscriptions.c
@@ -142,7 +155,7 @@ class Deliverer:
                 if claimed:
                     queue_event(conn, row.id, "heartbeat", now)
 
-    def _deliver(self, sub_id: str) -> int:
+    def _deliver(self, sub_id: str, keeper: LeaseKeeper | None = None) -> int:
         s, e = subscriptions.c, subscription_events.c
         with self.db.read() as conn:
             sub = conn.execute(select(subscriptions).where(s.id == sub_id)).first()
@@ -161,6 +174,9 @@ class Deliverer:
         failures = sub.failures
         batches = _batches(rows, limit)
         for batch in batches:
+            if keeper is not None and keeper.lost:  # another process has this queue now
+                log.warning("subscription %s: lease lost; leaving the rest to its new owner", sub_id)
+                return sent
             events, withheld = self._load(batch, spec, owner)
             if withheld:
                 self._mark(withheld, "withheld")

@@ -114,9 +114,11 @@ def set_hold(conn: Connection, appointment_id: str, hold_until: datetime | None)
 
 
 def expired_holds(conn: Connection, at: datetime, limit: int = 500) -> list[str]:
-    """Appointment ids whose hold ended before `at`."""
+    """Appointment ids whose hold ended before `at`, in id order (every process
+    sweeps: a canonical order keeps their row locks from deadlocking)."""
     rows = conn.execute(
-        select(claims_t.c.appointment_id).where(claims_t.c.hold_until.is_not(None), claims_t.c.hold_until <= at).distinct().limit(limit)
+        select(claims_t.c.appointment_id).where(claims_t.c.hold_until.is_not(None), claims_t.c.hold_until <= at)
+        .distinct().order_by(claims_t.c.appointment_id).limit(limit)
     )
     return [r[0] for r in rows]
 

@@ -23,9 +23,17 @@ def run_hold_job(ctx) -> dict:
 
 
 def sweep(db, settings) -> None:
-    """Housekeeping: expire every hold whose time has passed."""
-    with db.write() as conn:
-        for appt_id in claims.expired_holds(conn, now()):
+    """Housekeeping: expire every hold whose time has passed.
+
+    Each hold in a transaction of its own: every server process runs this
+    sweep, and short transactions taken in id order neither hold many locks
+    nor deadlock with another process's sweep; `expire_hold` re-reads the
+    Appointment under its row lock, so a hold the other process expired first
+    is left alone (one cancellation per hold)."""
+    with db.read() as conn:
+        due = claims.expired_holds(conn, now())
+    for appt_id in due:
+        with db.write() as conn:
             expire_hold(conn, appt_id)
 
 
