@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qsl
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from ..errors import FhirError
@@ -77,10 +78,15 @@ class FastSearch:
             if k == b"accept" and not accept:
                 accept = v.decode("latin-1")
         params = plain_params(scope["query_string"])
-        if params is None or custom.refresh_due():
+        if params is None:
             return False
         request = Request(scope, receive)
         try:
+            if custom.refresh_due():  # every few seconds: another process may have activated a parameter
+                db = getattr(scope.get("app"), "state", None) and scope["app"].state.db
+                if db is None:
+                    return False
+                await run_in_threadpool(db.run_read, custom.maybe_refresh)
             media = http.negotiate(None, accept)
             state = scope.get("state") or {}
             ctx = RequestContext(base_url=http.base_url(request, self.base_path),
