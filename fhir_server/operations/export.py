@@ -326,10 +326,11 @@ def export_file(call: OperationCall):
     with call.db.read() as conn:
         job = _load_export(conn, call, job_id)
         row = conn.execute(
-            select(job_files.c.path).where(job_files.c.job_id == job_id, job_files.c.name == names[0])
+            select(job_files.c.path, job_files.c.res_type).where(job_files.c.job_id == job_id, job_files.c.name == names[0])
         ).first()
     if job.state != queue.DONE or row is None:
         raise FhirError.of(404, "not-found", f"Export job {job_id} has no file '{names[0]}'")
+    check_owner(call, job, row[1])
     try:
         handle = open(row[0], "rb")
     except FileNotFoundError:

@@ -3,8 +3,11 @@
 - System and Group exports need a system/ scope (SMART Backend Services).
 - A Patient-level export with a patient/ (or patient user/) token covers that patient's
   own record only; the types are those its scopes may read.
-- The status and file URLs answer only the client that started the job (others get 404),
-  and need the same bearer token: the manifest says `requiresAccessToken: true`.
+- The status and file URLs answer only the one who started the job: the same issuer, client,
+  subject and SMART context (`patient`, `fhirUser`). A portal's patients share one client, so the
+  client alone is not enough. Everyone else gets 404, as for an unknown job. A file is served
+  only while the caller's scopes still read its resource type. The manifest says
+  `requiresAccessToken: true`.
 """
 
 from __future__ import annotations
@@ -14,17 +17,27 @@ from ..rest.operations import OperationCall
 
 
 def owner_of(call: OperationCall) -> str | None:
-    """Who may poll and download an export: the client (else subject) that started it."""
+    """Who may poll and download an export: issuer, client, subject and SMART context of the
+    token that started it, as one string (None for the server's own unrestricted callers)."""
     p = call.ctx.principal
     if p.unrestricted:
         return None
-    return f"{p.issuer or ''}|{p.client_id or p.subject}"
+    return "|".join((p.issuer or "", p.client_id or "", p.subject or "", p.patient or "", p.fhir_user or ""))
 
 
-def check_owner(call: OperationCall, job) -> None:
+def check_owner(call: OperationCall, job, res_type: str | None = None) -> None:
+    """404 unless the caller started `job`; with `res_type`, also unless its scopes read that type."""
     owner = job.params.get("owner")
-    if owner is not None and not call.ctx.principal.unrestricted and owner != owner_of(call):
+    p = call.ctx.principal
+    if p.unrestricted:
+        return
+    if owner is not None and owner != owner_of(call):
         raise FhirError.of(404, "not-found", f"No export job '{job.id}' (unknown, cancelled or expired)")
+    if res_type:
+        from ..security.authz import visibility
+
+        if visibility(p, res_type, "r") == []:
+            raise FhirError.of(403, "forbidden", f"The token's scopes do not read {res_type}, the type of this file")
 
 
 def restrict_to_caller(call: OperationCall, level: str, types: list[str], patients: list[str] | None) -> tuple[list[str], list[str] | None]:

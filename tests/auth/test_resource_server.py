@@ -255,6 +255,33 @@ def test_export_needs_system_scope_and_the_same_token(anonymous_client, two_pati
     assert anonymous_client.get(status, headers=system).status_code in (200, 202)
 
 
+def test_a_patients_export_is_only_theirs_to_poll_download_and_cancel(app, settings, anonymous_client, two_patients):
+    """A portal's patients share one client id: the job belongs to the token's subject and
+    patient context, not to the client, and a file needs a scope that reads its type."""
+    from fhir_server.jobs.runner import run_pending
+
+    p = two_patients
+    ann = _as(p["ann"])
+    r = anonymous_client.get("/fhir/Patient/$export", headers={**ann, "Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    status = r.headers["content-location"]
+    run_pending(app.state.db, settings)
+    manifest = anonymous_client.get(status, headers=ann)
+    assert manifest.status_code == 200, manifest.text
+    files = {o["type"]: o["url"] for o in manifest.json()["output"]}
+    assert "Patient" in files and "Observation" in files
+
+    bob = _as(p["bob"])  # same client, same scopes, another patient
+    assert anonymous_client.get(status, headers=bob).status_code == 404
+    assert anonymous_client.get(files["Patient"], headers=bob).status_code == 404
+    assert anonymous_client.delete(status, headers=bob).status_code == 404
+    ann_obs_only = _as(p["ann"], "patient/Observation.rs")
+    assert anonymous_client.get(files["Patient"], headers=ann_obs_only).status_code == 403
+    assert anonymous_client.get(files["Observation"], headers=ann_obs_only).status_code == 200
+    body = anonymous_client.get(files["Patient"], headers=ann)
+    assert body.status_code == 200 and p["ann"] in body.text and p["bob"] not in body.text
+
+
 def test_hl7v2_needs_a_system_write_scope(anonymous_client, two_patients):
     r = anonymous_client.post("/hl7v2", content=b"MSH|^~\\&|", headers=_as(two_patients["ann"], "patient/*.cruds"))
     assert r.status_code == 403
