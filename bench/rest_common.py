@@ -49,7 +49,7 @@ class Proc:
         self._log.close()
 
 
-def wait_ready(proc: Proc, url: str, timeout: float = 90.0) -> None:
+def wait_ready(proc: Proc, url: str, timeout: float = 300.0) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
