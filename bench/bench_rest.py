@@ -19,6 +19,9 @@ count, the script
    `search` GET /fhir/Patient?family=F&birthdate=D (the issue's workload: --n 5000
             Patients, 100 per family; F and D of a random preloaded Patient), token on,
    `search-noauth` the same searches on the protection-off process,
+   `search-engine` the same searches with `&_pretty=false`, which changes nothing in
+            the answer but takes them through the router and the thread pool (the path
+            before issue 19's fast search), token on,
    `floor`  the same searches' SQL, planned and compiled as the server does, run
             straight through the server's driver (asyncpg / sqlite3) from as many
             connections as the load generator opens, rows fetched (search_floor.py),
@@ -174,6 +177,8 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
         picks = [rnd.randrange(args.n) for _ in range(2000)]
         search_file.write_text("".join(
             f"/fhir/Patient?family={quote(family_of(i, families))}&birthdate={bench_patient(i)['birthDate']}\n" for i in picks))
+        engine_file = work / f"search-engine-{tag}.txt"
+        engine_file.write_text("".join(f"{line}&_pretty=false\n" for line in search_file.read_text().splitlines()))
 
         import httpx
 
@@ -252,10 +257,13 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
                 return RunResult(rate, float("nan"), float("nan"), 0, int(rate * duration))
             if op in ("search", "search-noauth"):
                 return client.run("read", p, search_file, duration, tok)
+            if op == "search-engine":
+                return client.run("read", p, engine_file, duration, tok)
             return client.run("read" if op == "noauth" else op, p, paths_file, duration, tok)
 
         ops = [("bare", bare_port, None), ("noauth", noauth_port, None), ("read", port, token),
-               ("search", port, token), ("search-noauth", noauth_port, None), ("floor", 0, None),
+               ("search", port, token), ("search-noauth", noauth_port, None), ("search-engine", port, token),
+               ("floor", 0, None),
                ("create", port, token)]
         if floor_url:
             ops.append(("create-floor", 0, None))
@@ -310,7 +318,8 @@ def print_table(rows: list[Row], client_name: str, args) -> None:
                  f"authenticated/unauthenticated read = {verdict(ratio(g, 'read', 'noauth'), TARGET_AUTH_OVER_NOAUTH)}",
                  f"search/floor = {verdict(ratio(g, 'search', 'floor'), TARGET_SEARCH_OVER_FLOOR)}",
                  f"search-noauth/floor = {ratio(g, 'search-noauth', 'floor'):.2f}",
-                 f"authenticated/unauthenticated search = {ratio(g, 'search', 'search-noauth'):.2f}"]
+                 f"authenticated/unauthenticated search = {ratio(g, 'search', 'search-noauth'):.2f}",
+                 f"search/search-engine = {ratio(g, 'search', 'search-engine'):.2f}"]
         if "create-floor" in g:
             parts.append(f"create/create-floor = {verdict(ratio(g, 'create', 'create-floor'), TARGET_CREATE_OVER_FLOOR)}")
         if backend == "postgres" and "create" in g:
@@ -325,7 +334,7 @@ def print_table(rows: list[Row], client_name: str, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000, help="Patients to preload, 100 per family (default 5000)")
-    ap.add_argument("--ops", default="bare,noauth,read,search,search-noauth,floor,create,create-floor",
+    ap.add_argument("--ops", default="bare,noauth,read,search,search-noauth,search-engine,floor,create,create-floor",
                     help="comma-separated operations to measure (default: all)")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per operation (default 3, 0 = none)")
