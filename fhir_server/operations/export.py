@@ -184,7 +184,7 @@ def kick_off(call: OperationCall) -> Outcome:
             raise FhirError.of(400, "invalid", f"_typeFilter '{f}' may not use {', '.join(bad)}", "_typeFilter")
         type_filters.setdefault(t, []).append(query)
 
-    type_list, patients = restrict_to_caller(call, level, type_list, patients)
+    type_list, patients, scope_filters = restrict_to_caller(call, level, type_list, patients)
     now = datetime.now(timezone.utc)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as precise as lastUpdated
     with call.db.write() as conn:
@@ -200,6 +200,7 @@ def kick_off(call: OperationCall) -> Outcome:
             "types": type_list,
             "since": since.isoformat() if since else None,
             "type_filters": type_filters,
+            "scope_filters": scope_filters,
             "compartment": compartment,
             "patients": patients,
             "transaction_time": now.isoformat(),

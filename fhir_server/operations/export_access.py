@@ -40,22 +40,33 @@ def check_owner(call: OperationCall, job, res_type: str | None = None) -> None:
             raise FhirError.of(403, "forbidden", f"The token's scopes do not read {res_type}, the type of this file")
 
 
-def restrict_to_caller(call: OperationCall, level: str, types: list[str], patients: list[str] | None) -> tuple[list[str], list[str] | None]:
-    """A restricted token exports only what it may read: the types its scopes reach and,
-    for a patient/ token, its own patient's record."""
+def restrict_to_caller(call: OperationCall, level: str, types: list[str], patients: list[str] | None
+                       ) -> tuple[list[str], list[str] | None, dict[str, list[list[tuple[str, str]]]]]:
+    """A restricted token exports only what it may read: the types its scopes reach, for a
+    patient/ token its own patient's record, and, where its scopes are granular
+    (`patient/Observation.rs?category=...`), only the resources matching them.
+
+    Returns (types, patients, scope_filters): scope_filters maps a type to the search
+    queries one of which each exported resource must match (absent: no such limit)."""
     p = call.ctx.principal
     if p.unrestricted:
-        return types, patients
+        return types, patients, {}
     from ..security.authz import visibility
 
-    visible = [t for t in types if visibility(p, t, "r") != []]
+    grants = {t: visibility(p, t, "r") for t in types}
+    visible = [t for t in types if grants[t] != []]
     if not visible:
         raise FhirError.of(403, "forbidden", "The token's scopes reach none of the requested resource types")
-    if any(visibility(p, t, "r") is not None for t in visible):
+    if any(grants[t] is not None and any(c.compartment for c in grants[t]) for t in visible):
         own = p.patient or ((p.fhir_user or "").split("/", 1)[1] if (p.fhir_user or "").startswith("Patient/") else None)
         if level != "type" or not own:
             raise FhirError.of(403, "forbidden", "$export of more than one patient's record needs system/ scopes")
         if patients is not None and set(patients) - {own}:
             raise FhirError.of(403, "forbidden", "A patient token may export only its own record")
         patients = [own]
-    return visible, patients
+    scope_filters = {}
+    for t in visible:
+        criteria = grants[t]
+        if criteria is not None and all(c.params for c in criteria):
+            scope_filters[t] = [list(c.params) for c in criteria]
+    return visible, patients, scope_filters
