@@ -27,6 +27,7 @@ from ..storage.database import Database
 from ..storage.faults import classify, database_exception_types
 from . import binary, http
 from .fast_read import FAST_READER, FastReads
+from .fast_search import FastSearch
 from .access_log import AccessLog
 from .compression import TextCompression
 from .docs import attach_docs
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     limits.configure(settings)
     app.state.forwarding = ForwardingPolicy(settings.public_base_url, settings.trusted_proxies)
     app.add_middleware(FastReads, base_path=base)
+    app.add_middleware(FastSearch, base_path=base)  # plain type searches on the event loop
     from ..auth import protect
 
     protect(app, db, settings)  # bearer tokens (and CORS) in front of everything but the open paths

@@ -438,13 +438,20 @@ def conditional_delete(conn: Connection, ctx: RequestContext, res_type: str, que
 
 def search(conn: Connection, ctx: RequestContext, res_type: str | None, params: list[tuple[str, str]], compartment: tuple[str, str] | None = None) -> bytes:
     """Type, system or compartment search: the searchset Bundle as JSON bytes."""
-    from ..search.engine import SearchRequest, execute_search
+    from ..search.engine import execute_search
+
+    return execute_search(conn, search_request(ctx, res_type, params, compartment))
+
+
+def search_request(ctx: RequestContext, res_type: str | None, params: list[tuple[str, str]], compartment: tuple[str, str] | None = None):
+    """The authorised search.engine.SearchRequest of a search (404 unknown type, 401/403 at the seam)."""
+    from ..search.engine import SearchRequest
 
     if res_type:
         check_type(res_type)
     interaction = "search-type" if res_type else "search-system"
     authorize(ctx.principal, AccessRequest(interaction, res_type, compartment[1] if compartment else None))
-    return execute_search(conn, SearchRequest(res_type, params, ctx.base_url, ctx.lenient, compartment, ctx.access()))
+    return SearchRequest(res_type, params, ctx.base_url, ctx.lenient, compartment, ctx.access())
 
 
 def read(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> Outcome:

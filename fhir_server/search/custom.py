@@ -83,9 +83,14 @@ def refresh(conn: Connection) -> None:
     _last_refresh = time.monotonic()
 
 
+def refresh_due() -> bool:
+    """Whether the next search must reload the table first (`maybe_refresh`)."""
+    return time.monotonic() - _last_refresh > REFRESH_SECONDS
+
+
 def maybe_refresh(conn: Connection) -> None:
     """Cheap periodic reload, so every process sees another's activations."""
-    if time.monotonic() - _last_refresh > REFRESH_SECONDS:
+    if refresh_due():
         refresh(conn)
 
 

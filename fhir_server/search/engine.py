@@ -280,10 +280,30 @@ def _chunks(seq: list, n: int = IN_CHUNK):
         yield seq[i : i + n]
 
 
-def execute_search(conn: Connection, req: SearchRequest) -> bytes:
-    """Run a search and return the complete searchset Bundle as JSON bytes."""
-    flush(conn)  # rows buffered by earlier writes of this transaction
-    custom.maybe_refresh(conn)
+@dataclass
+class PreparedSearch:
+    """A planned search: its page and count statements, and what assembling the
+    Bundle needs. The statements bind every value (none is inlined), so one
+    compiled form serves every search of the same shape (search.fast)."""
+
+    req: SearchRequest
+    plan: _Plan
+    base: str  # the FHIR base URL without a trailing slash
+    path_url: str  # what `self`/`next` links start with
+    count_q: Any  # SELECT count(*) over the matches
+    page_q: Any | None  # the page (count + 1 rows: pk, res_type, res_id, content, k0..); None: count only
+    sig: str  # the _sort signature cursors carry
+    nkeys: int  # sort keys per row (k0, k1, ...)
+    forward: bool
+
+
+def prepare_search(conn: Connection | None, req: SearchRequest) -> PreparedSearch:
+    """Plan a search without running it. `conn` None: the caller runs the
+    statements itself (search.fast) and has refreshed custom parameters; a
+    parameter that needs the database while planning (token :in & co.) then fails."""
+    if conn is not None:
+        flush(conn)  # rows buffered by earlier writes of this transaction
+        custom.maybe_refresh(conn)
     r = resources
     plan = _plan(conn, req, r)
     type_path = req.res_type or ""
@@ -291,26 +311,11 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
         type_path = f"{req.compartment[0]}/{req.compartment[1]}/{req.res_type}"
     base = req.base_url.rstrip("/")
     path_url = f"{base}/{type_path}" if type_path else base
-
-    def link(extra: list[tuple[str, str]] | None = None) -> str:
-        q = plan.accepted + (extra or [])
-        return f"{path_url}?{urlencode(q)}" if q else path_url
-
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
-        "meta": {"lastUpdated": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")},
-        "type": "searchset",
-    }
     count_q = select(func.count()).select_from(select(r.c.pk).where(*plan.conds).subquery())
-    if plan.summary == "count" or plan.count == 0:
-        bundle["total"] = conn.execute(count_q).scalar_one()
-        bundle["link"] = [{"relation": "self", "url": link([("_cursor", plan.cursor)] if plan.cursor else None)}]
-        _add_outcome(bundle, plan)
-        return orjson.dumps(bundle)
-
-    sort_exprs = [(_sort_expr(req.res_type, code, desc, r), desc) for code, desc in plan.sort]
     sig = ",".join(("-" if d else "") + c for c, d in plan.sort)
+    if plan.summary == "count" or plan.count == 0:
+        return PreparedSearch(req, plan, base, path_url, count_q, None, sig, 0, True)
+    sort_exprs = [(_sort_expr(req.res_type, code, desc, r), desc) for code, desc in plan.sort]
     cols = [r.c.pk, r.c.res_type, r.c.res_id, r.c.content]
     cols += [e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs)]
     inner = select(*cols).where(*plan.conds).subquery()
@@ -334,30 +339,78 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
     if last_keys is not None:
         items.append((inner.c.pk, forward, last_pk, False))
         q = q.where(_after(items))
-    rows = conn.execute(q).all()
-    more = len(rows) > plan.count
-    rows = rows[: plan.count]
-    if not forward:
+    return PreparedSearch(req, plan, base, path_url, count_q, q, sig, len(sort_exprs), forward)
+
+
+def page_of(prep: PreparedSearch, rows: list) -> tuple[list, bool]:
+    """The page's rows in result order from the page query's count + 1 rows, and whether more follow."""
+    more = len(rows) > prep.plan.count
+    rows = list(rows[: prep.plan.count])
+    if not prep.forward:
         rows.reverse()
+    return rows, more
+
+
+def needs_count(prep: PreparedSearch, more: bool) -> bool:
+    """Whether the Bundle's total must come from the count query (after the page ran)."""
+    plan = prep.plan
+    if prep.page_q is None:
+        return True
+    wants = plan.total == "accurate" or (plan.total != "none" and not plan.cursor)
+    return wants and (bool(plan.cursor) or more)
+
+
+def execute_search(conn: Connection, req: SearchRequest) -> bytes:
+    """Run a search and return the complete searchset Bundle as JSON bytes."""
+    prep = prepare_search(conn, req)
+    if prep.page_q is None:
+        return assemble_search(prep, [], False, conn.execute(prep.count_q).scalar_one())
+    rows, more = page_of(prep, conn.execute(prep.page_q).all())
+    total = conn.execute(prep.count_q).scalar_one() if needs_count(prep, more) else None
+    included = []
+    if prep.plan.includes and rows:
+        included = _includes(conn, prep.plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows], req.access)
+    return assemble_search(prep, rows, more, total, included)
+
+
+def assemble_search(prep: PreparedSearch, rows: list, more: bool, total: int | None, included: list = ()) -> bytes:
+    """The searchset Bundle (JSON bytes) for a page of rows (`page_of`); `total`
+    from the count query when `needs_count` said so. Stored bytes are embedded as they are."""
+    plan = prep.plan
+    base = prep.base
+
+    def link(extra: list[tuple[str, str]] | None = None) -> str:
+        q = plan.accepted + (extra or [])
+        return f"{prep.path_url}?{urlencode(q)}" if q else prep.path_url
+
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "meta": {"lastUpdated": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")},
+        "type": "searchset",
+    }
+    if prep.page_q is None:
+        bundle["total"] = total
+        bundle["link"] = [{"relation": "self", "url": link([("_cursor", plan.cursor)] if plan.cursor else None)}]
+        _add_outcome(bundle, plan)
+        return orjson.dumps(bundle)
 
     def keys_of(row) -> list:
-        return [row._mapping[f"k{i}"] for i in range(len(sort_exprs))]
+        return [row._mapping[f"k{i}"] for i in range(prep.nkeys)]
 
+    forward = prep.forward
     has_next = more if forward else bool(plan.cursor)
     has_prev = bool(plan.cursor) if forward else more
     if plan.total == "accurate" or (plan.total != "none" and not plan.cursor):
-        if not plan.cursor and not more:
-            bundle["total"] = len(rows)
-        else:
-            bundle["total"] = conn.execute(count_q).scalar_one()
+        bundle["total"] = len(rows) if total is None else total
     links = [{"relation": "self", "url": link([("_cursor", plan.cursor)] if plan.cursor else None)}]
     if plan.cursor:
         links.append({"relation": "first", "url": link()})
     if rows and has_prev:
-        c = _encode_cursor(sig, keys_of(rows[0]), rows[0].pk, "p")
+        c = _encode_cursor(prep.sig, keys_of(rows[0]), rows[0].pk, "p")
         links.append({"relation": "previous", "url": link([("_cursor", c)])})
     if rows and has_next:
-        c = _encode_cursor(sig, keys_of(rows[-1]), rows[-1].pk, "n")
+        c = _encode_cursor(prep.sig, keys_of(rows[-1]), rows[-1].pk, "n")
         links.append({"relation": "next", "url": link([("_cursor", c)])})
     bundle["link"] = links
 
@@ -371,16 +424,14 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
             "resource": _project(row.content, row.res_type, plan),
             "search": {"mode": "match"},
         })
-    if plan.includes and rows:
-        included = _includes(conn, plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows], req.access)
-        note_returned([(x.res_type, x.res_id) for x in included])
-        for row in included:
-            budget.take(len(row.content), "The search page with its included resources")
-            entries.append({
-                "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
-                "resource": orjson.Fragment(row.content),
-                "search": {"mode": "include"},
-            })
+    note_returned([(x.res_type, x.res_id) for x in included])
+    for row in included:
+        budget.take(len(row.content), "The search page with its included resources")
+        entries.append({
+            "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
+            "resource": orjson.Fragment(row.content),
+            "search": {"mode": "include"},
+        })
     _add_outcome(bundle, plan, entries)
     if entries:
         bundle["entry"] = entries

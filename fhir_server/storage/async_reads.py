@@ -52,6 +52,10 @@ class SqliteReader:
         # sqlite3 hands back the text SQLAlchemy stored; parse it as SQLAlchemy would
         return stored_from_row((*row[:4], datetime.fromisoformat(row[4]), *row[5:]))
 
+    async def fetch(self, sql: str, params: tuple) -> list[tuple]:
+        """All rows of a compiled statement (qmark parameters), as tuples."""
+        return self.conn.execute(sql, params).fetchall()
+
 
 class PgReader:
     """asyncpg connections in a LIFO of `size` slots, connected lazily.
@@ -91,6 +95,15 @@ class PgReader:
         an idle timeout, or left mid-operation) the read is tried once more on
         a newly opened one (reads are idempotent). 503 (`faults.unavailable`)
         when the database cannot be reached."""
+        row = await self._run(lambda conn: conn.fetchrow(self._SQL, res_type, res_id))
+        return None if row is None else stored_from_row(row)
+
+    async def fetch(self, sql: str, params: tuple) -> list:
+        """All rows of a compiled statement ($n parameters), as asyncpg Records
+        (indexable like tuples); the same retry and 503 as `read_current`."""
+        return await self._run(lambda conn: conn.fetch(sql, *params))
+
+    async def _run(self, op):
         for attempt in (1, 2):
             slots = self._slots
             conn = await slots.get()
@@ -100,7 +113,7 @@ class PgReader:
                     conn = None
                 if conn is None or conn.is_closed():
                     conn = await self._connect()
-                row = await conn.fetchrow(self._SQL, res_type, res_id)
+                result = await op(conn)
             except BaseException as exc:
                 if conn is not None:
                     conn.terminate()
@@ -111,7 +124,7 @@ class PgReader:
                     raise unavailable() from None
                 raise
             slots.put_nowait(conn)
-            return None if row is None else stored_from_row(row)
+            return result
         raise AssertionError("unreachable")
 
 
