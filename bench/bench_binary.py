@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import free_port, stop_group  # noqa: E402
+from benchlib import free_port, server_bearer_headers, stop_group  # noqa: E402
 
 CHUNK = 256 * 1024
 
@@ -117,6 +117,7 @@ def main() -> None:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.2)
+            http.headers.update(server_bearer_headers(env["FHIR_SERVER_DATABASE_URL"], base, env))
             pid = proc.pid
             print(f"server pid {pid}; machine shared with other work, figures are noisy: compare within this run")
             print(f"{'size MB':>8} {'form':>5} {'up s':>7} {'up MB/s':>8} {'up RSS+MiB':>11} {'down s':>7} {'down RSS+MiB':>13} {'wire MB':>8}")

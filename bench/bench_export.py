@@ -143,7 +143,10 @@ def export_pass(settings: Settings, db: Database) -> tuple[int, int, float, floa
     from fhir_server.jobs.runner import run_pending
 
     app = build_app(settings, db)
-    client = TestClient(app)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from benchlib import bearer_headers
+
+    client = TestClient(app, headers=bearer_headers(settings, db))
     t0 = time.perf_counter()
     r = client.get("/fhir/$export", headers={"Prefer": "respond-async"})
     assert r.status_code == 202, r.text

@@ -66,7 +66,10 @@ def bench_batch(entries: int, resource_kb: int) -> None:
                                 access_log="off", max_resource_bytes=resource_kb * 1024 + 4096, max_response_bytes=limit)
             app = build_app(settings)
             limits.configure(settings)
-            with TestClient(app) as c:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from benchlib import bearer_headers
+
+            with TestClient(app, headers=bearer_headers(settings, app.state.db)) as c:
                 body = json.dumps({"resourceType": "Patient", "name": [{"family": "x" * resource_kb * 1024}]})
                 pid = c.post("/fhir/Patient", content=body, headers={"Content-Type": "application/fhir+json"}).json()["id"]
                 batch = json.dumps({"resourceType": "Bundle", "type": "batch",

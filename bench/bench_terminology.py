@@ -138,7 +138,10 @@ def bench_expand(reps: int) -> None:
         settings = Settings(database_url=f"sqlite:///{tmp}/expand.sqlite", run_background_jobs=False,
                             terminology_load=False, export_dir=f"{tmp}/export")
         app = build_app(settings)
-        with TestClient(app) as c:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from benchlib import bearer_headers
+
+        with TestClient(app, headers=bearer_headers(settings, app.state.db)) as c:
             assert c.post("/fhir/CodeSystem", json=cs).status_code == 201
             assert c.post("/fhir/ValueSet", json=vs).status_code == 201
             total = c.get("/fhir/ValueSet/$expand", params={"url": vs["url"], "count": 0}).json()["expansion"]["total"]

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import free_port, recreate_pg_database  # noqa: E402
+from benchlib import bearer_headers, free_port, recreate_pg_database  # noqa: E402
 
 
 class _Count(logging.Handler):
@@ -45,16 +45,18 @@ def _serve(url: str):
     from fhir_server.bootstrap import build_app
     from fhir_server.config import Settings
 
-    app = build_app(Settings(database_url=url, run_background_jobs=False, export_dir="/tmp/bench-tx-export"))
+    settings = Settings(database_url=url, run_background_jobs=False, export_dir="/tmp/bench-tx-export")
+    app = build_app(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
         time.sleep(0.05)
-    return server, f"http://127.0.0.1:{port}/fhir"
+    base = f"http://127.0.0.1:{port}/fhir"
+    return server, base, bearer_headers(settings, app.state.db, base)
 
 
-def _round(base: str, concurrency: int) -> tuple[list[int], float]:
+def _round(base: str, headers: dict[str, str], concurrency: int) -> tuple[list[int], float]:
     a, b = f"lo-a-{uuid.uuid4().hex[:6]}", f"lo-b-{uuid.uuid4().hex[:6]}"
     statuses: list[int] = []
     lock = threading.Lock()
@@ -65,7 +67,7 @@ def _round(base: str, concurrency: int) -> tuple[list[int], float]:
     def one(n: int) -> None:
         order = (a, b) if n % 2 == 0 else (b, a)
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [put(order[0]), put(order[1])]}
-        with httpx.Client(timeout=300) as c:
+        with httpx.Client(timeout=300, headers=headers) as c:
             code = c.post(base, json=bundle).status_code
         with lock:
             statuses.append(code)
@@ -94,7 +96,7 @@ def main() -> None:
     log = logging.getLogger("fhir_server.rest.retry")
     log.setLevel(logging.DEBUG)
     log.addHandler(counter)
-    server, base = _serve(url)
+    server, base, headers = _serve(url)
     shipped = bundle_targets.lock_targets
     try:
         for label, lock_fn in (("canonical lock order", shipped), ("lock order switched off", lambda conn, plan: None)):
@@ -103,7 +105,7 @@ def main() -> None:
             codes: Counter = Counter()
             times = []
             for _ in range(args.rounds):
-                statuses, secs = _round(base, args.concurrency)
+                statuses, secs = _round(base, headers, args.concurrency)
                 codes.update(statuses)
                 times.append(secs)
             total = args.rounds * args.concurrency

@@ -45,3 +45,25 @@ def recreate_pg_database(pg_url: str) -> None:
         ident = '"' + u.database.replace('"', '""') + '"'
         conn.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {ident}")
+
+
+def bearer_headers(settings, db, base: str = "http://testserver/fhir", scope: str = "system/*.*") -> dict[str, str]:
+    """Authorization headers with a token of the server's own issuer, for an in-process app
+    (`build_app(settings, db)`; TestClient's base is http://testserver). Protection is on in
+    every benchmark, as in production."""
+    from fhir_server.auth.tokens import cli_token
+
+    return {"Authorization": f"Bearer {cli_token(settings, db, scope, ttl=86400, audience=base)}"}
+
+
+def server_bearer_headers(db_url: str, base: str, env: dict[str, str] | None = None, scope: str = "system/*.*") -> dict[str, str]:
+    """Authorization headers for a `fhir-server serve` child on `db_url` answering at `base`
+    (http://127.0.0.1:PORT/fhir): the token comes from `fhir-server token`, the same issuer."""
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "fhir_server.cli", "token", "--scope", scope, "--ttl", "86400",
+         "--audience", base, "--database-url", db_url],
+        env=env or dict(os.environ), capture_output=True, text=True, check=True,
+    )
+    return {"Authorization": f"Bearer {out.stdout.strip()}"}

@@ -114,6 +114,25 @@ def _apply(msg: Message, apply_transaction: ApplyTransaction) -> tuple[str, list
     return "AA", [], "applied", ""
 
 
+def _hex_escape_problem(msg: Message) -> str | None:
+    """Why a \\Xhh\\ escape of `msg` decodes to what a FHIR string may not hold (a control
+    character other than tab, CR and LF), or None. The leaves are decoded lazily while
+    mapping, so the whole message is checked here once, before anything is applied."""
+    e = msg.enc.escape
+    if not e or f"{e}X" not in msg.text:
+        return None
+    q = re.escape(e)
+    for m in re.finditer(q + "X([0-9A-Fa-f]+)" + q, msg.text):
+        try:
+            decoded = bytes.fromhex(m.group(1)).decode("utf-8", "replace")
+        except ValueError:
+            continue
+        why = bad_char_message(decoded)
+        if why is not None:
+            return f"has an escape {e}X{m.group(1)}{e} that {why}"
+    return None
+
+
 def process_message_ex(
     raw: str | bytes,
     *,
@@ -130,6 +149,9 @@ def process_message_ex(
             text = _CONTROL_CHARS.sub("\ufffd", text)
             raise ER7Error(f"the message {why}")
         msg = parse(text)
+        why = _hex_escape_problem(msg)
+        if why is not None:
+            raise ER7Error(f"the message {why}")
     except ER7Error as exc:
         header = peek_header(text)
         ack = build_ack(header, "AR", [AckError(ackmod.ERR_SEGMENT_SEQUENCE, f"Not an HL7 v2 message: {exc}", "MSH^1")])

@@ -184,7 +184,7 @@ def kick_off(call: OperationCall) -> Outcome:
             raise FhirError.of(400, "invalid", f"_typeFilter '{f}' may not use {', '.join(bad)}", "_typeFilter")
         type_filters.setdefault(t, []).append(query)
 
-    type_list, patients = restrict_to_caller(call, level, type_list, patients)
+    type_list, patients, scope_filters = restrict_to_caller(call, level, type_list, patients)
     now = datetime.now(timezone.utc)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as precise as lastUpdated
     with call.db.write() as conn:
@@ -200,6 +200,7 @@ def kick_off(call: OperationCall) -> Outcome:
             "types": type_list,
             "since": since.isoformat() if since else None,
             "type_filters": type_filters,
+            "scope_filters": scope_filters,
             "compartment": compartment,
             "patients": patients,
             "transaction_time": now.isoformat(),
@@ -326,10 +327,11 @@ def export_file(call: OperationCall):
     with call.db.read() as conn:
         job = _load_export(conn, call, job_id)
         row = conn.execute(
-            select(job_files.c.path).where(job_files.c.job_id == job_id, job_files.c.name == names[0])
+            select(job_files.c.path, job_files.c.res_type).where(job_files.c.job_id == job_id, job_files.c.name == names[0])
         ).first()
     if job.state != queue.DONE or row is None:
         raise FhirError.of(404, "not-found", f"Export job {job_id} has no file '{names[0]}'")
+    check_owner(call, job, row[1])
     try:
         handle = open(row[0], "rb")
     except FileNotFoundError:

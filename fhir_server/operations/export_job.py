@@ -271,6 +271,8 @@ def run_export(jc: queue.JobContext) -> None:
     plan = _Plan(p)
     types: list[str] = p["types"]
     filters = {t: [[tuple(x) for x in q] for q in qs] for t, qs in (p.get("type_filters") or {}).items()}
+    # the caller's granular scopes (one of the queries must match), AND-ed with _typeFilter
+    scope_filters = {t: [[tuple(x) for x in q] for q in qs] for t, qs in (p.get("scope_filters") or {}).items()}
     last_checkpoint = time.monotonic()
     try:
         while cursor["ti"] < len(types):
@@ -286,9 +288,10 @@ def run_export(jc: queue.JobContext) -> None:
                 keep = None
                 if plan.big_patient_list:
                     keep = plan.patient_keep(conn, res_type, rows)
-                if res_type in filters:
-                    matched = _type_filter_keep(conn, res_type, rows, filters[res_type])
-                    keep = matched if keep is None else keep & matched
+                for limits in (filters, scope_filters):
+                    if res_type in limits:
+                        matched = _type_filter_keep(conn, res_type, rows, limits[res_type])
+                        keep = matched if keep is None else keep & matched
             contents = [c for pk, _, c in items if c is not None and (keep is None or pk in keep)]
             if contents:
                 files.write(res_type, _one_line_each(contents))

@@ -155,9 +155,16 @@ def _check_written(conn: Connection, ctx: RequestContext, out: Outcome, permissi
 
 
 def _check_existing(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, permission: str) -> None:
-    """Before changing an existing resource: it must be within the scopes' reach (else 403)."""
-    if not _within(conn, ctx, res_type, res_id, permission):
-        raise FhirError.of(403, "forbidden", f"{res_type}/{res_id} is outside what the token may {'delete' if permission == 'd' else 'update'}")
+    """Before changing an existing resource: it must be within the scopes' reach.
+
+    One the caller may not even read is answered exactly as an unknown id (404, the
+    same text), so writes cannot tell which ids exist in other records; one it may read
+    but not change is 403."""
+    if _within(conn, ctx, res_type, res_id, permission):
+        return
+    if permission != "r" and not _within(conn, ctx, res_type, res_id, "r"):
+        raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
+    raise FhirError.of(403, "forbidden", f"{res_type}/{res_id} is outside what the token may {'delete' if permission == 'd' else 'update'}")
 
 
 def _criteria_key(query: str) -> str:
@@ -355,6 +362,7 @@ def patch(
         raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
     if current.deleted:
         raise FhirError.of(410, "deleted", f"{res_type}/{res_id} has been deleted")
+    _check_existing(conn, ctx, res_type, res_id, "u")
     expected = parse_etag(if_match)
     if expected is not None and expected != current.version_id:
         raise FhirError.of(412, "conflict", f"Version conflict: If-Match asks for version {expected}, the current version is {current.version_id}")
@@ -370,7 +378,6 @@ def patch(
         if exc.status == 400:  # the patched result is invalid: the patch is unprocessable
             exc.status = 422
         raise
-    _check_existing(conn, ctx, res_type, res_id, "u")
     out = _store(conn, ctx, res_type, res_id, parsed, current, "patch", warnings)
     _check_written(conn, ctx, out, "u")
     return _finish_write(ctx, out, f"Patched {res_type}/{res_id}")
@@ -395,12 +402,13 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
     current = repo.read_current(conn, res_type, res_id, for_update=True)
     if current is None:
         raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
+    if not current.deleted:
+        _check_existing(conn, ctx, res_type, res_id, "d")
     expected = parse_etag(if_match)
     if expected is not None and expected != current.version_id:
         raise FhirError.of(412, "conflict", f"Version conflict: If-Match asks for version {expected}, the current version is {current.version_id}")
     if current.deleted:
         return Outcome(status=204, res_type=res_type, res_id=res_id, version_id=current.version_id, headers={"ETag": f'W/"{current.version_id}"'})
-    _check_existing(conn, ctx, res_type, res_id, "d")
     version_id = current.version_id + 1
     now = now_utc()
     repo.write_version(conn, current.pk, res_type, res_id, version_id, now, None, "DELETE")

@@ -214,7 +214,19 @@ def test_patient_token_writes_only_into_its_compartment(anonymous_client, two_pa
     before = anonymous_client.get("/fhir/Observation", params={"subject": f"Patient/{p['bob']}", "_summary": "count"}, headers=_as(None, "system/*.rs")).json()["total"]
     r = anonymous_client.post("/fhir/Observation", json=theirs, headers=h)
     assert r.status_code == 403
-    assert anonymous_client.delete(f"/fhir/Observation/{p['bob_lab']}", headers=h).status_code == 403
+    # another record's resource is answered exactly as an unknown id: no existence oracle
+    unknown = anonymous_client.delete("/fhir/Observation/no-such-id", headers=h)
+    foreign = anonymous_client.delete(f"/fhir/Observation/{p['bob_lab']}", headers=h)
+    assert unknown.status_code == foreign.status_code == 404
+    assert foreign.json()["issue"][0]["diagnostics"] == unknown.json()["issue"][0]["diagnostics"].replace("no-such-id", p["bob_lab"])
+    patch = [{"op": "replace", "path": "/status", "value": "amended"}]
+    jp = {"Content-Type": "application/json-patch+json", **h}
+    assert anonymous_client.patch("/fhir/Observation/no-such-id", json=patch, headers=jp).status_code == 404
+    assert anonymous_client.patch(f"/fhir/Observation/{p['bob_lab']}", json=patch, headers=jp).status_code == 404
+    assert anonymous_client.patch(f"/fhir/Observation/{p['bob_lab']}", json=patch, headers={**jp, "If-Match": 'W/"9"'}).status_code == 404
+    # readable but not deletable (a granular v2 scope deletes vital signs only): 403
+    vitals_only = _as(p["ann"], "patient/Observation.rs patient/Observation.d?category=vital-signs")
+    assert anonymous_client.delete(f"/fhir/Observation/{p['ann_lab']}", headers=vitals_only).status_code == 403
     # a transaction with one forbidden entry is refused whole
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": mine, "request": {"method": "POST", "url": "Observation"}},
@@ -253,6 +265,50 @@ def test_export_needs_system_scope_and_the_same_token(anonymous_client, two_pati
     other = {"Authorization": f"Bearer {make_token('system/*.rs', client_id='someone-else')}"}
     assert anonymous_client.get(status, headers=other).status_code == 404
     assert anonymous_client.get(status, headers=system).status_code in (200, 202)
+
+
+def test_a_patients_export_is_only_theirs_to_poll_download_and_cancel(app, settings, anonymous_client, two_patients):
+    """A portal's patients share one client id: the job belongs to the token's subject and
+    patient context, not to the client, and a file needs a scope that reads its type."""
+    from fhir_server.jobs.runner import run_pending
+
+    p = two_patients
+    ann = _as(p["ann"])
+    r = anonymous_client.get("/fhir/Patient/$export", headers={**ann, "Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    status = r.headers["content-location"]
+    run_pending(app.state.db, settings)
+    manifest = anonymous_client.get(status, headers=ann)
+    assert manifest.status_code == 200, manifest.text
+    files = {o["type"]: o["url"] for o in manifest.json()["output"]}
+    assert "Patient" in files and "Observation" in files
+
+    bob = _as(p["bob"])  # same client, same scopes, another patient
+    assert anonymous_client.get(status, headers=bob).status_code == 404
+    assert anonymous_client.get(files["Patient"], headers=bob).status_code == 404
+    assert anonymous_client.delete(status, headers=bob).status_code == 404
+    ann_obs_only = _as(p["ann"], "patient/Observation.rs")
+    assert anonymous_client.get(files["Patient"], headers=ann_obs_only).status_code == 403
+    assert anonymous_client.get(files["Observation"], headers=ann_obs_only).status_code == 200
+    body = anonymous_client.get(files["Patient"], headers=ann)
+    assert body.status_code == 200 and p["ann"] in body.text and p["bob"] not in body.text
+
+
+def test_a_granular_scope_limits_what_a_patient_export_holds(app, settings, anonymous_client, two_patients):
+    """SMART 2.0 granular scopes hold for $export as for search: a laboratory-only token
+    exports the patient's laboratory Observations and nothing else."""
+    from fhir_server.jobs.runner import run_pending
+
+    p = two_patients
+    lab_only = _as(p["ann"], "patient/Patient.rs patient/Observation.rs?category="
+                             "http://terminology.hl7.org/CodeSystem/observation-category|laboratory")
+    r = anonymous_client.get("/fhir/Patient/$export", headers={**lab_only, "Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    run_pending(app.state.db, settings)
+    manifest = anonymous_client.get(r.headers["content-location"], headers=lab_only).json()
+    files = {o["type"]: o["url"] for o in manifest["output"]}
+    lines = anonymous_client.get(files["Observation"], headers=lab_only).text.splitlines()
+    assert {json.loads(line)["id"] for line in lines} == {p["ann_lab"]}
 
 
 def test_hl7v2_needs_a_system_write_scope(anonymous_client, two_patients):

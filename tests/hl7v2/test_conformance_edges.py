@@ -60,6 +60,24 @@ def test_a_cut_segment_is_refused_not_acknowledged_aa(engine, fake_apply):
     assert fake_apply.bundles == []
 
 
+@pytest.mark.parametrize("escape", ["\\X00\\", "\\X1B5B32304A\\", "\\X41071F\\"])
+def test_a_hex_escape_decoding_to_a_control_character_is_refused(engine, fake_apply, escape):
+    raw = ("MSH|^~\\&|LAB|HOSP|FHIR|SRV|20240101||ADT^A01|HEX" + str(uuid.uuid4().int % 10**8) + "|P|2.5\r"
+           "PID|1||E1^^^X^MR||Do" + escape + "e^J\r")
+    ack = process_message(raw, engine=engine, apply_transaction=fake_apply)
+    assert _msa(ack)[0] == "AR", ack
+    assert "control character" in parse(ack).first("ERR").get(8) or "control character" in ack
+    assert fake_apply.bundles == []
+
+
+def test_hex_escapes_of_text_line_breaks_and_delimiters_still_map(engine, fake_apply):
+    raw = ("MSH|^~\\&|LAB|HOSP|FHIR|SRV|20240101||ADT^A01|HEXOK1|P|2.5\r"
+           "PID|1||E1^^^X^MR||\\X53\\mith\\X0D\\Jr^J\r")
+    assert _msa(process_message(raw, engine=engine, apply_transaction=fake_apply))[0] == "AA"
+    patient = next(e["resource"] for e in fake_apply.bundles[0]["entry"] if e["resource"]["resourceType"] == "Patient")
+    assert patient["name"][0]["family"] == "Smith\rJr"
+
+
 # ----------------------------------------------------------------------------- A40 into itself
 
 

@@ -106,6 +106,11 @@ def test_bare_claim_body_is_accepted(client, parties):
     (lambda c: (c.pop("insurer"), c.update(insurance=[{"sequence": 1, "focal": True, "coverage": {"reference": "Coverage/none"}}])), 422),
     (lambda c: c.update(related=[{"claim": {"reference": "Claim/nope"}, "relationship": {"coding": [{"code": "prior"}]}}]), 422),
     (lambda c: c.update(use="claim"), 422),  # a reimbursement without its case and bills
+    # a number of treatments the workflow cannot act on is refused, never rewritten
+    (lambda c: c["item"][0].update(quantity={"value": -5}), 422),
+    (lambda c: c["item"][0].update(quantity={"value": 0}), 422),
+    (lambda c: c["item"][0].update(quantity={"value": 2.5}), 422),
+    (lambda c: c["item"][0].update(quantity={"value": 1e300}), 422),
 ])
 def test_refused_submissions_write_nothing(client, parties, mutate, status):
     patient, coverage, insurer, _ = parties

@@ -13,8 +13,12 @@ http://hl7.org/fhir/ValueSet/remittance-outcome):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
+from ...errors import FhirError
 from .policy import Policy
+
+MAX_TREATMENTS = 2_147_483_647  # FHIR integer range: the count is written back as adjudication values
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,21 @@ class Decision:
         return sum(i.approved for i in self.items)
 
 
-def requested_quantity(item: dict, default: int) -> int:
+def requested_quantity(item: dict, default: int, where: str = "Claim.item.quantity.value") -> int:
+    """The number of treatments asked for: a whole number from 1 up, `default` when absent.
+
+    Anything else (0, negative, fractional, beyond FHIR's integer range) is a 422 naming
+    `where`: a count the workflow cannot act on is refused, never rewritten."""
     value = (item.get("quantity") or {}).get("value")
-    if isinstance(value, (int, float)) and value >= 1:
-        return int(value)
-    return default
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise FhirError.of(422, "value", "The number of treatments asked for must be a number", where)
+    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+        raise FhirError.of(422, "value", f"The number of treatments asked for must be a whole number (got {value})", where)
+    if not 1 <= value <= MAX_TREATMENTS:
+        raise FhirError.of(422, "value", f"The number of treatments asked for must be between 1 and {MAX_TREATMENTS} (got {value})", where)
+    return int(value)
 
 
 def adjudicate_preauthorization(claim: dict, policy: Policy) -> Decision:
@@ -48,7 +62,7 @@ def adjudicate_preauthorization(claim: dict, policy: Policy) -> Decision:
     for n, item in enumerate(claim.get("item") or [], start=1):
         codings = (item.get("productOrService") or {}).get("coding") or []
         covered = next((c for c in codings if policy.covers(c)), None)
-        requested = requested_quantity(item, policy.initial_treatments)
+        requested = requested_quantity(item, policy.initial_treatments, f"Claim.item[{n - 1}].quantity.value")
         approved = min(requested, policy.initial_treatments) if covered else 0
         items.append(ItemDecision(int(item.get("sequence") or n), covered, requested, approved))
     if not items:
