@@ -41,7 +41,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from benchlib import free_port, recreate_pg_database, stop_group  # noqa: E402
+from benchlib import free_port, recreate_pg_database, server_bearer_headers, stop_group  # noqa: E402
 
 SLOT_MINUTES = 20
 PER_DAY = 8 * 60 // SLOT_MINUTES  # 24 Slots a day per Schedule
@@ -195,15 +195,6 @@ class Server:
                 pass
             time.sleep(0.3)
         raise RuntimeError("server did not start")
-
-    def token(self, db_url: str) -> str:
-        """A system/*.* bearer token from the server's own issuer (security is on)."""
-        out = subprocess.run(
-            [sys.executable, "-m", "fhir_server.cli", "token", "--scope", "system/*.*", "--ttl", "86400",
-             "--audience", self.base, "--database-url", db_url],
-            env=dict(os.environ), capture_output=True, text=True, check=True,
-        )
-        return out.stdout.strip().splitlines()[-1]
 
     def stop(self) -> None:
         stop_group(self.popen)
@@ -363,7 +354,7 @@ def main() -> None:
     server = Server(db_url, work, args.workers)
     try:
         server.wait_ready()
-        headers = {"Authorization": f"Bearer {server.token(db_url)}"}
+        headers = server_bearer_headers(db_url, server.base)
         finds = time_find(server.base, practs, day0, days, args.requests, args.warmup, headers)
         race_day = day0 + timedelta(days=max(days - 1, 0))
         result = race(server.base, practs, race_day, args.clients, min(args.race_practitioners, len(practs)), headers)
