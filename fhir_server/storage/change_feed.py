@@ -14,8 +14,12 @@ in the write's transaction.
   still running or not yet handed out) and the ids of the transactions still
   running in THIS database (pg_stat_activity.backend_xid where datname is the
   current database, plus prepared transactions of this database), read after
-  that snapshot was taken. So every transaction of this database with an id
-  below B had finished before the second statement's snapshot: its rows are
+  that snapshot was taken (pg_stat_activity shows datid and backend_xid of
+  every session to every role: no monitoring privilege needed). An id below
+  xmax was handed out before the snapshot, so if its transaction still runs
+  when pg_stat_activity is read, it is seen there. So every transaction of
+  this database with an id below B had finished before the second
+  statement's snapshot: its rows are
   there (committed) or never will be (rolled back). Transactions of other
   databases on the same cluster do not hold the feed back (the cluster-wide
   pg_snapshot_xmin did: a long transaction anywhere on a shared server
