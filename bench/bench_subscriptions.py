@@ -4,7 +4,10 @@
    receiver (keep-alive, answers 200 at once); times the delivery worker
    (`Deliverer.run_once`, the loop every server process runs) until all are sent.
    Shown for an R4 rest-hook (one request per event), a topic-based one with
-   id-only payload (one Bundle per event), and the same with max-count 20.
+   id-only payload (one Bundle per event), and the same with max-count 20; and an
+   R4 rest-hook on Observations whose owner holds a patient/ scope, next to the same
+   subscription owned by a system principal (the per-version reach check, queued and
+   re-checked at delivery, is the difference).
 2. Write cost: median time of a single-resource create (Patient, in its own
    transaction, in process) with the subscriptions engine absent, and with 0, 10
    and 100 active subscriptions on other resource types (Observation, Task,
@@ -67,19 +70,30 @@ def build(url: str):
     return settings, db
 
 
-def ctx():
+def ctx(principal=None):
     from fhir_server.rest.context import RequestContext
 
-    return RequestContext(base_url="http://bench/fhir")
+    if principal is None:
+        return RequestContext(base_url="http://bench/fhir")
+    return RequestContext(base_url="http://bench/fhir", principal=principal)
 
 
-def create(db, resource: dict) -> str:
+def create(db, resource: dict, principal=None) -> str:
     from fhir_server.rest import interactions as ix
 
     parsed = ix.ParsedResource.from_preserving(dict(resource))
     ix.prevalidate(resource["resourceType"], parsed)
     with db.write() as conn:
-        return ix.create(conn, ctx(), resource["resourceType"], parsed).res_id
+        return ix.create(conn, ctx(principal), resource["resourceType"], parsed).res_id
+
+
+def owner_principal(kind: str, patient: str):
+    from fhir_server.security.authz import Principal
+
+    if kind == "system":
+        return Principal(subject="bench-system", scopes=frozenset({"system/*.*"}))
+    return Principal(subject="bench-portal", scopes=frozenset({"system/Subscription.cruds", "patient/Observation.rs"}),
+                     patient=patient, fhir_user="Practitioner/bench")
 
 
 def r4_sub(criteria: str, endpoint: str) -> dict:
@@ -101,9 +115,16 @@ def delivery(settings, db, endpoint: str, n: int) -> list[tuple[str, float]]:
 
     out = []
     cases = [("R4 rest-hook, no payload", None, 1), ("topic, id-only, max-count 1", "t1", 1),
-             ("topic, id-only, max-count 20", "t20", 20)]
+             ("topic, id-only, max-count 20", "t20", 20), ("R4 Observation, system owner", "system", 1),
+             ("R4 Observation, patient/ owner", "patient", 1)]
     for label, owner_tag, max_count in cases:
-        if owner_tag is None:
+        if owner_tag in ("system", "patient"):
+            pid = create(db, {"resourceType": "Patient", "name": [{"family": "Owner"}]})
+            code = f"b{time.monotonic_ns()}"
+            sub_id = create(db, r4_sub(f"Observation?code=http://loinc.org|{code}", endpoint), owner_principal(owner_tag, pid))
+            make = lambda: {"resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{pid}"},  # noqa: E731
+                            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}}
+        elif owner_tag is None:
             family = f"Bench{time.monotonic_ns()}"
             sub_id = create(db, r4_sub(f"Patient?family={family}", endpoint))
             make = lambda: {"resourceType": "Patient", "name": [{"family": family}]}  # noqa: E731

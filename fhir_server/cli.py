@@ -284,6 +284,8 @@ def token(
             raise typer.Exit(1)
     if patient and not fhir_user:
         fhir_user = f"Patient/{patient}"
+    if not fhir_user and any(s.startswith("user/") for s in scope.split()):
+        raise typer.BadParameter("user/ scopes need the user: add --fhir-user Practitioner/ID (or --patient ID)", param_hint="--scope")
     typer.echo(cli_token(settings, db, scope, patient=patient, fhir_user=fhir_user, ttl=ttl, audience=audience))
 
 
@@ -342,3 +344,29 @@ def keys_rotate(database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATAB
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+audit_app = typer.Typer(help="The access log (IHE BALP AuditEvents)", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: str = typer.Option(None, help="Only events recorded at or after this date/instant (UTC), e.g. 2026-01-01"),
+    until: str = typer.Option(None, help="Only events recorded before this date/instant (UTC)"),
+    database_url: str = typer.Option(None, envvar="FHIR_SERVER_DATABASE_URL"),
+):
+    """Write the stored AuditEvents to stdout as NDJSON (one resource per line)."""
+    import sys
+
+    from .audit.export import export_ndjson, parse_bound
+
+    try:
+        low, high = parse_bound(since), parse_bound(until)
+    except ValueError as exc:
+        typer.echo(f"--since/--until: {exc}", err=True)
+        raise typer.Exit(2)
+    _settings_, db = _auth_db(database_url)
+    n = export_ndjson(db, sys.stdout.buffer, low, high)
+    sys.stdout.buffer.flush()
+    typer.echo(f"{n} AuditEvents written", err=True)

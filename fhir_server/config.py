@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     public_base_url: str = ""  # e.g. https://fhir.example.org/fhir; when set, always the base in links
     trusted_proxies: str = "127.0.0.1,::1"  # addresses/networks whose X-Forwarded-* headers are believed
     access_log: str = "text"  # off | text | json (one line per request)
+    # the access log (docs/audit.md): IHE BALP AuditEvents for every API access
+    audit: str = "on"  # on | off (off: no AuditEvents; for experiments only)
+    audit_flush_seconds: float = 1.0  # read events are written in batches at most this far apart
+    audit_retention_days: int = 0  # delete AuditEvents older than this (0: keep them all)
     max_resource_bytes: int = 8 * 1024 * 1024  # one resource on write (413 beyond)
     max_response_bytes: int = 64 * 1024 * 1024  # one batch/transaction/search response (413 beyond)
     http_header_timeout: float = 10.0  # seconds for a request head to arrive
@@ -49,6 +53,7 @@ class Settings(BaseSettings):
     subscription_retry_max_seconds: float = 300.0
     subscription_delivery_timeout_seconds: float = 10.0
     subscription_poll_seconds: float = 0.5
+    subscription_secret_keys: str = ""  # comma-separated Fernet keys sealing channel.header secrets; empty: a key kept in the database
     # Binary content (docs/documents.md): filesystem under blob_dir, or an S3-compatible store
     blob_store: str = "filesystem"  # filesystem | s3
     blob_dir: str = "data/blobs"
@@ -96,6 +101,7 @@ class Settings(BaseSettings):
     auth_issuers_file: str = ""  # JSON list of trusted external OpenID Providers (issuer, audience, claim mapping)
     auth_clients_file: str = ""  # JSON list of OAuth clients registered by configuration
     auth_jwks_refetch_seconds: int = 30  # at most one JWKS re-fetch per issuer in this many seconds (unknown kid)
+    auth_revocation_check_seconds: float = 5.0  # a cached built-in token re-asks the revocation list after this many seconds (every process)
     auth_unknown_person: str = "refuse"  # refuse | create: an eID login of a person with no Patient
     dev_login: bool = False  # development-only test login page at the authorize endpoint
     cors_origins: str = ""  # comma-separated browser origins allowed (CORS); empty: none

@@ -66,4 +66,5 @@ PLUGIN_MODULES: list[str] = [
     "fhir_server.workflows.claims",
     "fhir_server.operations.claim_submit",
     "fhir_server.auth",
+    "fhir_server.audit",
 ]

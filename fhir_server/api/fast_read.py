@@ -7,7 +7,10 @@ query string, no conditional headers, a JSON Accept, a current version) with
 one awaited lookup and the stored bytes. Everything else, including every
 error, goes on to the app, which answers it as before; a test holds the two
 paths to the same bytes and headers. Authorisation is the same seam
-(`interactions.check_read`) every other read passes.
+(`interactions.check_read`) every other read passes. A token restricted to Patient
+compartments (a portal's `patient/` token) is answered here too when the resource is
+in one of them, decided from its compartment references (`search.membership`, the rule
+the database's criteria apply); anything else restricted goes to the app.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from starlette.requests import Request
 from ..errors import FhirError
 from ..rest import interactions as ix
 from ..rest.context import RequestContext
+from ..search.membership import patients_of
 from ..security.authz import ANONYMOUS, visibility
 from ..storage.repository import StoredResource
 from . import http
@@ -70,9 +74,9 @@ class FastReads:
             principal = state.get("principal") or ANONYMOUS
             ctx = RequestContext(base_url="", principal=principal, request_id=state.get("request_id", ""))
             ix.check_read(ctx, res_type, res_id)
-            if not principal.unrestricted and visibility(principal, res_type, "r") is not None:
-                return False  # restricted to a compartment or criteria: the app's read asks the database
-
+            compartments = _compartments_only(principal, res_type)
+            if compartments is False:
+                return False  # restricted by search criteria: the app's read asks the database
         except FhirError:
             return False
         try:
@@ -82,6 +86,8 @@ class FastReads:
             return True
         if stored is None or stored.deleted or stored.content is None:
             return False
+        if compartments is not None and not _in_any(res_type, stored.content, compartments):
+            return False  # not visibly within reach: the app answers (404, as for an unknown id)
         body = stored.content
         await send(
             {
@@ -97,3 +103,30 @@ class FastReads:
         )
         await send({"type": "http.response.body", "body": body})
         return True
+
+
+def _compartments_only(principal, res_type: str):
+    """None: the principal sees every resource of the type; a set of Patient ids: it sees
+    those Patients' compartments only (decidable from the resource itself); False: other
+    criteria apply (search parameters, other compartments), which only the database answers."""
+    if principal.unrestricted:
+        return None
+    vis = visibility(principal, res_type, "r")
+    if vis is None:
+        return None
+    ids = set()
+    for c in vis:
+        if c.params or not c.compartment or c.compartment[0] != "Patient":
+            return False
+        ids.add(c.compartment[1])
+    return ids or False
+
+
+def _in_any(res_type: str, content: bytes, patients: set[str]) -> bool:
+    import orjson
+
+    try:
+        doc = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return False
+    return any(p in patients for p in patients_of(res_type, doc))

@@ -27,6 +27,10 @@ class SigningKeys:
     all: KeySet  # current + retired keys still verifying
 
 
+# auth_keys also keeps the subscriptions' header-sealing key (alg "fernet"): not a signing key
+_signing = auth_keys.c.alg.in_(("RS256", "ES256", "RS384", "ES384"))
+
+
 def _alg_of(key) -> str:
     return "ES256" if isinstance(key, ECKey) else "RS256"
 
@@ -59,7 +63,7 @@ def ensure_key(engine, settings) -> None:
     if settings.auth_signing_key_file:
         return
     with engine.begin() as conn:
-        if conn.execute(select(auth_keys.c.kid).where(auth_keys.c.retired.is_(None)).limit(1)).first():
+        if conn.execute(select(auth_keys.c.kid).where(auth_keys.c.retired.is_(None), _signing).limit(1)).first():
             return
         key = new_key()
         conn.execute(insert(auth_keys).values(kid=key.kid, alg=_alg_of(key), private_pem=key.as_pem(private=True).decode(), created=_now(), retired=None))
@@ -72,8 +76,8 @@ def rotate(engine, settings) -> str:
     key = new_key()
     now = _now()
     with engine.begin() as conn:
-        conn.execute(update(auth_keys).where(auth_keys.c.retired.is_(None)).values(retired=now))
-        conn.execute(delete(auth_keys).where(auth_keys.c.retired < now - timedelta(seconds=settings.auth_token_ttl + settings.auth_clock_skew)))
+        conn.execute(update(auth_keys).where(auth_keys.c.retired.is_(None), _signing).values(retired=now))
+        conn.execute(delete(auth_keys).where(auth_keys.c.retired < now - timedelta(seconds=settings.auth_token_ttl + settings.auth_clock_skew), _signing))
         conn.execute(insert(auth_keys).values(kid=key.kid, alg=_alg_of(key), private_pem=key.as_pem(private=True).decode(), created=now, retired=None))
     return key.kid
 
@@ -84,7 +88,7 @@ def read_keys(engine, settings) -> SigningKeys:
         return SigningKeys(key, KeySet([key]))
     cutoff = _now() - timedelta(seconds=settings.auth_token_ttl + settings.auth_clock_skew)
     with engine.connect() as conn:
-        rows = conn.execute(select(auth_keys).order_by(auth_keys.c.created.desc())).all()
+        rows = conn.execute(select(auth_keys).where(_signing).order_by(auth_keys.c.created.desc())).all()
     current = None
     keys = []
     for row in rows:

@@ -280,6 +280,8 @@ class SmartAuthorizationServer(AuthorizationServer):
             user = User(subject=client.get_client_id())
         patient = user.patient if user.patient and ("launch/patient" in scope.split() or "patient/" in scope) else None
         fhir_user = user.fhir_user if {"fhirUser", "openid"} & set(scope.split()) or user.fhir_user else None
+        if not fhir_user:  # user/ scopes are bounded by the user's access: with no known user they are not granted
+            scope = " ".join(s for s in scope.split() if not s.startswith("user/"))
         key = self.keys.get().current
         token = {
             "token_type": "Bearer",

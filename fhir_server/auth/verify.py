@@ -11,6 +11,13 @@ token names an unknown `kid` (key rotation), at most once per
 A verified token is cached by its SHA-256 until it expires, so repeated requests with
 the same token pay a dictionary lookup, not a signature check. The cache holds the
 verified result; a token that fails is never cached, and a revoked one is evicted.
+
+Revocation reaches every process: the revocation list is the `auth_grants` table
+(RFC 7009, kept by the authorization server), and a cached built-in token is only
+trusted for `auth_revocation_check_seconds` (default 5 s) after its last look at that
+list; then the next request asks the database again (one primary-key probe, no
+signature check). A token revoked through any process is thus refused by all of them
+within that bound; 0 asks on every request.
 """
 
 from __future__ import annotations
@@ -87,33 +94,48 @@ class TokenVerifier:
         self.db = db
         self.issuers = {i.issuer.rstrip("/"): i for i in (issuers or [])}
         self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self._checked: dict[str, float] = {}  # cache key -> monotonic time of its last revocation check
         self._lock = threading.Lock()
         self.revoked_check = None  # callable(jti) -> bool, set by the authorization server
 
     # ------------------------------------------------------------------ cache
 
-    def _cached(self, key: str) -> Principal | None:
+    def _revocable(self, principal: Principal) -> bool:
+        return self.revoked_check is not None and principal.issuer is not None and \
+            principal.issuer.rstrip("/") not in self.issuers and isinstance(principal.claims.get("jti"), str)
+
+    def _cached(self, key: str, stale_ok: bool = False) -> Principal | None:
+        """The cached principal; None when absent, expired, or (unless `stale_ok`) due
+        for a fresh look at the revocation list."""
         with self._lock:
             p = self._cache.get(key)
             if p is None:
                 return None
             if p.expires_at is not None and p.expires_at <= time.time():
                 self._cache.pop(key, None)
+                self._checked.pop(key, None)
                 return None
+            if not stale_ok and self._revocable(p):
+                checked = self._checked.get(key, 0.0)
+                if time.monotonic() - checked >= float(self.settings.auth_revocation_check_seconds):
+                    return None
             self._cache.move_to_end(key)
             return p
 
     def _remember(self, key: str, principal: Principal) -> None:
         with self._lock:
             self._cache[key] = principal
+            self._checked[key] = time.monotonic()
             while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+                old, _p = self._cache.popitem(last=False)
+                self._checked.pop(old, None)
 
     def evict(self, token: str) -> None:
         digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
         with self._lock:
             for k in [k for k in self._cache if k.startswith(digest)]:
                 self._cache.pop(k, None)
+                self._checked.pop(k, None)
 
     # ------------------------------------------------------------------ verification
 
@@ -125,6 +147,14 @@ class TokenVerifier:
         hit = self._cached(key)
         if hit is not None:
             return hit
+        stale = self._cached(key, stale_ok=True)
+        if stale is not None:  # verified before; only the revocation list needs a fresh look
+            if self.revoked_check(stale.claims["jti"]):
+                self.evict(token)
+                raise InvalidToken("the token has been revoked")
+            with self._lock:
+                self._checked[key] = time.monotonic()
+            return stale
         principal = self._verify(token, audience)
         self._remember(key, principal)
         return principal

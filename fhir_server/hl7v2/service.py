@@ -68,7 +68,13 @@ def attach(app: FastAPI, db: Database, settings: Settings) -> None:
         stop = asyncio.Event()
         worker = None
         if settings.mllp_port:
-            server = await _start_listener(settings, inbound.mllp_handler(db.engine, apply))
+            handler = inbound.mllp_handler(db.engine, apply)
+            audit_writer = getattr(a.state, "audit_writer", None)  # the access log (fhir_server.audit), when on
+            if audit_writer is not None:
+                from ..audit.mllp import audited
+
+                handler = audited(handler, audit_writer)
+            server = await _start_listener(settings, handler)
         if run_outbox:
             worker = asyncio.create_task(outbound.run_outbox_worker(db.engine, stop))
         try:

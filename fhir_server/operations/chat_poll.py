@@ -30,6 +30,7 @@ from ..model import jsonio
 from ..rest.context import Outcome
 from ..rest.interactions import check_read, read_outcome
 from ..rest.operations import OperationCall, operation
+from ..search.access import type_condition
 from ..storage import change_feed as feed
 from ..storage import repository as repo
 from ..storage.schema import idx_reference, resources
@@ -41,13 +42,18 @@ POLL_INTERVAL = 0.25
 PAGE = 200
 
 
-def _message_ids(conn, task_id: str) -> list[str]:
+def _message_ids(conn, task_id: str, access, base_url: str) -> list[str]:
+    """Ids of the Task's Communications that the caller may read (the same access
+    criteria as a search: another record's message never shows in this chat)."""
     x, r = idx_reference.c, resources.c
     stmt = (
         select(r.res_id).join(idx_reference, x.res_pk == r.pk)
         .where(x.res_type == "Communication", x.param.in_(("part-of", "based-on")), x.target_type == "Task", x.target_id == task_id)
         .distinct()
     )
+    cond = type_condition(access, "Communication", "r", resources, base_url)
+    if cond is not None:
+        stmt = stmt.where(cond)
     return [row[0] for row in conn.execute(stmt)]
 
 
@@ -73,7 +79,7 @@ def chat_poll(call: OperationCall) -> Outcome:
     while True:
         with call.db.read() as conn:
             read_outcome("Task", call.res_id, repo.read_current(conn, "Task", call.res_id))
-            ids = _message_ids(conn, call.res_id)
+            ids = _message_ids(conn, call.res_id, call.ctx.access(), call.ctx.base_url)
             rows = feed.read_after(conn, cursor, ["Communication"], PAGE, ids) if ids else []
         if rows or time.monotonic() >= deadline:
             break

@@ -64,7 +64,7 @@ def everything(call: OperationCall) -> Outcome:
             after = _int(value, "_cursor")
         elif not call.ctx.lenient:
             raise FhirError.of(400, "not-supported", f"Parameter '{name}' is not supported by $everything (send Prefer: handling=lenient to ignore it)", name)
-    count = max(1, min(count, MAX_COUNT))
+    count = max(0, min(count, MAX_COUNT))  # _count=0: the total only (R4 search.html, _count)
     base = call.ctx.base_url
     with call.db.read() as conn:
         return Outcome(200, body=_page(conn, call, base, types, since, count, after, pairs))
@@ -93,6 +93,10 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
     total = conn.execute(select(func.count()).select_from(resources).where(*conds)).scalar() or 0
     include_patient = (types is None or "Patient" in types) and (since is None or _aware(patient.last_updated) >= since)
     total += 1 if include_patient else 0
+    if count == 0:
+        self_url = f"{base}/Patient/{call.res_id}/$everything" + ("?" + urlencode(pairs) if pairs else "")
+        return orjson.dumps({"resourceType": "Bundle", "type": "searchset", "total": total,
+                             "link": [{"relation": "self", "url": self_url}]})
 
     rows = conn.execute(
         select(r.pk, r.res_type, r.res_id, r.content).where(*conds, r.pk > after).order_by(r.pk).limit(count + 1)

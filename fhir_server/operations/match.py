@@ -4,6 +4,10 @@ Candidates come from the national identifiers of the given Patient (a match on
 one is certain: the number identifies the person) and from family name plus
 birth date (probable with a matching given name, else possible). Each entry
 carries `search.score` and the match-grade extension.
+
+Only Patients the caller may search are candidates (the authz seam's visibility,
+as for a search): a patient/ token matches at most its own record, never learns
+that another person's record exists.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ..model import jsonio
 from ..model.validation import validate_resource
 from ..rest.context import Outcome
 from ..rest.operations import OperationCall, operation
+from ..search.access import visible
 from ..search.engine import find_matches
 from ..search.values import normalize
 from ..storage import repository as repo
@@ -60,14 +65,18 @@ def match(call: OperationCall) -> Outcome:
     patient, only_certain, count = _parse(call)
     scores: dict[str, float] = {}
     family, given = _names(patient)
+    access = call.ctx.access()
+    vis = access("Patient", "s") if access is not None else None
     with call.db.read() as conn:
         for system, value, _path in national_identifiers(patient):
             for _pk, rid, _content in find_by_national_identifier(conn, "Patient", system, value):
-                scores[rid] = 1.0
+                if visible(conn, "Patient", rid, vis):
+                    scores[rid] = 1.0
         birth = patient.get("birthDate")
         if family and birth:
             for fam in family:
-                for _pk, rid in find_matches(conn, "Patient", [("family", fam), ("birthdate", birth)], limit=50):
+                for _pk, rid in find_matches(conn, "Patient", [("family", fam), ("birthdate", birth)], limit=50,
+                                             base_url=call.ctx.base_url, access=access):
                     if rid in scores:
                         continue
                     stored = orjson.loads(repo.read_current(conn, "Patient", rid).content)

@@ -7,7 +7,9 @@ security labels in use.
 
 Answer: `Parameters { return: Meta }`. System and type level come from the search
 index (`_tag`, `_security` tokens and `_profile` uris of live resources), so no
-resource content is read; the index keeps system and code, not display.
+resource content is read; the index keeps system and code, not display. They count
+only resources the caller may search (the authz seam's visibility compiled into the
+query, as for a search): a tag used only in other patients' records stays unknown.
 """
 
 from __future__ import annotations
@@ -21,10 +23,30 @@ from ..rest.context import Outcome
 from ..rest.operations import OperationCall, operation
 from ..security.authz import AccessRequest, authorize
 from ..storage import repository as repo
-from ..storage.schema import idx_token, idx_uri
+from ..search.access import system_condition, type_condition
+from ..search.query import live
+from ..search.registry import resource_types
+from ..storage.schema import idx_token, idx_uri, resources
 from .meta_common import meta_parameters
 
 DEFINITION = "http://hl7.org/fhir/OperationDefinition/Resource-meta"
+
+
+def _visible_pks(call: OperationCall):
+    """A subquery of the pks the caller may search at this level; None: no restriction."""
+    access = call.ctx.access()
+    if access is None:
+        return None
+    r = resources.alias("meta_r")
+    if call.res_type:
+        cond = type_condition(access, call.res_type, "s", r, call.ctx.base_url)
+        if cond is None:
+            return None
+        return select(r.c.pk).where(r.c.res_type == call.res_type, live(r), cond)
+    cond = system_condition(access, sorted(resource_types()), r, call.ctx.base_url)
+    if cond is None:
+        return None
+    return select(r.c.pk).where(live(r), cond)
 
 
 @operation("meta", ("system", "type", "instance"), definition=DEFINITION)
@@ -47,6 +69,10 @@ def meta(call: OperationCall) -> Outcome:
     if call.res_type:
         tq = tq.where(t.res_type == call.res_type)
         uq = uq.where(u.res_type == call.res_type)
+    seen = _visible_pks(call)
+    if seen is not None:
+        tq = tq.where(t.res_pk.in_(seen))
+        uq = uq.where(u.res_pk.in_(seen))
     with call.db.read() as conn:
         tokens = conn.execute(tq.order_by(t.param, t.system, t.code)).all()
         profiles = [row.uri for row in conn.execute(uq.order_by(u.uri))]

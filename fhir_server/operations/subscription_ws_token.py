@@ -4,7 +4,9 @@ http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition-backport-subsc
 
 Answers Parameters `token` (send `bind-with-token <token>` on the websocket),
 `expiration`, `subscription` (one per id) and `websocket-url`. Only websocket
-subscriptions the caller may read can be bound; the token lives 5 minutes.
+subscriptions the caller may read can be bound; the token lives 5 minutes (never
+past the caller's own access token) and is redeemed only while the caller may still
+read each subscription (fhir_server/subscriptions/websocket.py).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def get_ws_binding_token(call: OperationCall) -> Outcome:
             raise FhirError.of(400, "invalid", f"Subscription/{sub_id} does not use the websocket channel")
         if row.status not in ("active", "error"):
             raise FhirError.of(400, "invalid", f"Subscription/{sub_id} is {row.status}, not active")
-    token, expires = issue_token(call.db, ids)
+    token, expires = issue_token(call.db, ids, call.ctx.principal)
     params = [{"name": "token", "valueString": token}, {"name": "expiration", "valueDateTime": expires}]
     params += [{"name": "subscription", "valueString": f"{call.ctx.base_url}/Subscription/{i}"} for i in ids]
     params.append({"name": "websocket-url", "valueUrl": websocket_url(call.ctx.base_url)})

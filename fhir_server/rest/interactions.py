@@ -22,6 +22,7 @@ from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..model.lexical import is_version_id
 from ..security.authz import AccessRequest, authorize, visibility
+from ..security.write_references import check_write_references
 from ..storage import repository as repo
 from . import limits, rules
 from .context import Outcome, RequestContext
@@ -260,6 +261,7 @@ def _prepare_write(conn: Connection, ctx: RequestContext, interaction: str, res_
     check_type(res_type)
     _validate(res_type, parsed)
     authorize(ctx.principal, AccessRequest(interaction, res_type, res_id, parsed.plain))
+    check_write_references(conn, ctx.principal, res_type, parsed.plain)
     rules.prepare(conn, ctx, res_type, res_id, parsed)
     return parsed.warnings + rules.run(conn, res_type, res_id, parsed.plain)
 

@@ -26,6 +26,7 @@ import orjson
 from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
 from sqlalchemy.sql import FromClause
 
+from ..audit.context import note_returned
 from ..errors import FhirError
 from ..model.lexical import ascii_int
 from ..rest import limits
@@ -362,6 +363,7 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
 
     entries = []
     budget = limits.ResponseBudget()
+    note_returned([(x.res_type, x.res_id) for x in rows])  # the access log names whose data this was
     for row in rows:
         budget.take(len(row.content), "The search page")
         entries.append({
@@ -370,7 +372,9 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
             "search": {"mode": "match"},
         })
     if plan.includes and rows:
-        for row in _includes(conn, plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows], req.access):
+        included = _includes(conn, plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows], req.access)
+        note_returned([(x.res_type, x.res_id) for x in included])
+        for row in included:
             budget.take(len(row.content), "The search page with its included resources")
             entries.append({
                 "fullUrl": f"{base}/{row.res_type}/{row.res_id}",

@@ -5,7 +5,9 @@
 - `user/` scopes reach what the user may see: a user who is a Patient (fhirUser
   Patient/x) sees that patient's compartment; staff (fhirUser Practitioner or
   PractitionerRole) see the type as a whole, narrowed by later policies (issue 13:
-  care relationships, guardians, proxies); so does a user token without fhirUser.
+  care relationships, guardians, proxies). A user/ scope without a `fhirUser` grants
+  NOTHING: SMART App Launch 2.0 bounds user/ scopes by the user's own access, and a
+  token that does not say who the user is cannot be bounded (docs/security.md).
 - `system/` scopes reach every resource of the type (backend services).
 - v2 granular scopes (`?param=value`) add their search parameters to what is visible.
 """
@@ -26,7 +28,13 @@ def _usable(principal: Principal, s: Scope) -> bool:
     """A patient/ scope needs the patient context; a user/ scope needs a user."""
     if s.context == "patient":
         return bool(principal.patient)
+    if s.context == "user":
+        return bool(principal.fhir_user)
     return True
+
+
+def _unbounded_user(principal: Principal) -> bool:
+    return not principal.fhir_user and any(s.context == "user" for s in _scopes(principal))
 
 
 def _has(principal: Principal, res_type: str | None, letters: str, contexts: tuple[str, ...] = ("patient", "user", "system"), any_type: bool = False) -> bool:
@@ -60,7 +68,7 @@ def check(principal: Principal, request: AccessRequest) -> str | None:
             ok = _has(principal, rt, p)
         if ok:
             return None
-        return f"The token does not allow {interaction} of {rt or 'all types'}: a scope {_needed(rt, p)} is missing"
+        return f"The token does not allow {interaction} of {rt or 'all types'}: a scope {_needed(rt, p)} is missing" + _hint(principal)
     if interaction == "hl7v2":
         if _has(principal, None, "cu", ("system",), any_type=True):
             return None
@@ -84,8 +92,14 @@ def check(principal: Principal, request: AccessRequest) -> str | None:
             ok = _has(principal, rt, letters)
         if ok:
             return None
-        return f"${name} on {rt or 'the system'} needs a scope {_needed(rt, letters)}, which the token lacks"
+        return f"${name} on {rt or 'the system'} needs a scope {_needed(rt, letters)}, which the token lacks" + _hint(principal)
     return f"Interaction '{interaction}' is not covered by any scope"
+
+
+def _hint(principal: Principal) -> str:
+    if _unbounded_user(principal):
+        return " (its user/ scopes grant nothing: the token names no fhirUser, so the user's access is unknown)"
+    return ""
 
 
 def visibility(principal: Principal, res_type: str, permission: str = "s") -> Visibility:
@@ -94,12 +108,10 @@ def visibility(principal: Principal, res_type: str, permission: str = "s") -> Vi
         return None
     alts: list[Criteria] = []
     for s in _scopes(principal):
-        if not s.grants(res_type, permission):
+        if not s.grants(res_type, permission) or not _usable(principal, s):
             continue
         compartment = None
         if s.context == "patient":
-            if not principal.patient:
-                continue
             compartment = ("Patient", principal.patient)
         elif s.context == "user":
             user = principal.fhir_user or ""

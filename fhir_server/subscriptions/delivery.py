@@ -31,7 +31,9 @@ from sqlalchemy import and_, exists, or_, select, update
 from ..jobs.runner import worker_name
 from ..rest.interactions import fhir_instant
 from . import notify
-from .matching import LIVE, may_see, principal_from_json, queue_event, utcnow
+from .matching import LIVE, principal_from_json, queue_event, utcnow
+from .owner import event_focus, restricted
+from .secrets import SecretsUnavailable, unseal
 from .spec import SubscriptionSpec
 from .tables import subscription_events, subscriptions
 
@@ -144,7 +146,13 @@ class Deliverer:
         s, e = subscriptions.c, subscription_events.c
         with self.db.read() as conn:
             sub = conn.execute(select(subscriptions).where(s.id == sub_id)).first()
-            spec = SubscriptionSpec.from_json(json.loads(sub.spec))
+            try:
+                spec = SubscriptionSpec.from_json(unseal(conn, json.loads(sub.spec)))
+            except SecretsUnavailable as exc:  # nothing goes out without its headers
+                log.error("subscription %s: %s", sub_id, exc)
+                self._release(sub_id, last_error=str(exc), next_attempt=utcnow() + timedelta(
+                    seconds=self.settings.subscription_retry_max_seconds))
+                return 0
             limit = max(1, spec.max_count) if spec.kind == "topic" else 1
             rows = conn.execute(select(subscription_events).where(e.sub_id == sub_id, e.status == "pending")
                                 .order_by(e.id).limit(200)).all()
@@ -185,18 +193,20 @@ class Deliverer:
         return sent
 
     def _load(self, batch, spec: SubscriptionSpec, owner) -> tuple[list[notify.Event], list[int]]:
-        """Events with their focus version read; ids the owner may no longer see."""
-        from ..storage import repository as repo
+        """Events with their focus version read; ids the owner may no longer see.
 
+        The owner's reach is asked about the very version the event names: the current
+        one through the index, another (a deletion's, or one changed since) by indexing
+        it in a rolled-back savepoint, hence a writable connection for restricted owners."""
         events, withheld = [], []
-        with self.db.read() as conn:
+        types = {r.res_type for r in batch if r.res_type}
+        opener = self.db.write if any(restricted(owner, t) for t in types) else self.db.read
+        with opener() as conn:
             for r in batch:
                 resource = None
                 if r.res_type and r.version_id:
-                    stored = repo.read_version(conn, r.res_type, r.res_id, r.version_id)
-                    resource = stored.content if stored is not None else None
-                    doc = json.loads(resource) if resource else None
-                    if not may_see(owner, r.res_type, r.res_id, doc):
+                    resource, seen = event_focus(conn, owner, r.res_type, r.res_id, r.version_id, r.method)
+                    if not seen:
                         withheld.append(r.id)
                         continue
                 ev = notify.Event(r.event_number, r.kind, r.topic, r.res_type, r.res_id, r.version_id, r.method,

@@ -24,8 +24,9 @@ from sqlalchemy import Connection, select, text, update
 
 from .. import events
 from ..errors import FhirError
-from ..security.authz import AccessRequest, Principal, authorize
+from ..security.authz import Principal
 from . import topics
+from .owner import indexed_as, may_see
 from .spec import SubscriptionSpec
 from .tables import subscription_events, subscription_types, subscriptions
 
@@ -54,15 +55,6 @@ def principal_to_json(p: Principal) -> str:
                        "authenticated": p.authenticated, "unrestricted": p.unrestricted}, default=str)
 
 
-def may_see(owner: Principal, res_type: str, res_id: str, resource: dict | None) -> bool:
-    """Whether the subscription's owner may read this resource (the authz seam)."""
-    try:
-        authorize(owner, AccessRequest("read", res_type, res_id, resource))
-    except FhirError:
-        return False
-    return True
-
-
 # ------------------------------------------------------------------ criteria tests
 
 
@@ -74,26 +66,10 @@ def _matches_current(conn: Connection, res_type: str, res_id: str, params: list[
 
 def _matches_previous(conn: Connection, change: events.ResourceChange, params: list[tuple[str, str]]) -> bool:
     """Test the previous version: index it in a savepoint, search, roll back."""
-    from ..search.indexer import delete_index, index_resource
-    from ..storage import repository as repo
-    from ..storage.schema import resources
-
     if change.old is None:
         return False
-    repo.flush(conn)
-    pk = conn.execute(select(resources.c.pk).where(resources.c.res_type == change.res_type,
-                                                   resources.c.res_id == change.res_id)).scalar()
-    if pk is None:
-        return False
-    savepoint = conn.begin_nested()
-    try:
-        conn.execute(update(resources).where(resources.c.pk == pk).values(deleted=False))
-        delete_index(conn, pk)
-        index_resource(conn, pk, change.res_type, change.old)
-        return _matches_current(conn, change.res_type, change.res_id, params)
-    finally:
-        conn.info.pop(repo._BUFFER_KEY, None)  # rows buffered in the savepoint die with it
-        savepoint.rollback()
+    with indexed_as(conn, change.res_type, change.res_id, change.old) as present:
+        return present and _matches_current(conn, change.res_type, change.res_id, params)
 
 
 def _search_params(query: str) -> list[tuple[str, str]]:
@@ -205,7 +181,9 @@ def on_change(conn: Connection, change: events.ResourceChange) -> None:
             continue
         if not matched:
             continue
-        if not may_see(principal_from_json(row.owner), change.res_type, change.res_id, change.new or change.old):
+        content = change.new if change.new is not None else change.old
+        if not may_see(conn, principal_from_json(row.owner), change.res_type, change.res_id, content,
+                       current=change.new is not None):
             continue
         queue_event(conn, row.id, "event-notification", now, topic_url, change)
 

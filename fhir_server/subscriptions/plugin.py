@@ -8,12 +8,13 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import events
 from ..rest import rules
-from . import matching, registry
+from . import matching, registry, secrets
 
 
 def setup(settings) -> None:
     """The Subscription preparer, the change subscriber and the $operations."""
     registry.configure(settings)
+    secrets.configure(settings)
     rules.register_preparer("Subscription", registry.prepare_subscription, "subscriptions")
     events.subscribe(matching.on_change)
     from ..operations import subscription_events, subscription_status, subscription_ws_token  # noqa: F401  (register)
@@ -26,6 +27,11 @@ def setup(settings) -> None:
                                                      "valueCanonical": url})
 
 
+def on_database(db, settings) -> None:
+    """The key sealing channel.header secrets (secrets.py), made on first start."""
+    secrets.ensure_key(db.engine)
+
+
 def attach(app, db, settings) -> None:
     """The websocket endpoint, and a delivery thread for the app's lifetime."""
     from .delivery import Deliverer, DeliveryThread
@@ -33,7 +39,7 @@ def attach(app, db, settings) -> None:
 
     sockets = Sockets()
     app.state.subscription_sockets = sockets
-    attach_websocket(app, db, sockets, settings.base_path.rstrip("/"))
+    attach_websocket(app, db, sockets, settings.base_path.rstrip("/"), settings)
     if not settings.run_background_jobs:
         return
     inner = app.router.lifespan_context

@@ -5,7 +5,8 @@ every create/update/patch of a Subscription before it is stored: it parses and
 checks it (400/422, nothing written), sets `status` to active (R4: the server
 activates a requested subscription), masks the secrets in `channel.header`
 (the resource as stored and served carries `Name: ***`), and leaves the real
-headers and the writer's identity on the connection for `sync_subscription`.
+headers (sealed, secrets.py) and the writer's identity on the connection for
+`sync_subscription`.
 
 `sync_subscription` (called from the change subscriber, in the same
 transaction) mirrors the stored Subscription into the `subscriptions` and
@@ -22,6 +23,7 @@ from .. import events
 from ..security.authz import Principal
 from . import topics
 from .matching import check_search, principal_to_json, queue_event, utcnow
+from .secrets import SecretsUnavailable, seal, unseal
 from .spec import SubscriptionSpec, mask_headers, parse_subscription, restore_masked, watched_types
 from .tables import subscription_types, subscriptions
 
@@ -51,15 +53,47 @@ def prepare_subscription(conn: Connection, ctx, res_id: str | None, parsed) -> N
     if res_id:
         held = conn.execute(select(subscriptions.c.spec).where(subscriptions.c.id == res_id)).scalar()
         if held:
-            spec.headers = restore_masked(spec.headers, json.loads(held).get("headers") or [])
+            try:
+                previous = unseal(conn, json.loads(held)).get("headers") or []
+            except SecretsUnavailable:
+                previous = []  # masked values sent back then stay masked (the secret is lost)
+            spec.headers = restore_masked(spec.headers, previous)
     principal = getattr(ctx, "principal", None)
+    if principal is not None:
+        check_owner_reach(principal, spec)
     owner = None if principal is None or principal.subject == SYSTEM.subject else principal_to_json(principal)
     for doc in (parsed.plain, parsed.preserving):
         if doc.get("status") in ("requested", "active") or doc.get("status") is None:
             doc["status"] = "active"
             doc.pop("error", None)
         mask_headers(doc)
-    conn.info.setdefault(_PENDING, {})[res_id] = (json.dumps(spec.to_json()), owner)
+    conn.info.setdefault(_PENDING, {})[res_id] = (json.dumps(seal(conn, spec.to_json())), owner)
+
+
+def check_owner_reach(principal: Principal, spec: SubscriptionSpec) -> None:
+    """403 unless the writer may search every resource type the subscription watches.
+
+    A subscription is a standing search: its criteria (R4) or its topic's triggers
+    and filters (Backport) must stay within the writer's own access. Within a type,
+    what each notification carries is narrowed per resource at queue and delivery
+    time (owner.may_see), so a patient's or a granular token's subscription never
+    carries a resource the token could not read."""
+    from ..errors import FhirError
+    from ..security.authz import AccessRequest, authorize, visibility
+
+    if principal.unrestricted:
+        return
+    topic = topics.lookup(spec.topic) if spec.topic else None
+    types = sorted(set(watched_types(spec, topic)) | {t for t, _params in spec.filters})
+    for res_type in types:
+        try:
+            authorize(principal, AccessRequest("search-type", res_type))
+        except FhirError as exc:
+            raise FhirError.of(403, "forbidden", f"This subscription watches {res_type}, which the token may not search: "
+                               + "; ".join(i.diagnostics or "" for i in exc.issues), "Subscription.criteria") from None
+        if visibility(principal, res_type, "s") == []:
+            raise FhirError.of(403, "forbidden", f"This subscription watches {res_type}, of which the token may see nothing",
+                               "Subscription.criteria")
 
 
 def sync_subscription(conn: Connection, change: events.ResourceChange) -> None:
@@ -76,7 +110,7 @@ def sync_subscription(conn: Connection, change: events.ResourceChange) -> None:
         from ..config import Settings
 
         try:
-            spec_json = json.dumps(parse_subscription(change.new, _settings or Settings(), topics.lookup).to_json())
+            spec_json = json.dumps(seal(conn, parse_subscription(change.new, _settings or Settings(), topics.lookup).to_json()))
         except Exception:
             return
         owner = None

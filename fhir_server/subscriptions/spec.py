@@ -54,6 +54,7 @@ class SubscriptionSpec:
     max_count: int = 1
     base_url: str = ""  # the FHIR base the subscriber used, for references in notifications
     end: str | None = None  # Subscription.end (instant, UTC ISO): no events after it
+    sealed_headers: str | None = None  # as stored: the headers sealed (secrets.py); `headers` then empty
 
     def to_json(self) -> dict:
         return asdict(self)

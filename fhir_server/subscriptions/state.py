@@ -28,9 +28,13 @@ def subscription_ids(call: OperationCall) -> list[str]:
 
 def load(call: OperationCall, sub_id: str):
     """(row, spec) of a subscription the caller may read; 404 when unknown."""
+    from ..rest.interactions import check_visible
+
     authorize(call.ctx.principal, AccessRequest("read", "Subscription", sub_id))
     with call.db.read() as conn:
-        row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id)).first()
+        row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id[:64])).first()
+        if row is not None:
+            check_visible(conn, call.ctx, "Subscription", sub_id)  # outside the caller's reach: 404
     if row is None:
         raise FhirError.of(404, "not-found", f"Subscription/{sub_id} is not known")
     return row, SubscriptionSpec.from_json(json.loads(row.spec))

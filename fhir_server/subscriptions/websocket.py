@@ -7,6 +7,17 @@ R4 (http://hl7.org/fhir/R4/subscription.html#2.46.7.2): the client sends
 receives a handshake Bundle per subscription and then each notification
 Bundle as a text message.
 
+Authentication. `bind <id>` needs the socket's upgrade request to carry
+`Authorization: Bearer <access token>` (verified like any request: signature,
+issuer, audience, expiry, revocation), and that principal must be allowed to read
+that Subscription (the authz seam, instance included). A binding token is the way
+for clients that cannot set headers (browsers): it names its subscriptions, lives
+at most `TOKEN_SECONDS` (and never past the access token it was issued to), and its
+requester must still be allowed to read each subscription when it is redeemed. An
+upgrade with an invalid bearer token is refused (closed with 1008, policy
+violation, before it is accepted); a refused bind is answered with an
+`error <reason>` text message and the socket stays open.
+
 Events for a websocket subscription wait in the outbox until a socket in some
 server process is bound to it; that process's delivery worker sends them (so a
 client that reconnects receives what it missed, in order).
@@ -19,14 +30,17 @@ import hashlib
 import json
 import secrets
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import FhirError
+from ..security.authz import ANONYMOUS, AccessRequest, Principal, authorize, visibility
 from . import notify
-from .matching import utcnow
+from .matching import principal_from_json, principal_to_json, utcnow
 from .spec import SubscriptionSpec
 from .tables import subscription_ws_tokens, subscriptions
 
@@ -75,38 +89,99 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(db, sub_ids: list[str]) -> tuple[str, str]:
-    """A new binding token for the subscriptions; returns (token, expiry instant)."""
+def issue_token(db, sub_ids: list[str], requester: Principal | None = None) -> tuple[str, str]:
+    """A new binding token for the subscriptions; returns (token, expiry instant).
+
+    It lives TOKEN_SECONDS, never past `requester`'s own access token, and remembers
+    the requester (stored with the subscription ids; only the SHA-256 of the token is kept)."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
     expires = now + timedelta(seconds=TOKEN_SECONDS)
+    if requester is not None and requester.expires_at is not None:
+        expires = min(expires, datetime.fromtimestamp(requester.expires_at, timezone.utc))
+    data = {"subscriptions": sub_ids, "requester": principal_to_json(requester) if requester is not None else None}
     with db.write() as conn:
         conn.execute(delete(subscription_ws_tokens).where(subscription_ws_tokens.c.expires < now))
-        conn.execute(subscription_ws_tokens.insert().values(digest=_digest(token), sub_ids=json.dumps(sub_ids), expires=expires))
+        conn.execute(subscription_ws_tokens.insert().values(digest=_digest(token), sub_ids=json.dumps(data), expires=expires))
     return token, expires.isoformat().replace("+00:00", "Z")
 
 
 def _redeem(db, token: str) -> list[str]:
+    """The subscription ids of a live binding token whose requester may still read each; else []."""
     t = subscription_ws_tokens.c
     with db.read() as conn:
-        row = conn.execute(select(t.sub_ids, t.expires).where(t.digest == _digest(token))).first()
-    if row is None:
-        return []
-    expires = row.expires if row.expires.tzinfo else row.expires.replace(tzinfo=utcnow().tzinfo)
-    return json.loads(row.sub_ids) if expires > utcnow() else []
+        row = conn.execute(select(t.sub_ids, t.expires).where(t.digest == _digest(token[:200]))).first()
+        if row is None:
+            return []
+        expires = row.expires if row.expires.tzinfo else row.expires.replace(tzinfo=timezone.utc)
+        if expires <= utcnow():
+            return []
+        data = json.loads(row.sub_ids)
+        if isinstance(data, list):  # tokens issued before requesters were recorded
+            return []
+        requester = principal_from_json(data["requester"]) if data.get("requester") else None
+        ids = list(data.get("subscriptions") or [])
+        if requester is None or not all(may_read_subscription(conn, requester, s) for s in ids):
+            return []
+        return ids
 
 
-def _websocket_subscription(db, sub_id: str):
+def may_read_subscription(conn, principal: Principal, sub_id: str) -> bool:
+    """Whether `principal` may read Subscription/`sub_id` (scopes, policies and instance criteria)."""
+    from ..search.access import visible
+
+    if not principal.authenticated:
+        return False
+    try:
+        authorize(principal, AccessRequest("read", "Subscription", sub_id))
+    except FhirError:
+        return False
+    return visible(conn, "Subscription", sub_id, visibility(principal, "Subscription", "r"))
+
+
+def _websocket_subscription(db, sub_id: str, principal: Principal | None = None):
+    """The row of an active websocket subscription (that `principal`, when given, may read)."""
     with db.read() as conn:
-        row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id)).first()
-    if row is None or row.channel_type != "websocket" or row.status not in ("active", "error"):
-        return None
+        row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id[:64])).first()
+        if row is None or row.channel_type != "websocket" or row.status not in ("active", "error"):
+            return None
+        if principal is not None and not may_read_subscription(conn, principal, sub_id):
+            return None
     return row
 
 
-def attach_websocket(app: FastAPI, db, sockets: Sockets, base: str) -> None:
+async def _socket_principal(websocket: WebSocket, settings, base: str) -> Principal | None:
+    """The principal of the upgrade request's bearer token: ANONYMOUS without one,
+    None when the token is present but not valid (the caller refuses the socket)."""
+    from ..auth.middleware import AUTH_OFF, request_base_url
+    from ..auth.verify import IdentityRefused, InvalidToken
+
+    if settings is not None and settings.auth.strip().lower() == "off":
+        return AUTH_OFF
+    header = websocket.headers.get("authorization")
+    if not header:
+        return ANONYMOUS
+    kind, _, token = header.strip().partition(" ")
+    verifier = getattr(websocket.app.state, "auth_verifier", None)
+    if kind.lower() != "bearer" or not token.strip() or verifier is None:
+        return None
+    try:
+        as_http = dict(websocket.scope, type="http", method="GET",
+                       scheme={"ws": "http", "wss": "https"}.get(websocket.scope.get("scheme", "ws"), "http"))
+        return await run_in_threadpool(verifier.verify, token.strip(), request_base_url(as_http, base))
+    except (InvalidToken, IdentityRefused):
+        return None
+    except SQLAlchemyError:
+        return None
+
+
+def attach_websocket(app: FastAPI, db, sockets: Sockets, base: str, settings=None) -> None:
     @app.websocket(base + "/websocket")
     async def subscription_socket(websocket: WebSocket):
+        principal = await _socket_principal(websocket, settings, base)
+        if principal is None:
+            await websocket.close(code=1008, reason="invalid bearer token")
+            return
         await websocket.accept()
         try:
             while True:
@@ -114,9 +189,13 @@ def attach_websocket(app: FastAPI, db, sockets: Sockets, base: str) -> None:
                 command, _, argument = message.partition(" ")
                 argument = argument.strip()
                 if command == "bind":
-                    row = await run_in_threadpool(_websocket_subscription, db, argument)
+                    if not principal.authenticated:
+                        await websocket.send_text("error bind needs an access token (Authorization: Bearer on the upgrade "
+                                                  "request), or use 'bind-with-token <token>' from $get-ws-binding-token")
+                        continue
+                    row = await run_in_threadpool(_websocket_subscription, db, argument, principal)
                     if row is None:
-                        await websocket.send_text(f"error no active websocket subscription '{argument}'")
+                        await websocket.send_text(f"error no active websocket subscription '{argument[:64]}' that this token may read")
                         continue
                     sockets.bind(argument, websocket)
                     await websocket.send_text(f"bound {argument}")

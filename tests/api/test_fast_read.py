@@ -174,3 +174,18 @@ def test_asyncpg_dsn_keeps_tls_and_server_options():
     assert dsn == "postgresql://u:p%40ss@db:5433/fhir?sslmode=verify-full"
     assert settings["statement_timeout"] == "5000"
     assert settings["application_name"] == APPLICATION_NAME and settings["jit"] == "off"
+
+
+def test_layer_answers_reads_within_the_tokens_compartment():
+    """A patient token reading inside its own compartment is answered here (decided from the
+    resource's compartment references, the rule the database's criteria apply); outside it,
+    or under granular scope criteria, the app answers (404 / the database decides)."""
+    own = authz.Principal(scopes=frozenset({"patient/*.rs"}), patient="p1", authenticated=True)
+    assert _run(STORED, principal=own)[0]
+    obs = StoredResource(2, "Observation", "o1", 1, STORED.last_updated, False,
+                         b'{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"subject":{"reference":"Patient/p1"}}')
+    assert _run(obs, path="/fhir/Observation/o1", principal=own)[0]
+    other = authz.Principal(scopes=frozenset({"patient/*.rs"}), patient="p2", authenticated=True)
+    assert not _run(obs, path="/fhir/Observation/o1", principal=other)[0]
+    granular = authz.Principal(scopes=frozenset({"patient/Observation.rs?category=laboratory"}), patient="p1", authenticated=True)
+    assert not _run(obs, path="/fhir/Observation/o1", principal=granular)[0]

@@ -60,6 +60,13 @@ def test_everything_returns_compartment_and_supporting(client, record):
     assert not [link for link in bundle["link"] if link["relation"] == "next"]
 
 
+def test_everything_count_zero_gives_the_total_only(client, record):
+    bundle = client.get(f"/fhir/Patient/{record['pid']}/$everything?_count=0").json()
+    full = client.get(f"/fhir/Patient/{record['pid']}/$everything?_count=100").json()
+    assert bundle["total"] == full["total"] == 8
+    assert "entry" not in bundle and not [link for link in bundle["link"] if link["relation"] == "next"]
+
+
 def test_everything_paging(client, record):
     seen: list[tuple[str, str]] = []
     url = f"/fhir/Patient/{record['pid']}/$everything?_count=3"

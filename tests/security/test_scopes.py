@@ -48,7 +48,7 @@ def test_visibility():
     assert authz.visibility(_p("patient/*.rs"), "Observation", "s") == []  # no patient context
     assert authz.visibility(_p("user/*.rs", fhir_user="Patient/p2"), "Observation", "r") == [authz.Criteria(("Patient", "p2"))]
     assert authz.visibility(_p("user/*.rs", fhir_user="Practitioner/d1"), "Observation", "r") is None
-    assert authz.visibility(_p("user/*.rs"), "Observation", "r") is None  # staff without fhirUser: the type (issue 13 narrows)
+    assert authz.visibility(_p("user/*.rs"), "Observation", "r") == []  # no fhirUser: the user is unknown, nothing (docs/security.md)
     assert authz.visibility(_p("patient/Observation.c", patient="p1"), "Observation", "s") == []
     gran = authz.visibility(_p("system/Observation.rs?status=final"), "Observation", "s")
     assert gran == [authz.Criteria(None, (("status", "final"),))]

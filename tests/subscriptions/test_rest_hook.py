@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from fhir_server.security import authz
+from fhir_server.subscriptions.secrets import unseal
 from fhir_server.subscriptions.tables import subscription_events, subscriptions
 
 from .conftest import r4_subscription
@@ -40,7 +41,8 @@ def test_create_activates_and_masks_header_secrets(client, subscribe, receiver, 
     assert client.put(f"/fhir/Subscription/{sub['id']}", json=read).status_code == 200
     with app.state.db.read() as conn:
         spec = json.loads(conn.execute(select(subscriptions.c.spec).where(subscriptions.c.id == sub["id"])).scalar())
-    assert spec["headers"] == ["Authorization: Bearer s3cret-token"]
+        assert "s3cret" not in json.dumps(spec)  # sealed at rest (test_secrets.py)
+        assert unseal(conn, spec)["headers"] == ["Authorization: Bearer s3cret-token"]
 
 
 @pytest.mark.parametrize("criteria", ["Patient?nonsense=1", "NotAType?x=1", "just words", "Patient?birthdate=notadate"])

@@ -75,3 +75,78 @@ def test_token_only_for_websocket_subscriptions(client, subscribe, receiver):
     r = client.post(f"/fhir/Subscription/{sub['id']}/$get-ws-binding-token")
     assert r.status_code == 400
     assert client.post("/fhir/Subscription/unknown/$get-ws-binding-token").status_code == 404
+
+
+# ------------------------------------------------------------------ authentication
+
+
+def _anonymous_socket(app):
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://testserver")
+
+
+def test_r4_bind_needs_a_token_that_may_read_the_subscription(app, client, subscribe, issue_token):
+    import pytest
+    from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    sub = subscribe(r4_subscription("Patient?family=WsAuth" + uuid.uuid4().hex[:6], None, channel_type="websocket"))
+    with _anonymous_socket(app) as anon, anon.websocket_connect("/fhir/websocket") as ws:
+        ws.send_text(f"bind {sub['id']}")
+        reply = ws.receive_text()
+        assert reply.startswith("error ") and "token" in reply
+    # a token that may not read Subscriptions
+    narrow = issue_token(scope="user/Patient.rs", fhir_user="Practitioner/ws-1")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {narrow}"}) as c:
+        with c.websocket_connect("/fhir/websocket") as ws:
+            ws.send_text(f"bind {sub['id']}")
+            assert ws.receive_text().startswith("error ")
+    # an invalid bearer token: the upgrade itself is refused
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": "Bearer not-a-jwt"}) as c:
+        with pytest.raises(WebSocketDisconnect) as exc:
+            with c.websocket_connect("/fhir/websocket"):
+                pass
+        assert exc.value.code == 1008
+    # a token that may read it
+    reader = issue_token(scope="user/Subscription.rs", fhir_user="Practitioner/ws-2")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {reader}"}) as c:
+        with c.websocket_connect("/fhir/websocket") as ws:
+            ws.send_text(f"bind {sub['id']}")
+            assert ws.receive_text() == f"bound {sub['id']}"
+
+
+def test_binding_token_is_short_lived_and_bound_to_its_subscriptions(app, client, subscribe, issue_token):
+    from datetime import datetime, timezone
+
+    from fastapi.testclient import TestClient
+
+    from fhir_server.security import authz
+
+    owner = f"Practitioner/{uuid.uuid4().hex[:12]}"
+    one = subscribe(topic_subscription("task-status-changed", None, filters=[f"Task?owner={owner}"], channel_type="websocket"))
+    # never past the access token it was issued to
+    short = issue_token(scope="user/Subscription.rs", fhir_user="Practitioner/ws-3", ttl=30)
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {short}"}) as c:
+        r = c.post(f"/fhir/Subscription/{one['id']}/$get-ws-binding-token")
+        assert r.status_code == 200, r.text
+        params = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in r.json()["parameter"]}
+    expires = datetime.fromisoformat(params["expiration"].replace("Z", "+00:00"))
+    assert (expires - datetime.now(timezone.utc)).total_seconds() <= 31
+    # redeemed only while the requester may still read the subscription
+    token = _token(client, one["id"])["token"]
+
+    class NoSubscriptions:
+        def check(self, principal, request):
+            return "no subscriptions today" if request.res_type == "Subscription" and not principal.unrestricted else None
+
+    authz.set_policies([authz.AllowAll(), NoSubscriptions()])
+    try:
+        with _anonymous_socket(app) as anon, anon.websocket_connect("/fhir/websocket") as ws:
+            ws.send_text(f"bind-with-token {token}")
+            assert ws.receive_text() == "error invalid or expired binding token"
+    finally:
+        authz.set_policies([authz.AllowAll()])
+    with _anonymous_socket(app) as anon, anon.websocket_connect("/fhir/websocket") as ws:
+        ws.send_text(f"bind-with-token {token}")
+        assert _status(json.loads(ws.receive_text()))["subscription"]["valueReference"]["reference"].endswith(one["id"])

@@ -159,7 +159,8 @@ def test_a_patient_cannot_decide_their_own_claim(app, client, parties):
         with app.state.db.write() as conn:
             ix.create(conn, as_patient, "ClaimResponse", ix.ParsedResource.from_preserving(body))
     assert exc.value.status == 403
-    as_staff = RequestContext(base_url="", principal=Principal(subject="handler", scopes=frozenset({"user/*.*"})))
+    as_staff = RequestContext(base_url="", principal=Principal(subject="handler", scopes=frozenset({"user/*.*"}),
+                                                         fhir_user="Practitioner/handler"))
     with app.state.db.write() as conn:
         out = ix.create(conn, as_staff, "ClaimResponse", ix.ParsedResource.from_preserving(body))
     assert out.status == 201

@@ -1,0 +1,74 @@
+"""What the request being served has done, as far as the access log needs to know.
+
+The audit middleware (`audit.middleware`) opens one `AuditRecord` per audited HTTP
+request and puts it in a context variable; the layers inside note on it what they
+returned (`note_returned`, called by the search engine with every match and include)
+and whether its writes were audited in their own transaction (`audit.writes`).
+Context variables follow the request into the worker thread that runs it (anyio
+copies the context), so no layer needs an extra argument.
+
+Everything here is cheap: a request that nothing notes pays one `ContextVar.get`.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+_current: ContextVar["AuditRecord | None"] = ContextVar("fhir_audit_record", default=None)
+
+
+@dataclass
+class AuditRecord:
+    """One audited request. `state` is the ASGI scope's state dict: the principal and
+    request id land there (auth and request-id middleware) after the record opens."""
+
+    state: dict
+    client_address: str = ""
+    acting_for: str | None = None  # X-Acting-For: Patient/ID as the client sent it
+    returned: list[tuple[str, str]] = field(default_factory=list)  # (type, id) of each resource returned
+    writes_audited: int = 0  # AuditEvents already written inside the request's write transaction(s)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the OAuth client id of a token request
+
+    @property
+    def principal(self):
+        return self.state.get("principal")
+
+    @property
+    def request_id(self) -> str:
+        return self.state.get("request_id", "")
+
+
+def current() -> AuditRecord | None:
+    """The record of the request being served, or None (in-process work, audit off)."""
+    return _current.get()
+
+
+def open_record(record: AuditRecord):
+    """Make `record` current; returns the token for `close_record`."""
+    return _current.set(record)
+
+
+def close_record(token) -> None:
+    _current.reset(token)
+
+
+def note_returned(pairs) -> None:
+    """Note resources a read or search hands to the client: an iterable of (type, id)."""
+    record = _current.get()
+    if record is not None:
+        record.returned.extend(pairs)
+
+
+def principal_fields(principal) -> dict:
+    """The AuditFacts fields that say who acted, from a security Principal (or None)."""
+    if principal is None or not getattr(principal, "authenticated", False):
+        return {}
+    return {
+        "subject": principal.subject,
+        "client_id": principal.client_id,
+        "fhir_user": principal.fhir_user,
+        "token_id": (principal.claims or {}).get("jti"),
+        "context_patient": principal.patient,
+    }

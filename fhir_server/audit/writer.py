@@ -1,0 +1,128 @@
+"""The buffer behind the access log: read events queued in memory, written in batches.
+
+A read must not wait for its AuditEvent to be committed, so `AuditWriter.submit` only
+appends to an in-process queue (a deque append: no lock, no I/O). A daemon thread writes
+what has gathered every `flush_seconds` (1 s by default) in one transaction, resolving
+which patients the data was about with one indexed query per batch; `close()` (the app's
+shutdown) and `flush()` write the rest at once. What a crash of the process (kill -9,
+power loss) can lose is therefore the events of the last flush interval; writes are not
+exposed to that, their events commit with them (`audit.writes`).
+
+If the database refuses a batch (it is down, say), the batch goes back to the front of
+the queue and is retried at the next tick; the queue keeps at most `max_pending` events,
+dropping the oldest beyond that (logged), so an outage cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from .balp import AuditFacts, to_resource
+from .store import insert_events, patients_of_stored
+
+log = logging.getLogger("fhir_server.audit")
+
+
+@dataclass
+class Pending:
+    facts: AuditFacts
+    lookup: list[tuple[str, str]]  # stored (type, id) whose patients the event names
+
+
+class AuditWriter:
+    def __init__(self, db, flush_seconds: float = 1.0, max_batch: int = 1000, max_pending: int = 200_000):
+        self.db = db
+        self.flush_seconds = flush_seconds
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._queue: deque[Pending] = deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.dropped = 0
+        self.written = 0
+
+    # ------------------------------------------------------------ producer side
+
+    def submit(self, facts: AuditFacts, lookup: list[tuple[str, str]] | None = None) -> None:
+        """Queue one event (thread-safe, never blocks on I/O)."""
+        self._queue.append(Pending(facts, lookup or []))
+        if self._thread is None:
+            self._start()
+        if len(self._queue) > self.max_pending:
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("audit queue full (database unreachable?): %d events dropped so far", self.dropped)
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------ writer side
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fhir-audit", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # the database is away: the batch is back in the queue; try next tick
+                log.warning("audit flush failed; %d events wait for the next attempt", len(self._queue), exc_info=True)
+
+    def flush(self) -> int:
+        """Write everything queued now (in batches of `max_batch`); returns how many."""
+        total = 0
+        with self._flush_lock:
+            while self._queue:
+                batch: list[Pending] = []
+                while self._queue and len(batch) < self.max_batch:
+                    batch.append(self._queue.popleft())
+                try:
+                    self._write(batch)
+                except Exception:
+                    self._queue.extendleft(reversed(batch))
+                    raise
+                total += len(batch)
+        self.written += total
+        return total
+
+    def _write(self, batch: list[Pending]) -> None:
+        with self.db.write() as conn:
+            lookups = [p for item in batch for p in item.lookup]
+            patients = patients_of_stored(conn, lookups) if lookups else {}
+            events = []
+            for item in batch:
+                found: list[str] = list(item.facts.patients)
+                for pair in item.lookup:
+                    for pid in patients.get(pair, ()):
+                        if pid not in found:
+                            found.append(pid)
+                item.facts.patients = found
+                events.append(to_resource(item.facts))
+            insert_events(conn, events)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread and write what is left (graceful shutdown)."""
+        self._stop.set()
+        self._wake.set()
+        with self._start_lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                thread.join(timeout)
+            self._stop.clear()  # a later submit (the app started again) starts a new thread
+        try:
+            self.flush()
+        except Exception:
+            log.exception("audit events could not be written at shutdown: %d lost", len(self._queue))

@@ -1,0 +1,72 @@
+"""channel.header secrets: sealed at rest (Fernet), masked in every response, sent on delivery."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select, text
+
+from fhir_server.subscriptions import secrets
+from fhir_server.subscriptions.tables import subscriptions
+
+from .conftest import r4_subscription
+
+
+def _raw_rows(app, sub_id: str) -> list[str]:
+    """Everything the database holds about the subscription, as text."""
+    with app.state.db.read() as conn:
+        spec = conn.execute(select(subscriptions.c.spec).where(subscriptions.c.id == sub_id)).scalar_one()
+        versions = conn.execute(text("SELECT content FROM resource_versions WHERE res_type = 'Subscription' AND res_id = :i"),
+                                {"i": sub_id}).scalars().all()
+        current = conn.execute(text("SELECT content FROM resources WHERE res_type = 'Subscription' AND res_id = :i"),
+                               {"i": sub_id}).scalars().all()
+    return [spec] + [bytes(v).decode() if isinstance(v, (bytes, memoryview)) else str(v) for v in versions + current]
+
+
+def test_header_secret_is_sealed_at_rest_and_still_sent(app, client, subscribe, receiver, deliver):
+    secret = "s3cret-" + uuid.uuid4().hex
+    family = "Sealed" + uuid.uuid4().hex[:6]
+    sub = subscribe(r4_subscription(f"Patient?family={family}", receiver.url, headers=[f"Authorization: Bearer {secret}"]))
+    assert sub["channel"]["header"] == ["Authorization: ***"]
+    assert all(secret not in row for row in _raw_rows(app, sub["id"]))
+    # PUT back what was read (masked): the secret held is kept, still sealed
+    assert client.put(f"/fhir/Subscription/{sub['id']}", json=sub).status_code == 200
+    assert all(secret not in row for row in _raw_rows(app, sub["id"]))
+    assert client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}).status_code == 201
+    deliver()
+    assert [r["headers"]["authorization"] for r in receiver.requests] == [f"Bearer {secret}"]
+    # the sealing key lives next to the signing keys, and never signs
+    with app.state.db.read() as conn:
+        algs = conn.execute(text("SELECT alg FROM auth_keys")).scalars().all()
+    assert "fernet" in algs
+    assert client.get("/auth/jwks").json()["keys"] and all(k.get("kty") != "oct" for k in client.get("/auth/jwks").json()["keys"])
+
+
+class _Conn:
+    """Stands in for a connection when keys come from configuration (no database needed)."""
+
+    class engine:
+        url = "configured://"
+
+
+def test_configured_keys_seal_and_rotate(settings):
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    try:
+        secrets.configure(settings.model_copy(update={"subscription_secret_keys": old}))
+        sealed = secrets.seal(_Conn(), {"headers": ["X-Api-Key: abc"], "kind": "r4"})
+        assert sealed["headers"] == [] and "abc" not in sealed["sealed_headers"]
+        # rotation: the new key seals, the old one still opens
+        secrets.configure(settings.model_copy(update={"subscription_secret_keys": f"{new},{old}"}))
+        assert secrets.unseal(_Conn(), sealed)["headers"] == ["X-Api-Key: abc"]
+        resealed = secrets.seal(_Conn(), {"headers": ["X-Api-Key: abc"]})
+        assert Fernet(new.encode()).decrypt(resealed["sealed_headers"].encode())
+        # a key that is gone: nothing can be opened, nothing is sent in clear
+        secrets.configure(settings.model_copy(update={"subscription_secret_keys": new}))
+        with pytest.raises(secrets.SecretsUnavailable):
+            secrets.unseal(_Conn(), sealed)
+        with pytest.raises(ValueError):
+            secrets.configure(settings.model_copy(update={"subscription_secret_keys": "not-a-key"}))
+    finally:
+        secrets.configure(settings)
