@@ -20,14 +20,14 @@ resumable cursor every CHECKPOINT_EVERY blobs, and deletes a blob when
 Unfinished uploads older than the grace period go too (`discard_unfinished`).
 The result is {"scanned", "deleted", "kept_young", "unfinished"}. The worker's
 housekeeping queues the job every `blob_sweep_interval_seconds` (default one
-day; 0 turns it off) under one job id per interval, so several workers queue it
-once; `queue_sweep` queues one at once.
+day; 0 turns it off) under one job id per interval, due at the interval's end, so
+several workers queue it once; `queue_sweep` queues one at once.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import orjson
 from sqlalchemy import select
@@ -101,13 +101,15 @@ def schedule(db, settings) -> None:
     interval = int(getattr(settings, "blob_sweep_interval_seconds", 86400) or 0)
     if interval <= 0:
         return
-    job_id = f"orphan-blobs-{int(queue.utcnow().timestamp()) // interval}"
+    k = int(queue.utcnow().timestamp()) // interval
+    job_id = f"orphan-blobs-{k}"
+    due = datetime.fromtimestamp((k + 1) * interval, timezone.utc)  # at the end of this interval
     with db.read() as conn:
         if queue.get(conn, job_id) is not None:
             return
     try:
         with db.write() as conn:
-            queue_sweep(conn, job_id)
+            queue.enqueue(conn, KIND, {}, job_id=job_id, not_before=due)
     except Exception:  # another worker queued it first (unique job id)
         with db.read() as conn:
             if queue.get(conn, job_id) is None:
