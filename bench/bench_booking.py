@@ -41,7 +41,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(BENCH_DIR.parent))
 
-from benchlib import free_port, recreate_pg_database, stop_group  # noqa: E402
+from benchlib import free_port, recreate_pg_database, server_bearer_headers, stop_group  # noqa: E402
 
 SLOT_MINUTES = 20
 PER_DAY = 8 * 60 // SLOT_MINUTES  # 24 Slots a day per Schedule
@@ -206,17 +206,28 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def time_find(base: str, practs: list[str], day0: datetime, days: int, requests: int, warmup: int) -> dict:
+def time_find(base: str, practs: list[str], day0: datetime, days: int, requests: int, warmup: int, headers: dict) -> dict:
     import random
 
     import httpx
 
     rnd = random.Random(7)
     out = {}
-    with httpx.Client(timeout=60) as client:
-        for kind in ("practitioner-day", "specialty-day"):
+    with httpx.Client(timeout=60, headers=headers) as client:
+        for kind in ("practitioner-day", "specialty-day", "baseline: Slot read"):
             times = []
             for i in range(warmup + requests):
+                if kind.startswith("baseline"):
+                    # the same server path (HTTP, middleware, token check) for a one-row read:
+                    # what a $find costs beyond it is the operation's own work
+                    t = time.perf_counter()
+                    r = client.get(f"{base}/Slot/slot-{rnd.randrange(max(days, 1) * PER_DAY * len(practs))}")
+                    dt = (time.perf_counter() - t) * 1000
+                    if r.status_code != 200:
+                        raise RuntimeError(f"Slot read failed: {r.status_code} {r.text[:300]}")
+                    if i >= warmup:
+                        times.append(dt)
+                    continue
                 d = day0 + timedelta(days=rnd.randrange(max(days, 1)))
                 q = {"start": iso(d.replace(hour=0)), "end": iso(d.replace(hour=23)), "_count": "10"}
                 if kind == "practitioner-day":
@@ -234,10 +245,10 @@ def time_find(base: str, practs: list[str], day0: datetime, days: int, requests:
     return out
 
 
-def race(base: str, practs: list[str], day: datetime, clients: int, n_practs: int) -> dict:
+def race(base: str, practs: list[str], day: datetime, clients: int, n_practs: int, headers: dict) -> dict:
     import httpx
 
-    patient = httpx.post(f"{base}/Patient", json={"resourceType": "Patient", "name": [{"family": "Bench"}]}).json()["id"]
+    patient = httpx.post(f"{base}/Patient", json={"resourceType": "Patient", "name": [{"family": "Bench"}]}, headers=headers).json()["id"]
     chosen = practs[:n_practs]
     counts = {"booked": 0, "conflict": 0, "other": 0}
     lock = threading.Lock()
@@ -245,7 +256,7 @@ def race(base: str, practs: list[str], day: datetime, clients: int, n_practs: in
     barrier = threading.Barrier(clients)
 
     def worker(i: int):
-        with httpx.Client(timeout=60) as c:
+        with httpx.Client(timeout=60, headers=headers) as c:
             barrier.wait()
             misses = 0
             while not stop.is_set():
@@ -343,16 +354,17 @@ def main() -> None:
     server = Server(db_url, work, args.workers)
     try:
         server.wait_ready()
-        finds = time_find(server.base, practs, day0, days, args.requests, args.warmup)
+        headers = server_bearer_headers(db_url, server.base)
+        finds = time_find(server.base, practs, day0, days, args.requests, args.warmup, headers)
         race_day = day0 + timedelta(days=max(days - 1, 0))
-        result = race(server.base, practs, race_day, args.clients, min(args.race_practitioners, len(practs)))
+        result = race(server.base, practs, race_day, args.clients, min(args.race_practitioners, len(practs)), headers)
     finally:
         server.stop()
     check = verify(db_url) if args.slots <= 2_000_000 else {}
     print(f"\nbooking benchmark ({args.db}, {args.slots:,} Slots, {args.schedules} Schedules, {days} days, "
           f"server workers {args.workers}; load {load_s:,.0f} s)")
     for kind, f in finds.items():
-        print(f"  $find {kind:18s} p50 {f['p50']:6.1f} ms  p90 {f['p90']:6.1f} ms  p99 {f['p99']:6.1f} ms  (n={f['n']})")
+        print(f"  {kind:24s} p50 {f['p50']:6.1f} ms  p90 {f['p90']:6.1f} ms  p99 {f['p99']:6.1f} ms  (n={f['n']})")
     print(f"  race: {args.clients} clients over {result['slots']} Slots of one day: {result['booked']} booked, "
           f"{result['conflict']} x 409, {result['other']} other, {result['seconds']:.1f} s, "
           f"{result['bookings_per_s']:.1f} bookings/s")

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     s3_create_bucket: bool = False
     upload_rules: str = ""  # YAML file; empty: mappings/documents/upload-rules.yaml
     clamd_address: str = ""  # unix:/path/clamd.ctl or host:port; empty: no virus scan
+    blob_orphan_grace_seconds: int = 3600  # a blob no Binary version names is removed once this old
+    blob_sweep_interval_seconds: int = 86400  # how often the orphan-blob sweep job is queued (0: never)
 
     # Booking (docs/booking.md)
     booking_hold_minutes: int = 10  # how long Appointment/$hold reserves a Slot

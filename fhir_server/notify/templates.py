@@ -2,7 +2,8 @@
 
 Each file maps a template key (e.g. `appointment-reminder`) to `subject`,
 `email` and `sms` texts with {placeholders}; `_phrases` says how the optional
-`with` (practitioner) and `where` (place) read in that language.
+`with` (practitioner) and `where` (place) read in that language, and, for a
+placeholder whose value is a code (e.g. `decision`), maps each code to its wording.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def render(key: str, language: str, context: dict, directory: str | None = None)
     for part in ("with", "where"):
         raw = context.get(part)
         values[part] = (phrases.get(part) or "{}").replace("{}", str(raw)) if raw else ""
+    for part, wording in phrases.items():
+        if isinstance(wording, dict) and context.get(part) is not None:
+            # a code-valued placeholder worded per language (e.g. `decision: {claim-approved: ...}`)
+            values[part] = str(wording.get(str(context[part]), context[part]))
     t = table[key]
     return Rendered(language, t.get("subject", "").format_map(values), t.get("email", "").format_map(values),
                     t.get("sms", "").format_map(values))

@@ -99,10 +99,10 @@ def find(call: OperationCall) -> Outcome:
         after: tuple | None = None
         for _page in range(20):
             rows = _free_slots(conn, start, end, schedules, filters, after, count * 2)
-            _read_schedules(conn, call.settings, rows, sched_cache)
-            for slot_id, content, slot_start in rows:
+            slots = [jsonio.parse_plain(content) for _sid, content, _at in rows]  # parsed once
+            _read_schedules(conn, call.settings, slots, sched_cache)
+            for (slot_id, _content, slot_start), slot in zip(rows, slots):
                 after = (slot_start, slot_id)
-                slot = jsonio.parse_plain(content)
                 sref = (slot.get("schedule") or {}).get("reference") or ""
                 known = sched_cache.get(sref.split("/")[-1], False)
                 if known is None:
@@ -119,12 +119,12 @@ def find(call: OperationCall) -> Outcome:
     return _bundle(call, entries)
 
 
-def _read_schedules(conn, settings, rows, cache: dict) -> None:
+def _read_schedules(conn, settings, slots: list[dict], cache: dict) -> None:
     """Schedule id -> (its actors, the booking rules of its organisation), for the
-    Schedules of `rows` not yet in `cache` (one query)."""
+    Schedules of `slots` not yet in `cache` (one query)."""
     wanted = set()
-    for _sid, content, _at in rows:
-        ref = (jsonio.parse_plain(content).get("schedule") or {}).get("reference") or ""
+    for slot in slots:
+        ref = (slot.get("schedule") or {}).get("reference") or ""
         if ref.startswith("Schedule/") and ref[9:] not in cache:
             wanted.add(ref[9:])
     if not wanted:

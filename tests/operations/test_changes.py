@@ -131,3 +131,69 @@ def test_concurrent_writes_no_gap_no_repeat(client, app):
     assert len(pulled) == len(set(pulled)), "a version was pulled twice"
     assert set(pulled) == set(written), f"missed {set(written) - set(pulled)}"
     assert len(written) == 48
+
+
+def _pg_engine(app, database: str | None = None):
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    url = app.state.db.engine.url
+    if database:
+        url = url.set(database=database)
+    return create_engine(url, poolclass=NullPool)
+
+
+def test_long_transaction_in_another_database_does_not_stall_the_feed(client, app):
+    """A shared cluster: a transaction holding an id in ANOTHER database (here the
+    cluster's `postgres` database) is none of this feed's business."""
+    from sqlalchemy import text
+
+    if app.state.db.dialect != "postgresql":
+        pytest.skip("the bound by running transactions exists on PostgreSQL only")
+    _, cursor = pull(client)
+    other = _pg_engine(app, "postgres")
+    try:
+        with other.connect() as conn:
+            with conn.begin():
+                foreign_xid = int(conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one())
+                rid = _write(app.state.db, uuid.uuid4().hex)
+                # the old, cluster-wide bound would have held this row back
+                with app.state.db.read() as rconn:
+                    xmin = int(rconn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")).scalar_one())
+                assert xmin <= foreign_xid
+                got, cursor = pull(client, cursor)
+                assert [e["resource"]["id"] for e in got] == [rid]
+    finally:
+        other.dispose()
+
+
+def test_uncommitted_write_in_this_database_holds_the_feed_back(client, app):
+    """A write of this database that has its id but has not committed: later
+    commits wait behind it (not returned), and it is returned once it commits."""
+    if app.state.db.dialect != "postgresql":
+        pytest.skip("SQLite writers commit one at a time, so a commit cannot overtake another")
+    db = app.state.db
+    _, cursor = pull(client)
+    written, go_on = threading.Event(), threading.Event()
+    slow_id: list[str] = []
+
+    def slow() -> None:
+        with db.write() as conn:
+            out = ix.create(conn, RequestContext(base_url=""), "Observation", ix.ParsedResource.from_bytes(orjson.dumps(_observation("slow"))))
+            from fhir_server.storage.repository import flush
+
+            flush(conn)  # the feed row is in the table, uncommitted
+            slow_id.append(out.res_id)
+            written.set()
+            go_on.wait(10)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    assert written.wait(10)
+    fast_ids = [_write(db, "fast") for _ in range(3)]
+    got, cursor_during = pull(client, cursor)
+    assert got == [] and cursor_during == cursor  # held back, the cursor did not move past it
+    go_on.set()
+    t.join()
+    got, _ = pull(client, cursor_during)
+    assert [e["resource"]["id"] for e in got] == slow_id + fast_ids  # commit-id order: the slow one first

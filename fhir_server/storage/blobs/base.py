@@ -17,6 +17,7 @@ import hashlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Iterator
 
 CHUNK = 64 * 1024  # bytes per chunk when streaming out
@@ -111,6 +112,18 @@ class BlobStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove a blob and its metadata (no error when absent)."""
+
+    def list_blobs(self, after: str = "") -> Iterator[tuple[str, datetime]]:
+        """Every blob whose bytes are in the store (with or without metadata), in the
+        store's own stable key order, starting after key `after` (a resumable cursor):
+        (key, when its bytes were stored as an aware UTC datetime). For the orphan sweeper
+        (fhir_server/documents/orphans.py); a store that cannot list raises NotImplementedError."""
+        raise NotImplementedError(f"the {self.name} blob store cannot list its blobs")
+
+    def discard_unfinished(self, before: datetime) -> int:
+        """Remove uploads started before `before` that never completed (a crash mid-upload);
+        returns how many. Stores without such leftovers return 0."""
+        return 0
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> BlobInfo:
         """Store a small, already in-memory value (the JSON form of a Binary)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -97,3 +98,51 @@ class FilesystemBlobStore(BlobStore):
     def delete(self, key: str) -> None:
         for p in self._paths(key):
             p.unlink(missing_ok=True)
+
+    def list_blobs(self, after: str = "") -> Iterator[tuple[str, datetime]]:
+        """Keys in the order of their '/'-separated parts (a sorted directory walk);
+        subtrees wholly before `after` are not entered."""
+        cursor = after.split("/") if after else []
+
+        def walk(directory: Path, parts: list[str]) -> Iterator[tuple[str, datetime]]:
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                return
+            named = []
+            for e in entries:
+                if e.name.startswith("."):
+                    continue  # .partial and temporary files
+                if e.is_dir(follow_symlinks=False):
+                    named.append((e.name, True, e))
+                elif e.name.endswith(".bin"):
+                    named.append((e.name[:-4], False, e))
+            for name, is_dir, e in sorted(named, key=lambda n: (n[0], n[1])):
+                here = parts + [name]
+                if is_dir:
+                    if here >= cursor[:len(here)]:
+                        yield from walk(Path(e.path), here)
+                elif here > cursor:
+                    try:
+                        mtime = e.stat(follow_symlinks=False).st_mtime
+                    except FileNotFoundError:
+                        continue
+                    yield "/".join(here), datetime.fromtimestamp(mtime, timezone.utc)
+
+        return walk(self.root, [])
+
+    def discard_unfinished(self, before: datetime) -> int:
+        """Partial uploads under .partial/ last written before `before`."""
+        removed = 0
+        limit = before.timestamp()
+        partial = self.root / ".partial"
+        if not partial.is_dir():
+            return 0
+        for e in os.scandir(partial):
+            try:
+                if e.is_file(follow_symlinks=False) and e.stat().st_mtime < limit:
+                    os.unlink(e.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

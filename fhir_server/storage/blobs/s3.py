@@ -10,6 +10,7 @@ streaming never need a second pass. Reads use ranged GETs.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Iterator
 
 from .base import CHUNK, BlobInfo, BlobStore, BlobStoreError, BlobWriter, check_key
@@ -156,3 +157,32 @@ class S3BlobStore(BlobStore):
             )
         except Exception as exc:
             raise BlobStoreError(f"S3 delete failed: {exc}") from exc
+
+    def list_blobs(self, after: str = "") -> Iterator[tuple[str, datetime]]:
+        """Keys in S3's listing order (UTF-8 binary), resumed with StartAfter."""
+        kwargs = {"Bucket": self.bucket, "Prefix": self.prefix}
+        if after:
+            kwargs["StartAfter"] = self._data_key(after)
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+                for obj in page.get("Contents") or []:
+                    name = obj["Key"][len(self.prefix):]
+                    if name.endswith(".bin"):
+                        modified = obj["LastModified"]
+                        yield name[:-4], modified if modified.tzinfo else modified.replace(tzinfo=timezone.utc)
+        except Exception as exc:
+            raise BlobStoreError(f"S3 listing failed: {exc}") from exc
+
+    def discard_unfinished(self, before: datetime) -> int:
+        """Abort multipart uploads under the prefix initiated before `before`."""
+        removed = 0
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for up in page.get("Uploads") or []:
+                    started = up["Initiated"] if up["Initiated"].tzinfo else up["Initiated"].replace(tzinfo=timezone.utc)
+                    if started < before:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                        removed += 1
+        except Exception as exc:
+            raise BlobStoreError(f"S3 listing failed: {exc}") from exc
+        return removed

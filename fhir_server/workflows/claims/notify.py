@@ -1,22 +1,18 @@
-"""SEAM: tell the patient that their claim moved (the notifier is issue 15).
+"""Tell the patient that their claim moved, through the notifier (docs/notifications.md).
 
-`notify_patient` is the one place the claims workflow calls. When the notifier
-module (`fhir_server.notify`, built in parallel) is importable, the call goes
-to it, inside the write's transaction, so the e-mail/SMS is queued in the
-jobs outbox with the change (DESIGN.md: everything sent out goes through the
-jobs table). Until then the event is logged and handed to in-process
-listeners (`listen`), which the tests use to check what would be sent.
-After the merge, wiring is the one line in `_deliver`.
+`notify_patient` is the one place the claims workflow calls, inside the write's
+transaction. It hands the event to in-process listeners (`listen`, used by the
+tests) and queues message `claim-decision` with `fhir_server.notify.queue_notification`:
+a CommunicationRequest and a `notify.send` job in the same transaction, so a
+rolled-back decision sends nothing and a committed one is sent once (e-mail
+and SMS, in the Patient's language; terminology/templates/notify/<lang>.yaml,
+where `_phrases.decision` words the event per language).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Callable
-
-log = logging.getLogger("fhir_server.claims")
-
 
 @dataclass(frozen=True)
 class ClaimEvent:
@@ -44,11 +40,11 @@ def notify_patient(conn, event: ClaimEvent) -> None:
 
 
 def _deliver(conn, event: ClaimEvent) -> None:
-    try:
-        from ... import notify as notifier  # issue 15; not on main yet
-    except ImportError:
-        log.info("claims: %s for %s (%s): no notifier installed", event.event, event.patient, event.claim)
-        return
-    send = getattr(notifier, "notify_patient", None)
-    if callable(send):
-        send(conn, event.patient, event.event, {"claim": event.claim, "response": event.response, "document": event.document, "text": event.text})
+    from ...notify import queue_notification
+
+    about = event.response or event.claim
+    queue_notification(
+        conn, event.patient, "claim-decision",
+        {"reference": event.claim.split("/")[-1], "decision": event.event, "details": event.text},
+        reason_ref=about, key=f"{event.event}:{about}",
+    )
