@@ -80,7 +80,9 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
     if patient.deleted:
         raise FhirError.of(410, "deleted", f"Patient/{call.res_id} has been deleted")
 
-    comp_types = set(patient_compartment()) if types is None else set(patient_compartment()) & types
+    # The record, not the log of who read it: AuditEvents (in R4's Patient compartment) come
+    # only when _type asks for them; every $everything call would otherwise add to its own answer.
+    comp_types = set(patient_compartment()) - {"AuditEvent"} if types is None else set(patient_compartment()) & types
     ref = idx_reference.alias("ref")
     members = select(ref.c.res_pk).where(ref.c.target_id == call.res_id, compartment_ref_condition(comp_types, ref))
     conds = [r.pk.in_(members), r.deleted == false(), r.pk != patient.pk]
