@@ -139,12 +139,36 @@ def _find(conn: Connection, ctx: RequestContext, res_type: str, query: str, limi
 
 
 def _within(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, permission: str) -> bool:
-    """Whether the live resource lies within what the caller's scopes reach for `permission`."""
+    """Whether the live resource lies within what the caller's scopes reach for `permission`.
+
+    A Binary outside the caller's criteria (it is in no compartment) is within reach when
+    its `securityContext` is a resource the caller may read: R4 Binary.securityContext is
+    "a proxy of the security sensitivity" of the content. So a patient uploads a bill with
+    `X-Security-Context: Patient/<self>` (or their DocumentReference) and reads it back;
+    nobody else's token reaches it."""
     if ctx.principal.unrestricted:
         return True
     from ..search.access import visible
 
-    return visible(conn, res_type, res_id, visibility(ctx.principal, res_type, permission))
+    vis = visibility(ctx.principal, res_type, permission)
+    if visible(conn, res_type, res_id, vis):
+        return True
+    return res_type == "Binary" and vis != [] and _security_context_within(conn, ctx, res_id)
+
+
+def _security_context_within(conn: Connection, ctx: RequestContext, res_id: str) -> bool:
+    stored = repo.read_current(conn, "Binary", res_id)
+    if stored is None or stored.deleted or not stored.content:
+        return False
+    ref = ((jsonio.parse_plain(stored.content).get("securityContext") or {}).get("reference"))
+    if not isinstance(ref, str) or ref.count("/") != 1:
+        return False
+    from ..model.definitions import resource_types
+
+    target_type, target_id = ref.split("/")
+    if target_type == "Binary" or target_type not in resource_types():
+        return False
+    return _within(conn, ctx, target_type, target_id, "r")
 
 
 def _check_written(conn: Connection, ctx: RequestContext, out: Outcome, permission: str) -> None:

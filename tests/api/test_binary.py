@@ -249,3 +249,27 @@ def test_content_lost_from_the_store_is_503_not_a_broken_file(client):
         r = client.get(f"/fhir/Binary/{body['id']}", headers={"Accept": accept})
         assert r.status_code == 503
         assert r.headers["retry-after"]
+
+
+def test_a_patient_uploads_and_reads_a_bill_under_their_own_security_context(client, anonymous_client):
+    """R4 Binary.securityContext: a Binary is within a token's reach when its security
+    context is. A patient uploads a bill tied to their own record and reads it back; another
+    patient's token cannot; a context in someone else's record is refused."""
+    from tests.conftest import make_token
+
+    ann = client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "Ann"}]}).json()["id"]
+    bob = client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "Bob"}]}).json()["id"]
+
+    def as_(pid):
+        return {"Authorization": f"Bearer {make_token('patient/*.cruds', patient=pid)}"}
+
+    pdf = {"Content-Type": "application/pdf"}
+    r = anonymous_client.post("/fhir/Binary", content=PDF, headers={**pdf, **as_(ann), "X-Security-Context": f"Patient/{ann}"})
+    assert r.status_code == 201, r.text
+    bid = r.headers["location"].split("/Binary/")[1].split("/")[0]
+    assert anonymous_client.get(f"/fhir/Binary/{bid}", headers=as_(ann)).content == PDF
+    assert anonymous_client.get(f"/fhir/Binary/{bid}", headers=as_(bob)).status_code == 404
+    assert anonymous_client.get(f"/fhir/Binary/{bid}", headers={**as_(bob), "Accept": "application/fhir+json"}).status_code == 404
+    refused = anonymous_client.post("/fhir/Binary", content=PDF, headers={**pdf, **as_(ann), "X-Security-Context": f"Patient/{bob}"})
+    assert refused.status_code == 403
+    assert anonymous_client.post("/fhir/Binary", content=PDF, headers={**pdf, **as_(ann)}).status_code == 403
