@@ -27,17 +27,18 @@ import threading
 import time
 import uuid
 from datetime import timedelta
-from urllib.parse import quote
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import select, update
 
 from fhir_server.clock import now
 from fhir_server.storage.database import make_engine
 from fhir_server.storage.schema import booking_slot_claims, jobs, notify_deliveries
 from tests.subscriptions.conftest import Receiver, topic_subscription
 from tests.workflows.booking.helpers import FHIR_JSON, appointment, future, make_schedule, make_slot, post
+
+from tests.isolated_db import isolated_database_url
 
 from .cluster import ServeProcess, wait_for
 
@@ -62,18 +63,8 @@ class Inbox:
 @pytest.fixture(scope="module")
 def shared_db_url(database_url, tmp_path_factory):
     """A database no other test uses (no stray jobs of other tests in its queue)."""
-    if not database_url.startswith("postgresql"):
-        yield f"sqlite:///{tmp_path_factory.mktemp('scale') / 'shared.sqlite'}"
-        return
-    schema = "scale_" + uuid.uuid4().hex[:10]
-    admin = create_engine(database_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in database_url else "?"
-    yield f"{database_url}{sep}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with isolated_database_url(database_url, tmp_path_factory.mktemp("scale") / "shared.sqlite", "scale") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import multiprocessing
 import subprocess
 import sys
-import uuid
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy import create_engine, text
+
+from tests.isolated_db import isolated_database_url
 
 PROCESSES = 4
 
@@ -41,18 +41,8 @@ def _race(url: str, export_dir: str) -> list[str]:
 def fresh_database_url(database_url, tmp_path):
     """A database nobody has migrated: a new SQLite file, or a new PostgreSQL schema
     (a schema, not a database: the test needs no CREATEDB right)."""
-    if not database_url.startswith("postgresql"):
-        yield f"sqlite:///{tmp_path / 'fresh.sqlite'}"
-        return
-    schema = "startup_" + uuid.uuid4().hex[:10]
-    admin = create_engine(database_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in database_url else "?"
-    yield f"{database_url}{sep}options={quote(f'-csearch_path={schema}')}"
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with isolated_database_url(database_url, tmp_path / "fresh.sqlite", "startup") as url:
+        yield url
 
 
 def test_many_processes_start_at_once_on_a_fresh_database(fresh_database_url, tmp_path):
