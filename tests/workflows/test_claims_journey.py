@@ -1,7 +1,7 @@
-"""The Danish health-insurance journey over HTTP, on a real server (uvicorn):
-an injury case pre-authorised for 3 treatments, the payment guarantee PDF
-downloaded and read with pdftotext, more treatment requested and approved by a
-case handler, a bill uploaded, reimbursement claimed and paid."""
+"""The Danish health-insurance journey over HTTP, on a real server (uvicorn), with real
+tokens: the patient's portal (a patient/ token) files the injury claim, downloads the
+payment guarantee PDF (read with pdftotext), asks for more treatment, uploads a bill and
+claims reimbursement; the insurer's case handler (a backend system token) decides."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from fhir_server.workflows.claims import notify
+from tests.conftest import make_token
 from tests.document_fixtures import pdf_bytes
 from tests.workflows.claims_journey import approved, claim, decision, eligible_items, submit_params, treatment
 
@@ -49,15 +50,18 @@ def _guarantees(http, case_id: str) -> list[dict]:
     return [e["resource"] for e in bundle.get("entry", [])]
 
 
-def test_danish_journey(http, events, tmp_path):
+def test_danish_journey(http, live_server, events, tmp_path):
     insurer = _create(http, {"resourceType": "Organization", "name": "Dansk Sundhedsforsikring A/S"})
     patient = _create(http, {"resourceType": "Patient", "name": [{"family": "Jørgensen", "given": ["Søren"]}], "birthDate": "1988-04-12"})
     coverage = _create(http, {"resourceType": "Coverage", "status": "active", "beneficiary": {"reference": f"Patient/{patient}"},
                               "payor": [{"reference": f"Organization/{insurer}"}]})
     P, C, I = f"Patient/{patient}", f"Coverage/{coverage}", f"Organization/{insurer}"
+    portal = httpx.Client(base_url=live_server, timeout=60,
+                          headers={"Authorization": f"Bearer {make_token('patient/*.cruds', patient=patient)}"})
 
-    # 1. The injury claim: 3 physiotherapy treatments approved at once, with a payment guarantee.
-    r = http.post("/Claim/$submit", json=submit_params(claim(P, C, I, items=[treatment("fysioterapi")])))
+    # 1. The injury claim (filed in the patient's portal): 3 physiotherapy treatments approved at once,
+    # with a payment guarantee the patient downloads.
+    r = portal.post("/Claim/$submit", json=submit_params(claim(P, C, I, items=[treatment("fysioterapi")])))
     assert r.status_code == 200, r.text
     first = r.json()
     assert first["resourceType"] == "ClaimResponse"
@@ -68,10 +72,10 @@ def test_danish_journey(http, events, tmp_path):
     case_id = first["request"]["reference"].split("/")[1]
     assert http.get(f"/ClaimResponse/{first['id']}").json()["preAuthRef"] == first["preAuthRef"]  # stored, same transaction
 
-    [guarantee] = _guarantees(http, case_id)
+    [guarantee] = _guarantees(portal, case_id)
     att = guarantee["content"][0]["attachment"]
     assert guarantee["subject"]["reference"] == P
-    pdf = http.get(f"/{att['url']}", headers={"Accept": "application/pdf"})
+    pdf = portal.get(f"/{att['url']}", headers={"Accept": "application/pdf"})
     assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
     assert len(pdf.content) == att["size"]
     text = _pdf_text(pdf.content, tmp_path)
@@ -84,7 +88,7 @@ def test_danish_journey(http, events, tmp_path):
         "claim": {"reference": f"Claim/{case_id}"},
         "relationship": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/ex-relatedclaimrelationship", "code": "prior"}]},
     }])
-    r = http.post("/Claim/$submit", json=submit_params(more))
+    r = portal.post("/Claim/$submit", json=submit_params(more))
     assert r.status_code == 200, r.text
     queued = r.json()
     assert queued["outcome"] == "queued" and "preAuthRef" not in queued
@@ -127,16 +131,16 @@ def test_danish_journey(http, events, tmp_path):
 
     # 5. A bill is uploaded (raw PDF) into the case and reimbursement is claimed.
     bill_pdf = pdf_bytes("Faktura 2026-118", "Fysioterapi 3 x 550 kr", "I alt 1650,00 DKK")
-    r = http.post("/Binary", content=bill_pdf, headers={"Content-Type": "application/pdf", "X-Security-Context": P})
+    r = portal.post("/Binary", content=bill_pdf, headers={"Content-Type": "application/pdf", "X-Security-Context": P})
     assert r.status_code == 201, r.text
-    bill_binary = r.json()["id"]
-    bill_doc = _create(http, {
+    bill_binary = r.headers["location"].split("/Binary/")[1].split("/")[0]
+    bill_doc = _create(portal, {
         "resourceType": "DocumentReference", "status": "current", "subject": {"reference": P},
         "type": {"text": "Regning"}, "date": "2026-03-20T12:00:00Z",
         "context": {"related": [{"reference": f"Claim/{case_id}"}]},
         "content": [{"attachment": {"url": f"Binary/{bill_binary}", "title": "faktura.pdf"}}],
     })
-    stray_doc = _create(http, {
+    stray_doc = _create(portal, {
         "resourceType": "DocumentReference", "status": "current", "subject": {"reference": P},
         "content": [{"attachment": {"url": f"Binary/{bill_binary}"}}],
     })
@@ -150,9 +154,9 @@ def test_danish_journey(http, events, tmp_path):
         }], total={"value": 1650.00, "currency": "DKK"})
 
     for doc_id in (stray_doc, "missing-document"):
-        r = http.post("/Claim/$submit", json=submit_params(reimbursement(doc_id)))
+        r = portal.post("/Claim/$submit", json=submit_params(reimbursement(doc_id)))
         assert r.status_code == 422, r.text
-    r = http.post("/Claim/$submit", json=submit_params(reimbursement(bill_doc)))
+    r = portal.post("/Claim/$submit", json=submit_params(reimbursement(bill_doc)))
     assert r.status_code == 200, r.text
     refund = r.json()
     assert refund["outcome"] == "queued"
@@ -171,6 +175,11 @@ def test_danish_journey(http, events, tmp_path):
     assert r.status_code == 201, r.text
     assert r.json()["payment"]["amount"]["value"] == 1650.00
     assert http.get(f"/Task/{bills_task['resource']['id']}").json()["status"] == "completed"
+
+    # The patient cannot decide their own claim, and sees the decision in their record.
+    assert portal.post("/ClaimResponse", json=paid).status_code == 403
+    assert portal.get(f"/ClaimResponse/{r.json()['id']}").status_code == 200
+    portal.close()
 
     # The patient was told at every step.
     mine = [e for e in events if e.patient == P]
