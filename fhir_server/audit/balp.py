@@ -32,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ..model.jsonguard import scrub
+
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -120,7 +122,7 @@ def to_resource(f: AuditFacts) -> dict:
     entities = _entities(f)
     if entities:
         event["entity"] = entities
-    return event
+    return scrub(event)  # a refused request may carry a NUL or a lone surrogate: stored as U+FFFD
 
 
 def _agents(f: AuditFacts) -> list[dict]:

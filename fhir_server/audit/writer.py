@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from ..errors import FhirError
 from .balp import AuditFacts, to_resource
 from .store import insert_events, patients_of_stored
 
@@ -91,12 +92,27 @@ class AuditWriter:
                     batch.append(self._queue.popleft())
                 try:
                     self._write(batch)
+                except FhirError as exc:
+                    if exc.status != 400:
+                        self._queue.extendleft(reversed(batch))
+                        raise
+                    # a batch the database cannot store would block the log for good: store
+                    # the events one by one and drop (with an error line) only those refused
+                    self._write_each(batch)
                 except Exception:
                     self._queue.extendleft(reversed(batch))
                     raise
                 total += len(batch)
         self.written += total
         return total
+
+    def _write_each(self, batch: list[Pending]) -> None:
+        for item in batch:
+            try:
+                self._write([item])
+            except FhirError as exc:
+                self.dropped += 1
+                log.error("audit event dropped, the database cannot store it: %s", exc.issues[0].diagnostics if exc.issues else exc)
 
     def _write(self, batch: list[Pending]) -> None:
         with self.db.write() as conn:

@@ -51,6 +51,19 @@ def bad_char_message(text: str) -> str | None:
     return f"holds the control character U+{ord(ch):04X}; FHIR strings may hold no control characters other than tab, CR and LF"
 
 
+def scrub(value: Any) -> Any:
+    """`value` (a JSON-ready structure) with every character a FHIR string may not hold
+    replaced by U+FFFD: for records the server writes about refused input (the access log),
+    which must store what was asked without storing what cannot be stored."""
+    if isinstance(value, str):
+        return _BAD_CHARS.sub("\ufffd", value) if _BAD_CHARS.search(value) else value
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
 def check_text(text: str, what: str, expression: str | None = None) -> None:
     """400 when `text` (a search value, an id, a header...) holds what a FHIR string may not."""
     why = bad_char_message(text)

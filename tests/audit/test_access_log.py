@@ -231,3 +231,17 @@ def test_hl7v2_over_mllp_is_logged_with_its_writes(settings, auth_headers):
     imports = [e for e in mine if e["type"]["code"] == "110107"]
     assert imports and imports[-1]["outcome"] == "0" and "ACK AA" in imports[-1]["outcomeDesc"]
     assert any(e["action"] == "C" and patients(e) == {f"Patient/{pid}"} for e in mine)  # the Patient it created
+
+
+def test_a_refused_request_carrying_a_nul_is_logged_and_does_not_block_the_log(client, audit_events):
+    """PostgreSQL text cannot hold U+0000: the event of a request refused for holding one
+    stores it as U+FFFD, and the events after it are written as usual."""
+    h = rid()
+    assert client.get("/fhir/Patient/ab%00cd", headers=h).status_code in (400, 404)
+    e = _one(audit_events(h["X-Request-Id"]))
+    assert e["outcome"] != "0"
+    assert "\x00" not in orjson.dumps(e).decode()
+    pid = _patient(client, "AfterNul")
+    h = rid()
+    assert client.get(f"/fhir/Patient/{pid}", headers=h).status_code == 200
+    assert patients(_one(audit_events(h["X-Request-Id"]))) == {f"Patient/{pid}"}
