@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from tests.processes import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 _LISTENING = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
@@ -69,13 +70,7 @@ class ServeProcess:
 
     def stop(self) -> None:
         """SIGINT (uvicorn shuts down cleanly, the job worker is joined), SIGKILL after 20 s."""
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGINT)
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
+        stop_group(self.popen)
         self.log.close()
         os.unlink(self.log.name)
 

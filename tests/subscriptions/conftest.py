@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import stop_group
+
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
 TOPIC = "http://fhir-server.example.org/SubscriptionTopic/"
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,13 +212,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         """SIGINT (uvicorn shuts down cleanly), SIGKILL after 20 s."""
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGINT)
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
+        stop_group(self.popen)
         self.log.close()
 
 
