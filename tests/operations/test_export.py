@@ -115,6 +115,7 @@ class Server:
 
 
     def close(self) -> None:
+        self.app.state.audit_writer.close()  # write the access log before its schema goes
         self.db.dispose()
         self.drop()
 
