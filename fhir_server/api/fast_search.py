@@ -4,7 +4,7 @@ The search portals run most (a patient's appointments, free slots, a
 questionnaire's responses) is a type search with plain parameters. Through
 FastAPI's routing and the thread pool its Python CPU per request is several
 times the database's. This ASGI layer answers the plain form - no modifiers,
-chains or `_has`, no `_include`/`_revinclude`/`_sort`/`_format`, no `Prefer`
+chains or `_has`, no `_include`/`_revinclude`/`_format`, no `Prefer`
 header - with the statements the search engine plans (the caller's access
 criteria from `security.authz.visibility` are part of them, exactly as on the
 normal path) run through the event-loop reader (`search.fast`). Everything
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _DEFER_HEADERS = frozenset((b"if-none-match", b"if-modified-since", b"if-match", b"prefer"))
 # Result parameters handled here; any other `_x` (and every `name:modifier`, `a.b`) goes to the app.
 _PLAIN_CONTROLS = frozenset(("_id", "_lastUpdated", "_tag", "_profile", "_security", "_count", "_total",
-                             "_cursor", "_summary", "_elements"))
+                             "_cursor", "_summary", "_elements", "_sort"))
 
 
 def plain_params(query_string: bytes) -> list[tuple[str, str]] | None:

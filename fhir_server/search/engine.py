@@ -395,8 +395,8 @@ def assemble_search(prep: PreparedSearch, rows: list, more: bool, total: int | N
         _add_outcome(bundle, plan)
         return orjson.dumps(bundle)
 
-    def keys_of(row) -> list:
-        return [row._mapping[f"k{i}"] for i in range(prep.nkeys)]
+    def keys_of(row) -> list:  # the page query selects pk, res_type, res_id, content, k0, k1, ...
+        return [row[4 + i] for i in range(prep.nkeys)]
 
     forward = prep.forward
     has_next = more if forward else bool(plan.cursor)

@@ -29,11 +29,12 @@ CACHE_SIZE = 512  # compiled statements kept per dialect (a shape is small; sear
 
 
 class NotFast(Exception):
-    """The search needs what only the engine's path does (includes, sort keys)."""
+    """The search needs what only the engine's path does (includes)."""
 
 
 class _Row(tuple):
-    """A page row as the Bundle assembly reads it: pk, res_type, res_id, content."""
+    """A page row as the Bundle assembly reads it: pk, res_type, res_id, content, then
+    the sort keys k0, k1, ... (converted as SQLAlchemy's result processing would)."""
 
     __slots__ = ()
     pk = property(lambda self: self[0])
@@ -97,20 +98,34 @@ def cache_for(reader) -> CompiledCache:
 
 
 async def run_search(reader: SqliteReader | PgReader, req: SearchRequest) -> bytes:
-    """The searchset Bundle for `req` (no _include/_revinclude/_sort: `engine`
-    runs those), as `engine.execute_search` would give it. FhirError as the
-    planner raises it (400 and the like; 503 from the reader); NotFast when the
+    """The searchset Bundle for `req` (no _include/_revinclude: `engine` runs
+    those), as `engine.execute_search` would give it. FhirError as the planner
+    raises it (400 and the like; 503 from the reader); NotFast when the
     statements need SQLAlchemy's execution."""
     prep: PreparedSearch = prepare_search(None, req)
-    if prep.plan.includes or prep.nkeys:
-        raise NotFast("includes and sort keys are run by the engine")
+    if prep.plan.includes:
+        raise NotFast("includes are run by the engine")
     cache = cache_for(reader)
     if prep.page_q is None:
         return assemble_search(prep, [], False, await _scalar(reader, cache, prep.count_q))
     sql, params = cache.render(prep.page_q)
-    rows, more = page_of(prep, [_Row(r[:4]) for r in await reader.fetch(sql, params)])
+    fetched = await reader.fetch(sql, params)
+    if prep.nkeys:
+        keys = _key_processors(prep, cache.dialect)
+        raw = [_Row((*r[:4], *(p(v) if p else v for p, v in zip(keys, r[4:4 + prep.nkeys])))) for r in fetched]
+    else:
+        raw = [_Row(r[:4]) for r in fetched]
+    rows, more = page_of(prep, raw)
     total = await _scalar(reader, cache, prep.count_q) if needs_count(prep, more) else None
     return assemble_search(prep, rows, more, total)
+
+
+def _key_processors(prep: PreparedSearch, dialect: Dialect) -> list:
+    """Per sort key, the driver-to-Python conversion SQLAlchemy applies to that column
+    (e.g. SQLite's ISO text to an aware datetime), or None; the cursors of the `next` and
+    `previous` links are built from the converted values, as on the engine's path."""
+    cols = list(prep.page_q.selected_columns)[4:4 + prep.nkeys]
+    return [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols]
 
 
 async def _scalar(reader, cache: CompiledCache, stmt) -> int:

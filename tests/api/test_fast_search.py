@@ -90,6 +90,11 @@ QUERIES = [
     "name={fam}&gender=female",
     "family={fam}&_lastUpdated=gt2000-01-01",
     "family=&gender=male&family={fam}",
+    "family={fam}&_sort=birthdate",
+    "family={fam}&_sort=-birthdate,given&_count=2",
+    "family={fam}&_sort=-_lastUpdated&_count=3",
+    "family={fam}&_sort=gender,-_id",
+    "family={fam}&_sort=-identifier&_count=4",
 ]
 
 
@@ -114,6 +119,26 @@ def test_pages_follow_the_same_links(client, family, spy):
         path = u.path + "?" + u.query
         assert "_cursor" in dict(parse_qsl(u.query))
     assert sorted(seen) == sorted(ids) and len(seen) == len(ids)  # every match once, in pk order on both paths
+
+
+@pytest.mark.parametrize("sort", ["birthdate", "-birthdate,given", "-_lastUpdated", "gender,-_id"])
+def test_sorted_pages_follow_the_same_links(client, family, spy, sort):
+    """Sorted pages: the cursors in `next` carry the sort keys (dates among them), and
+    both paths walk the matches in the same order, each once."""
+    fam, ids = family
+    path = f"/fhir/Patient?family={fam}&_sort={sort}&_count=2"
+    seen = []
+    for _ in range(6):
+        bundle = _both(client, path, spy)
+        seen += [e["resource"]["id"] for e in bundle.get("entry", [])]
+        nxt = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+        if not nxt:
+            break
+        u = urlsplit(nxt[0])
+        path = u.path + "?" + u.query
+    assert sorted(seen) == sorted(ids) and len(seen) == len(ids)
+    whole = client.get(f"/fhir/Patient?family={fam}&_sort={sort}&_pretty=false").json()
+    assert seen == [e["resource"]["id"] for e in whole["entry"]]
 
 
 def test_values_bound_not_inlined(client, family, spy):
@@ -163,7 +188,7 @@ def test_refusals_and_errors_are_the_apps(client, anonymous_client, family, spy,
     assert spy == []
 
 
-@pytest.mark.parametrize("query", ["family:exact={fam}", "_sort=birthdate&family={fam}", "_include=Patient:organization&family={fam}",
+@pytest.mark.parametrize("query", ["family:exact={fam}", "_revinclude=Observation:subject&family={fam}", "_include=Patient:organization&family={fam}",
                                    "_has:Observation:subject:status=final&family={fam}", "organization.name=x&family={fam}"])
 def test_other_searches_go_to_the_app(client, family, spy, query):
     fam, _ = family
