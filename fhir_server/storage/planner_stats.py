@@ -9,7 +9,7 @@ SQLite leaves it to the application (https://sqlite.org/lang_analyze.html).
 `PlannerStats` runs `ANALYZE` (bounded by `PRAGMA analysis_limit`, so it samples and
 takes milliseconds even at millions of rows) once at start-up when the database holds
 data, and again in a background thread whenever this process's committed writes have
-doubled since the last run: 100, 200, 400, ... transactions. ANALYZE takes the write
+doubled since the last run: 20, 40, 80, ... transactions. ANALYZE takes the write
 lock briefly (the caller passes the lock writers queue on); readers in WAL mode go on.
 
 SQLite loads the statistics into a connection when it opens the schema and does not
@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 
 log = logging.getLogger("fhir_server.storage")
 
-FIRST_RUN_AFTER = 100  # committed write transactions before the first ANALYZE of a new database
+FIRST_RUN_AFTER = 20  # committed write transactions before the first ANALYZE of a new database
 ANALYSIS_LIMIT = 1000  # index rows SQLite samples per index (https://sqlite.org/pragma.html#pragma_analysis_limit)
 RELOAD_SECONDS = 30.0  # a connection reloads statistics at least this often (another process's ANALYZE)
 
