@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings
 from ..errors import FhirError
+from ..ids import new_hex
 from ..model import jsonio
 from ..rest import history as history_mod
 from ..rest import interactions as ix
@@ -374,7 +374,7 @@ class RequestIdMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None) or uuid.uuid4().hex
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None) or new_hex()
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode("latin-1"))
 

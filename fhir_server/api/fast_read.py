@@ -125,6 +125,8 @@ def _compartments_only(principal, res_type: str):
 def _in_any(res_type: str, content: bytes, patients: set[str]) -> bool:
     import orjson
 
+    if res_type != "Patient" and not any(f'Patient/{p}"'.encode() in content for p in patients):
+        return False  # no reference to the Patient at all (a relative reference ends with its id)
     try:
         doc = orjson.loads(content)
     except orjson.JSONDecodeError:

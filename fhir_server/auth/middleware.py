@@ -37,17 +37,34 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
+_BASE_HEADERS = (b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix")
+_base_urls: dict[tuple, str] = {}  # what request_base_url answered, by everything it reads
+
+
 def request_base_url(scope, base_path: str) -> str:
     """The FHIR base as the client sees it: the configured public base URL, or the
     request's, with X-Forwarded-* believed from trusted proxies only (api/forwarding.py).
-    An untrusted peer cannot choose the audience a token is checked against."""
+    An untrusted peer cannot choose the audience a token is checked against.
+
+    Memoised by all it depends on (the policy, scheme, server, peer address and the Host
+    and X-Forwarded-* headers): each request with a token needs it before the token's
+    cache lookup, and a portal sends the same few combinations all day."""
     from starlette.requests import Request
 
     from ..api.forwarding import DEFAULT_POLICY
 
     app = scope.get("app")
-    policy = getattr(getattr(app, "state", None), "forwarding", None)
-    return (policy or DEFAULT_POLICY).base_url(Request(scope), base_path)
+    policy = getattr(getattr(app, "state", None), "forwarding", None) or DEFAULT_POLICY
+    client = scope.get("client")
+    key = (policy.public_base_url, policy.trusted_proxies, base_path, scope.get("scheme"), tuple(scope.get("server") or ()), client[0] if client else None,
+           tuple(v for k, v in scope["headers"] if k in _BASE_HEADERS))
+    url = _base_urls.get(key)
+    if url is None:
+        url = policy.base_url(Request(scope), base_path)
+        if len(_base_urls) >= 1024:
+            _base_urls.clear()
+        _base_urls[key] = url
+    return url
 
 
 class BearerAuth:

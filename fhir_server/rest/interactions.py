@@ -8,7 +8,6 @@ here knows about HTTP beyond status numbers and header values.
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -17,7 +16,7 @@ from urllib.parse import parse_qsl
 
 from sqlalchemy import Connection
 
-from .. import events
+from .. import events, ids
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..model.lexical import is_version_id
@@ -310,7 +309,7 @@ def create(
             authorize(ctx.principal, AccessRequest("read", res_type, stored.res_id))
             out = _outcome_for(stored, 200)
             return _finish_write(ctx, out, f"A matching {res_type} exists already ({res_type}/{stored.res_id}); nothing created")
-    new_id = res_id or str(uuid.uuid4())
+    new_id = res_id or ids.new_id()
     warnings = _prepare_write(conn, ctx, "create", res_type, new_id, parsed)
     out = _store(conn, ctx, res_type, new_id, parsed, None, "create", warnings)
     _check_written(conn, ctx, out, "c")

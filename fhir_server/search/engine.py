@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +27,7 @@ from sqlalchemy.sql import FromClause
 
 from ..audit.context import note_returned
 from ..errors import FhirError
+from ..ids import new_id
 from ..model.lexical import ascii_int
 from ..rest import limits
 from ..storage.repository import flush
@@ -385,7 +385,7 @@ def assemble_search(prep: PreparedSearch, rows: list, more: bool, total: int | N
 
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "meta": {"lastUpdated": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")},
         "type": "searchset",
     }
@@ -443,7 +443,7 @@ def _add_outcome(bundle: dict, plan: _Plan, entries: list | None = None) -> None
         return
     oo = {
         "resourceType": "OperationOutcome",
-        "id": str(uuid.uuid4()),
+        "id": new_id(),
         "issue": [{"severity": "warning", "code": "not-supported", "diagnostics": w} for w in plan.warnings],
     }
     entry = {"fullUrl": f"urn:uuid:{oo['id']}", "resource": oo, "search": {"mode": "outcome"}}
