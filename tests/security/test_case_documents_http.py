@@ -1,17 +1,19 @@
 """Per-case consent on every path (security/case_consent.py, search/case_access.py): staff
 (a `user/` token of a Practitioner) see a case's DocumentReference by read, search,
-`_revinclude`, `$everything` and history only while the patient's case consent is in
+`_revinclude`, `$everything`, history and `$export` only while the patient's case consent is in
 force; revocation and expiry count from the very next request; the patient and backend
 clients see everything of theirs; a document of no case is unaffected."""
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server import clock
+from fhir_server.jobs.runner import run_pending
 
 from .family import consent, new_id, patient, put
 
@@ -151,3 +153,29 @@ def test_everything_for_staff_follows_the_case_consent(client, staff, case_file)
     assert ids(r.json()) == {f["plain"]}
     consent(client, f["patient"], case_provision(f["b"]["claim"]))
     assert ids(staff.get(f"/fhir/Patient/{f['patient']}/$everything").json()) == {f["b"]["doc"], f["plain"]}
+
+
+def _export_documents(app, c: TestClient) -> set[str]:
+    r = c.get("/fhir/Patient/$export", params={"_type": "DocumentReference"},
+              headers={"Prefer": "respond-async", "Accept": "application/fhir+json"})
+    assert r.status_code == 202, r.text
+    status = r.headers["content-location"]
+    for _ in range(10):
+        r = c.get(status)
+        if r.status_code == 200:
+            break
+        run_pending(app.state.db, app.state.settings, kinds=["export"])
+    assert r.status_code == 200, r.text
+    got: set[str] = set()
+    for item in r.json()["output"]:
+        got.update(json.loads(line)["id"] for line in c.get(item["url"]).content.splitlines())
+    return got
+
+
+def test_export_by_staff_follows_the_case_consent(app, client, staff, case_file):
+    f = case_file
+    mine = {f["a"]["doc"], f["b"]["doc"], f["plain"]}
+    assert _export_documents(app, staff) & mine == {f["plain"]}
+    consent(client, f["patient"], case_provision(f["a"]["claim"]))
+    assert _export_documents(app, staff) & mine == {f["a"]["doc"], f["plain"]}
+    assert _export_documents(app, client) & mine == mine  # a backend client
