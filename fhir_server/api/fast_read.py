@@ -116,7 +116,7 @@ def _compartments_only(principal, res_type: str):
         return None
     ids = set()
     for c in vis:
-        if c.params or not c.compartment or c.compartment[0] != "Patient":
+        if c.params or c.conditions or not c.compartment or c.compartment[0] != "Patient":
             return False
         ids.add(c.compartment[1])
     return ids or False

@@ -33,7 +33,7 @@ from ..rest.interactions import parse_instant
 from ..rest.operations import OperationCall, body_parameters, operation
 from ..storage.schema import job_files, resources
 from . import patient_compartment
-from .export_access import acting_filters, check_owner, owner_of, restrict_to_caller
+from .export_access import access_conditions, acting_filters, check_owner, owner_of, restrict_to_caller
 from .export_job import KIND, NDJSON, export_dir
 
 log = logging.getLogger("fhir_server.export")
@@ -202,6 +202,7 @@ def kick_off(call: OperationCall) -> Outcome:
             "since": since.isoformat() if since else None,
             "type_filters": type_filters,
             "scope_filters": scope_filters,
+            "access_conditions": access_conditions(call, type_list),
             "compartment": compartment,
             "patients": patients,
             "transaction_time": now.isoformat(),

@@ -102,3 +102,20 @@ def acting_filters(call: OperationCall, types: list[str], type_filters: dict[str
     if not kept:
         raise FhirError.of(403, "forbidden", "The caller's grant reaches none of the requested resource types")
     return kept, filters
+
+
+def access_conditions(call: OperationCall, types: list[str]) -> dict[str, list[str]]:
+    """The named access rules (security.authz.Criteria.conditions, e.g. the per-case consent
+    for staff on DocumentReference) each exported resource of a type must satisfy; the job
+    checks them batch by batch in SQL (search.access.NAMED_CONDITIONS) when it runs."""
+    p = call.ctx.principal
+    if p.unrestricted:
+        return {}
+    from ..security.authz import visibility
+
+    out: dict[str, list[str]] = {}
+    for t in types:
+        names = sorted({n for c in (visibility(p, t, "r") or []) for n in c.conditions})
+        if names:
+            out[t] = names
+    return out

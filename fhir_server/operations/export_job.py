@@ -262,6 +262,17 @@ def _type_filter_keep(conn: Connection, res_type: str, rows: list, queries: list
     return keep
 
 
+def _condition_keep(conn: Connection, res_type: str, rows: list, names: list[str]) -> set[int]:
+    """pks of the batch's rows that satisfy the named access rules (search.access.NAMED_CONDITIONS)."""
+    from sqlalchemy import and_, select
+
+    from ..search.access import NAMED_CONDITIONS
+    from ..storage.schema import resources as r
+
+    cond = and_(*(NAMED_CONDITIONS[n](res_type, r) for n in names))
+    return {pk for (pk,) in conn.execute(select(r.c.pk).where(r.c.pk.in_([row[0] for row in rows]), cond))}
+
+
 def run_export(jc: queue.JobContext) -> None:
     """The worker side of $export (resumable; see the module docstring)."""
     p = jc.job.params
@@ -273,6 +284,7 @@ def run_export(jc: queue.JobContext) -> None:
     filters = {t: [[tuple(x) for x in q] for q in qs] for t, qs in (p.get("type_filters") or {}).items()}
     # the caller's granular scopes (one of the queries must match), AND-ed with _typeFilter
     scope_filters = {t: [[tuple(x) for x in q] for q in qs] for t, qs in (p.get("scope_filters") or {}).items()}
+    conditions: dict[str, list[str]] = p.get("access_conditions") or {}  # named access rules, checked now
     last_checkpoint = time.monotonic()
     try:
         while cursor["ti"] < len(types):
@@ -292,6 +304,9 @@ def run_export(jc: queue.JobContext) -> None:
                     if res_type in limits:
                         matched = _type_filter_keep(conn, res_type, rows, limits[res_type])
                         keep = matched if keep is None else keep & matched
+                if res_type in conditions:
+                    matched = _condition_keep(conn, res_type, rows, conditions[res_type])
+                    keep = matched if keep is None else keep & matched
             contents = [c for pk, _, c in items if c is not None and (keep is None or pk in keep)]
             if contents:
                 files.write(res_type, _one_line_each(contents))

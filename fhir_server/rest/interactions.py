@@ -151,16 +151,40 @@ def _within(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, p
 
     vis = visibility(ctx.principal, res_type, permission)
     if visible(conn, res_type, res_id, vis):
-        return True
+        return res_type != "Binary" or not _case_document_hidden(conn, ctx, res_id)
     return res_type == "Binary" and vis != [] and _security_context_within(conn, ctx, res_id)
 
 
-def _security_context_within(conn: Connection, ctx: RequestContext, res_id: str) -> bool:
+def _case_document_hidden(conn: Connection, ctx: RequestContext, res_id: str) -> bool:
+    """Whether Binary/`res_id` is the content of a DocumentReference (its securityContext)
+    that the per-case consent hides from this caller (staff without the case consent:
+    security.case_consent); the content is then as invisible as the document."""
+    from ..search.access import visible
+    from ..security.case_consent import staff_criteria
+
+    if staff_criteria(ctx.principal, "DocumentReference") is None:
+        return False
+    ref = _security_context(conn, res_id)
+    if ref is None or not ref.startswith("DocumentReference/"):
+        return False
+    doc_id = ref.split("/", 1)[1]
+    stored = repo.read_current(conn, "DocumentReference", doc_id)
+    if stored is None or stored.deleted:
+        return False
+    return not visible(conn, "DocumentReference", doc_id, visibility(ctx.principal, "DocumentReference", "r"))
+
+
+def _security_context(conn: Connection, res_id: str) -> str | None:
     stored = repo.read_current(conn, "Binary", res_id)
     if stored is None or stored.deleted or not stored.content:
-        return False
+        return None
     ref = ((jsonio.parse_plain(stored.content).get("securityContext") or {}).get("reference"))
-    if not isinstance(ref, str) or ref.count("/") != 1:
+    return ref if isinstance(ref, str) and ref.count("/") == 1 else None
+
+
+def _security_context_within(conn: Connection, ctx: RequestContext, res_id: str) -> bool:
+    ref = _security_context(conn, res_id)
+    if ref is None:
         return False
     from ..model.definitions import resource_types
 

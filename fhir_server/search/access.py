@@ -22,6 +22,16 @@ from ..storage.schema import resources
 Access = Callable[[str, str], Visibility]
 
 
+def _case_consent(res_type: str, r: FromClause) -> ColumnElement:
+    from .case_access import case_consent_condition
+
+    return case_consent_condition(res_type, r)
+
+
+# Criteria.conditions: rules compiled here rather than from search parameters
+NAMED_CONDITIONS: dict[str, Callable[[str, FromClause], ColumnElement]] = {"case-consent": _case_consent}
+
+
 def criteria_condition(res_type: str, vis: Visibility, r: FromClause, base_url: str = "") -> ColumnElement | None:
     """The SQL condition for a Visibility on alias `r` of type `res_type` (None: no restriction)."""
     from .query import QueryContext, compartment_condition, param_condition
@@ -43,6 +53,7 @@ def criteria_condition(res_type: str, vis: Visibility, r: FromClause, base_url: 
                 parts.append(not_(param_condition(QueryContext(base_url), res_type, name, value, r)))
             except FhirError:
                 continue  # an exclusion that cannot apply to this type excludes nothing
+        parts.extend(NAMED_CONDITIONS[name](res_type, r) for name in c.conditions)
         alts.append(and_(*parts) if parts else true())
     return or_(*alts) if alts else false()
 

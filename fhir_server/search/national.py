@@ -49,6 +49,19 @@ def search_forms(system: str | None, value: str | None) -> list[str]:
     return list(dict.fromkeys(f for f in forms if f))
 
 
+def reference_identifier_forms(system: str | None, value: str | None) -> tuple[list[str], list[str]]:
+    """For `:identifier` on a reference (Reference.identifier is indexed as written): every
+    system alias of a valid national number's scheme and every written form of it;
+    ([], []) when `system|value` is not a valid number of a national scheme."""
+    lib = _lib()
+    if lib is None or not system or not value:
+        return [], []
+    scheme = lib.scheme_for_system(system)
+    if scheme is None or not lib.normalise(system, value):
+        return [], []
+    return list(scheme.all_systems()), search_forms(system, value)
+
+
 def bare_value_candidates(value: str) -> list[tuple[str, str]]:
     """(canonical system, canonical value) for every scheme a bare search value is valid under."""
     lib = _lib()

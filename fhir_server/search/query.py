@@ -296,6 +296,10 @@ def _reference(ctx: QueryContext, sp: SearchParam, modifier: str, v: str, t: Fro
         if len(parts) == 1:
             return t.c.ident_value == cut(unescape(parts[0]), LEN_CODE)
         s, c = unescape(parts[0]), unescape(parts[1])
+        systems, forms = national.reference_identifier_forms(s, c)
+        if systems:  # a national number: stored as written, so any alias of the system, any written form
+            return and_(t.c.ident_value.in_([cut(f, LEN_CODE) for f in forms]),
+                        t.c.ident_system.in_([cut(x, LEN_SYSTEM) for x in systems]))
         conds = [t.c.ident_value == cut(c, LEN_CODE)] if c else []
         conds.append(t.c.ident_system.is_(None) if s == "" else t.c.ident_system == cut(s, LEN_SYSTEM))
         return and_(*conds)

@@ -69,11 +69,14 @@ class AccessRequest:
 class Criteria:
     """One way a resource may be visible: inside `compartment` (("Patient", id)) AND
     matching every search parameter in `params` and none in `exclude` (each excluded
-    parameter is a NOT). A list of Criteria is OR-ed."""
+    parameter is a NOT) AND every named rule in `conditions` (rules the search layer
+    compiles itself, search.access.NAMED_CONDITIONS: "case-consent"). A list of
+    Criteria is OR-ed."""
 
     compartment: tuple[str, str] | None = None
     params: tuple[tuple[str, str], ...] = ()
     exclude: tuple[tuple[str, str], ...] = ()
+    conditions: tuple[str, ...] = ()
 
 
 Visibility = list[Criteria] | None  # None: everything; []: nothing
@@ -114,6 +117,19 @@ class _Acting:
 _ACTING = _Acting()
 
 
+class _CaseConsent:
+    """Per-case consent for a case's documents (security.case_consent), always on: staff
+    see a DocumentReference of a case only while the patient's case consent is in force."""
+
+    def criteria(self, principal: Principal, res_type: str, permission: str) -> "Visibility":
+        from .case_consent import staff_criteria
+
+        return staff_criteria(principal, res_type)
+
+
+_CASE_CONSENT = _CaseConsent()
+
+
 def set_policies(policies: list[Policy]) -> None:
     """Install the additional policies (after SMART scopes, which always apply)."""
     _policies[:] = policies
@@ -143,14 +159,15 @@ def visibility(principal: Principal, res_type: str, permission: str = "s") -> Vi
     from . import smart
 
     vis = smart.visibility(principal, res_type, permission)
-    for policy in (_ACTING, *_policies):
+    for policy in (_ACTING, _CASE_CONSENT, *_policies):
         extra = getattr(policy, "criteria", None)
         if extra is None:
             continue
         more = extra(principal, res_type, permission)
         if more is None:
             continue
-        vis = more if vis is None else [Criteria(a.compartment or b.compartment, a.params + b.params, a.exclude + b.exclude)
+        vis = more if vis is None else [Criteria(a.compartment or b.compartment, a.params + b.params, a.exclude + b.exclude,
+                                                 a.conditions + b.conditions)
                                         for a in vis for b in more
                                         if not (a.compartment and b.compartment and a.compartment != b.compartment)]
     return vis

@@ -14,6 +14,11 @@ Who sees a case's documents (`may_see_case_documents`):
 - staff (a `user/` token of a Practitioner/PractitionerRole, "the case's handlers"): only
   while a case consent is in force for every case of the document.
 
+Staff see neither the DocumentReference nor its content without the case consent, on
+every path (read, search, _include/_revinclude, $everything, history): `staff_criteria`
+adds the "case-consent" rule at the seam (security.authz), compiled into SQL by
+search.case_access over the table of security.case_grants.
+
 Uploads without a case consent are still accepted: `mark_waiting` (a DocumentReference
 preparer) tags such a DocumentReference `meta.tag` = WAITING_TAG ("waiting for consent"),
 and removes the tag when the document is written again once the consent is in force.
@@ -23,10 +28,9 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from .. import clock
-from ..security.authz import Principal
-
-CASE_TYPES = ("Claim", "EpisodeOfCare", "Encounter", "CarePlan")
+from ..security.authz import Criteria, Principal, Visibility
+from . import case_grants
+from .case_grants import CASE_TYPES
 TAG_SYSTEM = "http://fhir-server.example/CodeSystem/case-consent"
 WAITING_TAG = {"system": TAG_SYSTEM, "code": "waiting-for-consent", "display": "Waiting for the patient's consent for the case"}
 
@@ -53,31 +57,18 @@ def patient_of(document_reference: dict) -> str | None:
 
 
 def consented_cases(conn: Connection, patient_id: str, cases: list[str]) -> set[str]:
-    """Those of `cases` for which a Consent of Patient/`patient_id` in force permits sharing now."""
-    from . import consent_rules
-    from .proxies import _search
+    """Those of `cases` for which a Consent of Patient/`patient_id` in force permits sharing
+    now (and none denies it): security.case_grants, the table the searches read too."""
+    return case_grants.consented_cases(conn, patient_id, cases)
 
-    now = clock.now()
-    out: set[str] = set()
-    denied: set[str] = set()
-    for consent in _search(conn, "Consent", [("patient", f"Patient/{patient_id}")]):
-        for rule in consent_rules.rules_for(consent, now, lambda _ref: True):
-            hits = {c for c in rule.data if c in cases}
-            (out if rule.kind == "permit" else denied).update(hits)
-        root = consent.get("provision") or {}
-        if consent_rules.in_force(consent, now) and not root.get("actor"):
-            # a provision naming no actor concerns everyone who handles the case
-            def walk(p, kind="permit"):
-                kind = p.get("type") or kind
-                if not p.get("actor"):
-                    refs = {"/".join(((d.get("reference") or {}).get("reference") or "").split("/")[-2:]) for d in p.get("data") or [] if isinstance(d, dict)}
-                    if consent_rules.period_covers(p.get("period"), now):
-                        (out if kind == "permit" else denied).update(refs & set(cases))
-                for child in p.get("provision") or []:
-                    if isinstance(child, dict):
-                        walk(child, kind)
-            walk(root)
-    return out - denied
+
+def staff_criteria(principal: Principal, res_type: str) -> Visibility:
+    """The criteria (AND-ed at the seam) under which staff see `res_type`: for
+    DocumentReference, the "case-consent" rule (search.case_access); else no restriction.
+    The patient, proxies (their grant's own criteria) and backend clients: none."""
+    if res_type != "DocumentReference" or principal.unrestricted or principal.acting is not None or not _is_staff(principal):
+        return None
+    return [Criteria(conditions=("case-consent",))]
 
 
 def _is_staff(principal: Principal) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 
 def setup(settings) -> None:
-    from . import consent_writes
+    from . import case_grants, consent_writes
 
     consent_writes.setup()
+    case_grants.setup()  # the case-consent table, kept in each Consent write's transaction

@@ -293,7 +293,8 @@ def resolve(conn: Connection, actor: str, patient_id: str, now: datetime, who: A
 
 def candidates(conn: Connection, actor: str) -> list[str]:
     """Patient ids `actor` may be acting for: patients of the RelatedPersons that are the
-    actor, and patients of Consents naming the actor (by reference or identifier)."""
+    actor, and patients of Consents whose `actor` (search parameter: the root provision's
+    actors) names the actor by reference or by one of their national identifiers."""
     who = load_actor(conn, actor)
     ids: list[str] = []
 
@@ -317,5 +318,10 @@ def candidates(conn: Connection, actor: str) -> list[str]:
     refs = [who.ref, *sorted(who.related_persons)]
     for ref in refs:
         for consent in _search(conn, "Consent", [("actor", ref)], limit=200):
+            add(((consent.get("patient") or {}).get("reference")))
+    # consents naming the person only by national identifier (any alias of the system, any
+    # written form: the reference index, idx_reference (res_type, param, ident_value))
+    for system, value in sorted(who.ids):
+        for consent in _search(conn, "Consent", [("actor:identifier", f"{system}|{value}")], limit=200):
             add(((consent.get("patient") or {}).get("reference")))
     return ids

@@ -153,7 +153,7 @@ idx_reference = _index_table(
     Column("url", String(1024), nullable=True),
     Column("ident_system", String(512), nullable=True),  # Reference.identifier for :identifier
     Column("ident_value", String(512), nullable=True),
-    indexes=[("target_id", "target_type"), ("url",)],
+    indexes=[("target_id", "target_type"), ("url",), ("ident_value",)],
 )
 
 # composite: each component's normalised value joined, one row per combination.
@@ -276,6 +276,26 @@ change_feed = Table(
     Column("version_id", Integer, nullable=False),
 )
 Index("ix_change_feed_txid_seq", change_feed.c.txid, change_feed.c.seq)
+
+# Per-case consent (security/case_grants.py): one row per case that a provision of an
+# `active` Consent permits or denies sharing, with the provision's effective period
+# (its own and its ancestors', intersected). Kept by a change subscriber in the Consent's
+# write transaction; the period is compared with the request's instant in the query, so
+# a revocation (a write) or an expiry (time) takes effect on the next request.
+case_consent_grants = Table(
+    "case_consent_grants",
+    metadata,
+    Column("id", PK, primary_key=True, autoincrement=True),
+    Column("consent_id", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("case_type", String(64), nullable=False),
+    Column("case_id", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),  # permit | deny
+    Column("starts", DateTime(timezone=True), nullable=True),
+    Column("ends", DateTime(timezone=True), nullable=True),  # exclusive
+)
+Index("ix_case_consent_grants_case", case_consent_grants.c.case_id, case_consent_grants.c.case_type, case_consent_grants.c.patient_id)
+Index("ix_case_consent_grants_consent", case_consent_grants.c.consent_id)
 
 # Booking (fhir_server/workflows/booking): one row per seat of a Slot that an
 # active Appointment holds. The primary key (slot_id, seat) is the database's

@@ -43,7 +43,9 @@ def test_case_documents_follow_the_case_consent(app, client, issue_token):
     staff = TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {staff_token}", "Accept": "application/pdf"})
     try:
         r = staff.get(f"/fhir/Binary/{binary}")
-        assert r.status_code == 403 and "consent" in r.text
+        assert r.status_code == 404  # as invisible as its DocumentReference
+        assert staff.get(f"/fhir/Binary/{binary}", headers={"Accept": "application/fhir+json"}).status_code == 404
+        assert staff.get(f"/fhir/Binary/{binary}", params={"_summary": "false"}, headers={"Accept": "application/fhir+json"}).status_code == 404
         assert client.get(f"/fhir/Binary/{binary}", headers={"Accept": "application/pdf"}).status_code == 200  # backend client
 
         provision = {"type": "permit", "period": {"start": "2026-01-01"},
@@ -58,10 +60,10 @@ def test_case_documents_follow_the_case_consent(app, client, issue_token):
 
         # withdrawn: not shared any more, from the next request on
         consent(client, child, provision, status="inactive", cid=cid)
-        assert staff.get(f"/fhir/Binary/{binary}").status_code == 403
+        assert staff.get(f"/fhir/Binary/{binary}").status_code == 404
         # a document of another case was never shared
         other_binary, other = _case_document(client, child, new_id("claim"))
         assert _tags(other) == {"waiting-for-consent"}
-        assert staff.get(f"/fhir/Binary/{other_binary}").status_code == 403
+        assert staff.get(f"/fhir/Binary/{other_binary}").status_code == 404
     finally:
         staff.close()
