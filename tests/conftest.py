@@ -77,6 +77,9 @@ def settings(database_url, tmp_path_factory):
         blob_dir=str(tmp_path_factory.mktemp("blobs")),
         run_background_jobs=False,
         terminology_load=True,
+        # the access log's writer as a thread: the many apps of the suite need no child process
+        # each; tests/audit/test_process_writer.py runs the default (a writer process)
+        audit_writer="thread",
     )
 
 

@@ -23,6 +23,21 @@ def setup(settings) -> None:
     retention.register()
 
 
+def make_writer(db, settings):
+    """The batch writer of read events: in a child process (`FHIR_SERVER_AUDIT_WRITER=process`,
+    the default: its CPU stays off the event loop's GIL) or a thread of this process (`thread`;
+    also for an in-memory SQLite database, which no other process can open)."""
+    from .process_writer import ProcessAuditWriter
+    from .writer import AuditWriter
+
+    flush_seconds = float(getattr(settings, "audit_flush_seconds", 1.0))
+    url = db.engine.url
+    in_memory = url.get_backend_name() == "sqlite" and (url.database or ":memory:") in ("", ":memory:")
+    if str(getattr(settings, "audit_writer", "process")).strip().lower() == "process" and not in_memory:
+        return ProcessAuditWriter(url.render_as_string(hide_password=False), flush_seconds=flush_seconds)
+    return AuditWriter(db, flush_seconds=flush_seconds)
+
+
 def attach(app, db, settings) -> None:
     import atexit
     from contextlib import asynccontextmanager
@@ -30,11 +45,10 @@ def attach(app, db, settings) -> None:
     from starlette.concurrency import run_in_threadpool
 
     from .middleware import AuditMiddleware
-    from .writer import AuditWriter
 
     if not enabled(settings):
         return
-    writer = AuditWriter(db, flush_seconds=float(getattr(settings, "audit_flush_seconds", 1.0)))
+    writer = make_writer(db, settings)
     app.state.audit_writer = writer
     server_base = settings.public_base_url or settings.auth_base_url
     app.add_middleware(AuditMiddleware, writer=writer, base_path=settings.base_path, server_base=server_base)

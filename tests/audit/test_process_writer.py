@@ -1,0 +1,106 @@
+"""The default access-log writer: a child process that stores the read events
+(`FHIR_SERVER_AUDIT_WRITER=process`), with the thread writer's contract."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import orjson
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+
+def _events(db, marker: str) -> list[dict]:
+    from fhir_server.storage.schema import resources
+
+    r = resources.c
+    with db.read() as conn:
+        rows = conn.execute(select(r.content).where(r.res_type == "AuditEvent")).all()
+    return [orjson.loads(c) for (c,) in rows if marker.encode() in bytes(c)]
+
+
+def _settings(settings, database_url, tmp_path, **extra):
+    url = database_url if database_url.startswith("postgresql") else f"sqlite:///{tmp_path / 'procw.sqlite'}"
+    return settings.model_copy(update={"database_url": url, "audit_writer": "process", "terminology_load": False, **extra})
+
+
+def test_events_are_written_by_a_child_process_on_flush_and_at_shutdown(settings, database_url, auth_headers, tmp_path):
+    from fhir_server.audit.process_writer import ProcessAuditWriter
+    from fhir_server.bootstrap import build_app
+
+    app = build_app(_settings(settings, database_url, tmp_path, audit_flush_seconds=3600.0))
+    writer = app.state.audit_writer
+    assert isinstance(writer, ProcessAuditWriter)
+    marker = "procw-" + uuid.uuid4().hex[:8]
+    with TestClient(app, base_url="http://testserver", headers=auth_headers) as c:
+        pid = c.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+        for i in range(3):
+            assert c.get(f"/fhir/Patient/{pid}", headers={"X-Request-Id": f"{marker}-a{i}"}).status_code == 200
+        child = writer._child
+        assert child is not None and child.is_alive() and child.pid != os.getpid()
+        time.sleep(0.3)
+        assert _events(app.state.db, marker) == []  # in the child's buffer: its interval is an hour
+        assert writer.flush() >= 0
+        first = _events(app.state.db, marker)
+        assert len(first) == 3
+        assert all(e["entity"][0]["what"]["reference"] == f"Patient/{pid}" for e in first)  # the patient is named
+        for i in range(4):
+            assert c.get(f"/fhir/Patient/{pid}", headers={"X-Request-Id": f"{marker}-b{i}"}).status_code == 200
+    assert len(_events(app.state.db, marker)) == 7  # the rest written at shutdown
+    assert writer._child is None and not child.is_alive()
+
+
+def test_the_child_leaves_when_the_server_process_dies(settings, database_url, tmp_path):
+    """A server killed without shutdown leaves no writer process behind; what the child
+    held is still written (it writes before it goes)."""
+    s = _settings(settings, database_url, tmp_path, audit_flush_seconds=3600.0)
+    if not database_url.startswith("postgresql"):
+        from fhir_server.storage.database import Database
+        from fhir_server.storage.migrate import upgrade
+
+        db = Database(s.database_url)
+        upgrade(db.engine)
+        db.dispose()
+    marker = "orphan-" + uuid.uuid4().hex[:8]
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from datetime import datetime, timezone
+        from fhir_server.audit.balp import AuditFacts
+        from fhir_server.audit.process_writer import ProcessAuditWriter
+        w = ProcessAuditWriter({s.database_url!r}, flush_seconds=3600.0)
+        w.submit(AuditFacts(kind="rest", subtype="read", action="R", status=200, recorded=datetime.now(timezone.utc),
+                            request_id={marker!r}, data=[("Patient", "x")]))
+        time.sleep(0.5)
+        print(w._child.pid, flush=True)
+        os._exit(1)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    child_pid = int(out.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.1)
+    assert not _alive(child_pid), "the writer process outlived the server"
+    from fhir_server.storage.database import Database
+
+    db = Database(s.database_url)
+    try:
+        assert len(_events(db, marker)) == 1
+    finally:
+        db.dispose()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not reaped by its dead parent's init yet) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
