@@ -30,8 +30,6 @@ def build_app(settings: Settings | None = None, db: Database | None = None) -> F
     settings = settings or Settings()
     db = db or Database(settings.resolved_database_url())
     upgrade(db.engine)
-    if db.planner_stats is not None:
-        db.planner_stats.at_start_up()
     install_plugins(settings)
     from . import plugins
     from .storage.migrate import startup_lock

@@ -118,20 +118,36 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token('system/*.*')}"}
 
 
+def _use_session_settings(settings) -> None:
+    """Point the modules that keep the running server's settings in a process global back at
+    the session's: a test that built an app of its own (with a settings copy) replaced them,
+    and a later test that changes `settings` (monkeypatch) must reach the session app."""
+    from fhir_server.documents import settings as documents_settings
+    from fhir_server.notify import requests as notify_requests
+    from fhir_server.subscriptions import registry
+    from fhir_server.workflows.booking import integrity, lifecycle
+
+    for module in (notify_requests, integrity, lifecycle, registry):
+        module.configure(settings)
+    documents_settings.use(settings)
+
+
 @pytest.fixture
-def client(app, auth_headers):
+def client(app, auth_headers, settings):
     """A test client acting as a backend system with full access (system/*.*)."""
     from fastapi.testclient import TestClient
 
+    _use_session_settings(settings)
     with TestClient(app, base_url="http://testserver", headers=auth_headers) as c:
         yield c
 
 
 @pytest.fixture
-def anonymous_client(app):
+def anonymous_client(app, settings):
     """A test client that sends no token."""
     from fastapi.testclient import TestClient
 
+    _use_session_settings(settings)
     with TestClient(app, base_url="http://testserver") as c:
         yield c
 

@@ -420,7 +420,7 @@ def _attach_fast_reader(app: FastAPI, db: Database) -> None:
         # Kept in the lifespan state (copied into each request's scope) rather than
         # on app.state: each server running this app (a test client beside a live
         # uvicorn, say) has its own event loop, and a reader belongs to one loop.
-        reader = reader_for(db.engine.url.render_as_string(hide_password=False), THREADPOOL_SIZE, db.planner_stats)
+        reader = reader_for(db.engine.url.render_as_string(hide_password=False), THREADPOOL_SIZE)
         if reader is not None:
             await reader.open()
         try:

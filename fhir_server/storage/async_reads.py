@@ -30,11 +30,9 @@ class SqliteReader:
 
     _SQL = f"SELECT {_COLUMNS} FROM resources WHERE res_type = ? AND res_id = ?"
 
-    def __init__(self, path: str, planner_stats=None):
+    def __init__(self, path: str):
         self.path = path
         self.conn: sqlite3.Connection | None = None
-        self.planner_stats = planner_stats  # storage.planner_stats.PlannerStats: reloads statistics
-        self._info: dict = {}
 
     async def open(self) -> None:
         # check_same_thread=False only because the lifespan may open it on another
@@ -56,8 +54,6 @@ class SqliteReader:
 
     async def fetch(self, sql: str, params: tuple) -> list[tuple]:
         """All rows of a compiled statement (qmark parameters), as tuples."""
-        if self.planner_stats is not None:
-            self.planner_stats.refresh(self.conn, self._info)
         return self.conn.execute(sql, params).fetchall()
 
 
@@ -149,12 +145,12 @@ def _asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
     return dsn.render_as_string(hide_password=False), settings
 
 
-def reader_for(url: str, size: int, planner_stats=None) -> SqliteReader | PgReader | None:
+def reader_for(url: str, size: int) -> SqliteReader | PgReader | None:
     """The reader for a database URL; None for an in-memory SQLite (no second connection can see it)."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         path = u.database or ""
-        return SqliteReader(path, planner_stats) if path and path != ":memory:" and not path.startswith("file:") else None
+        return SqliteReader(path) if path and path != ":memory:" and not path.startswith("file:") else None
     if u.get_backend_name() == "postgresql":
         return PgReader(url, size)
     return None

@@ -29,17 +29,8 @@ class Database:
     def __init__(self, url: str | None = None, engine: Engine | None = None):
         self.engine = engine or make_engine(url)
         self._writer_lock = threading.RLock() if self.engine.dialect.name == "sqlite" else None
-        self.planner_stats = None
-        if self._writer_lock is not None:
-            from .planner_stats import PlannerStats
-
-            self.planner_stats = PlannerStats(self.engine, self._writer_lock)
         # reads get an engine of their own whose connections stay in autocommit
         self._autocommit = make_engine(url, autocommit=True) if engine is None else engine.execution_options(isolation_level="AUTOCOMMIT")
-        if self.planner_stats is not None:
-            self.planner_stats.watch(self.engine)
-            if self._autocommit.pool is not self.engine.pool:
-                self.planner_stats.watch(self._autocommit)
 
     @property
     def dialect(self) -> str:
@@ -66,8 +57,6 @@ class Database:
                 with conn.begin():
                     yield conn
                     flush(conn)  # buffered version and index rows, before COMMIT
-                if self.planner_stats is not None:
-                    self.planner_stats.note_write()
             except FhirError:
                 raise
             except Exception as exc:
