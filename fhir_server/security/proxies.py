@@ -244,7 +244,6 @@ def resolve(conn: Connection, actor: str, patient_id: str, now: datetime, who: A
         return grant
     if who is None:
         who = _actor_from(actor, docs["actor"], docs["Person"])
-    target = f"Patient/{patient_id}"
 
     # 1. guardian of a minor
     for rp in docs["RelatedPerson"]:
