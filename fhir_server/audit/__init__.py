@@ -24,16 +24,22 @@ def setup(settings) -> None:
 
 
 def make_writer(db, settings):
-    """The batch writer of read events: in a child process (`FHIR_SERVER_AUDIT_WRITER=process`,
-    the default: its CPU stays off the event loop's GIL) or a thread of this process (`thread`;
-    also for an in-memory SQLite database, which no other process can open)."""
+    """The batch writer of read events: in a child process (`FHIR_SERVER_AUDIT_WRITER=process`:
+    its CPU stays off the event loop's GIL) or a thread of this process (`thread`). `auto`, the
+    default, is `process` on PostgreSQL and `thread` on SQLite, where one more process writing
+    the same file only adds contention for its single write lock (measured: the read ratio of
+    bench_protected fell from 0.51 to 0.45 on SQLite and rose from 0.27 to 0.42 on PostgreSQL)."""
     from .process_writer import ProcessAuditWriter
     from .writer import AuditWriter
 
     flush_seconds = float(getattr(settings, "audit_flush_seconds", 1.0))
     url = db.engine.url
-    in_memory = url.get_backend_name() == "sqlite" and (url.database or ":memory:") in ("", ":memory:")
-    if str(getattr(settings, "audit_writer", "process")).strip().lower() == "process" and not in_memory:
+    sqlite = url.get_backend_name() == "sqlite"
+    in_memory = sqlite and (url.database or ":memory:") in ("", ":memory:")
+    mode = str(getattr(settings, "audit_writer", "auto")).strip().lower()
+    if mode == "auto":
+        mode = "thread" if sqlite else "process"
+    if mode == "process" and not in_memory:
         return ProcessAuditWriter(url.render_as_string(hide_password=False), flush_seconds=flush_seconds)
     return AuditWriter(db, flush_seconds=flush_seconds)
 

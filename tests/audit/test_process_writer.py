@@ -1,5 +1,5 @@
-"""The default access-log writer: a child process that stores the read events
-(`FHIR_SERVER_AUDIT_WRITER=process`), with the thread writer's contract."""
+"""The access-log writer in a child process (`FHIR_SERVER_AUDIT_WRITER=process`, the
+default on PostgreSQL), with the thread writer's contract."""
 
 from __future__ import annotations
 
@@ -53,6 +53,27 @@ def test_events_are_written_by_a_child_process_on_flush_and_at_shutdown(settings
             assert c.get(f"/fhir/Patient/{pid}", headers={"X-Request-Id": f"{marker}-b{i}"}).status_code == 200
     assert len(_events(app.state.db, marker)) == 7  # the rest written at shutdown
     assert writer._child is None and not child.is_alive()
+
+
+def test_auto_is_a_process_on_postgresql_and_a_thread_on_sqlite(settings, tmp_path):
+    from fhir_server.audit import make_writer
+    from fhir_server.audit.process_writer import ProcessAuditWriter
+    from fhir_server.audit.writer import AuditWriter
+    from fhir_server.storage.database import Database
+
+    auto = settings.model_copy(update={"audit_writer": "auto"})
+    lite = Database(f"sqlite:///{tmp_path / 'auto.sqlite'}")
+    pg = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")  # never connected: the choice is by URL
+    memory = Database("sqlite://")
+    try:
+        assert type(make_writer(lite, auto)) is AuditWriter
+        assert type(make_writer(pg, auto)) is ProcessAuditWriter
+        assert type(make_writer(lite, settings.model_copy(update={"audit_writer": "process"}))) is ProcessAuditWriter
+        assert type(make_writer(pg, settings.model_copy(update={"audit_writer": "thread"}))) is AuditWriter
+        assert type(make_writer(memory, settings.model_copy(update={"audit_writer": "process"}))) is AuditWriter
+    finally:
+        for db in (lite, pg, memory):
+            db.dispose()
 
 
 def test_the_child_leaves_when_the_server_process_dies(settings, database_url, tmp_path):
