@@ -23,7 +23,8 @@ from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
-from sqlalchemy.sql import FromClause
+from sqlalchemy.sql import FromClause, operators
+from sqlalchemy.sql.elements import BinaryExpression, BooleanClauseList
 
 from ..audit.context import note_returned
 from ..errors import FhirError
@@ -35,6 +36,7 @@ from ..storage.schema import INDEX_TABLES, idx_reference, resources
 from . import custom, ordered, registry
 from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
 from .access import Access, system_condition, type_condition
+from .prefix import NoIndexHint
 from .values import to_utc
 
 DEFAULT_COUNT = 20
@@ -99,7 +101,9 @@ def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
     if res_type is not None and not registry.is_resource_type(res_type):
         raise FhirError.of(404, "not-found", f"Unknown resource type '{res_type}'")
     plan.conds.append(live(r))
+    type_at = None
     if res_type:
+        type_at = len(plan.conds)
         plan.conds.append(r.c.res_type == res_type)
         allowed = type_condition(req.access, res_type, "s", r, req.base_url)
     else:
@@ -129,7 +133,16 @@ def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
             raise
         if name != "_cursor":
             plan.accepted.append((name, value))
+    if type_at is not None and any(_narrows_by_pk(c, r) for c in plan.conds[type_at + 1:]):
+        plan.conds[type_at] = NoIndexHint(r.c.res_type) == res_type  # let the index rows drive (search.prefix)
     return plan
+
+
+def _narrows_by_pk(cond, r: FromClause) -> bool:
+    """Whether `cond` is `pk IN (<index rows>)` (a positive parameter match), alone or in an AND."""
+    if isinstance(cond, BooleanClauseList) and cond.operator is operators.and_:
+        return any(_narrows_by_pk(c, r) for c in cond.clauses)
+    return isinstance(cond, BinaryExpression) and cond.operator is operators.in_op and cond.left is r.c.pk
 
 
 def _control(plan: _Plan, res_type: str | None, name: str, value: str) -> None:

@@ -21,6 +21,7 @@ from ..errors import FhirError
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
 from . import local_base, national, registry
 from .registry import SearchParam
+from .prefix import StartsWith
 from .values import (
     LEN_CODE,
     LEN_ID,
@@ -217,10 +218,9 @@ def _string(ctx: QueryContext, sp: SearchParam, modifier: str, v: str, t: FromCl
     raw = unescape(v)
     if modifier == "exact":
         return t.c.value_exact == raw
-    norm = like_escape(normalize(raw))
     if modifier == "contains":
-        return t.c.value_norm.like(f"%{norm}%", escape="\\")
-    return t.c.value_norm.like(f"{norm}%", escape="\\")
+        return t.c.value_norm.like(f"%{like_escape(normalize(raw))}%", escape="\\")
+    return StartsWith(t.c.value_norm, normalize(raw))
 
 
 def _token(ctx: QueryContext, sp: SearchParam, modifier: str, v: str, t: FromClause) -> ColumnElement:
@@ -359,7 +359,11 @@ def _date_cond(v: str, low, high, point: bool = False, name: str = "") -> Column
 
     eq = and_(l_ge(sl), h_le(sh))
     if prefix == "eq":
-        return eq
+        if point or sh is None:
+            return eq
+        # low <= high <= sh: the redundant `low <= sh` bounds the (res_type, param, low) index
+        # range on both sides, where `low >= sl` alone reads every later date
+        return and_(eq, low <= sh)
     if prefix == "ne":
         return not_(eq)
     if prefix == "gt":
