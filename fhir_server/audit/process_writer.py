@@ -10,7 +10,8 @@ threads and an event loop) runs the same `AuditWriter` on its own core.
 Same contract as `AuditWriter`: `submit` never blocks on I/O; `flush()` returns once every
 event submitted before it is committed; `close()` writes the rest and stops the child. What a
 crash can lose is unchanged: the events of the last flush interval (in the pipe or the
-child's queue). The child exits when the server process is gone.
+child's queue). The child exits when the server process is gone; a child that dies is
+replaced at the next event.
 """
 
 from __future__ import annotations
@@ -118,7 +119,11 @@ class ProcessAuditWriter:
                 try:
                     self._send_queued()
                 except (OSError, EOFError):
-                    log.exception("the access-log writer process is gone; %d events wait", len(self._queue))
+                    # the child died (killed, out of memory): the next submit starts a new one;
+                    # the batch that was being sent is lost, later events wait in the queue
+                    log.exception("the access-log writer process is gone; %d events wait for a new one", len(self._queue))
+                    self._pipe.close()
+                    self._pipe = self._child = self._sender = None
                     return
 
     def _send_queued(self) -> int:

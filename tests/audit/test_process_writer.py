@@ -125,3 +125,28 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+def test_a_killed_writer_process_is_replaced(settings, database_url, auth_headers, tmp_path):
+    from fhir_server.bootstrap import build_app
+
+    app = build_app(_settings(settings, database_url, tmp_path))
+    writer = app.state.audit_writer
+    marker = "respawn-" + uuid.uuid4().hex[:8]
+    with TestClient(app, base_url="http://testserver", headers=auth_headers) as c:
+        pid = c.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+        assert c.get(f"/fhir/Patient/{pid}", headers={"X-Request-Id": f"{marker}-0"}).status_code == 200
+        writer.flush()
+        first = writer._child
+        first.kill()
+        first.join(10)
+        deadline = time.monotonic() + 15
+        n = 1
+        while time.monotonic() < deadline and (writer._child is None or writer._child is first):
+            assert c.get(f"/fhir/Patient/{pid}", headers={"X-Request-Id": f"{marker}-{n}"}).status_code == 200
+            n += 1
+            time.sleep(0.1)
+        assert writer._child is not None and writer._child is not first and writer._child.is_alive()
+        assert c.get(f"/fhir/Patient/{pid}", headers={"X-Request-Id": f"{marker}-last"}).status_code == 200
+        writer.flush()
+        assert any(e for e in _events(app.state.db, f"{marker}-last"))
