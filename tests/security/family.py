@@ -116,3 +116,25 @@ def proxy_provision(actor: str, role: str = "GUARD", kind: str = "permit", data:
     if actions:
         p["action"] = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentaction", "code": a}]} for a in actions]
     return p
+
+
+def exported(c, app, params: dict | None = None) -> dict[str, set[str]]:
+    """Run a Patient-level `$export` as client `c` (the job run in-process between polls)
+    and return the exported ids by resource type."""
+    import json
+
+    from fhir_server.jobs.runner import run_pending
+
+    r = c.get("/fhir/Patient/$export", params=params or {}, headers={"Prefer": "respond-async", "Accept": "application/fhir+json"})
+    assert r.status_code == 202, r.text
+    status = r.headers["content-location"]
+    for _ in range(10):
+        r = c.get(status)
+        if r.status_code == 200:
+            break
+        run_pending(app.state.db, app.state.settings, kinds=["export"])
+    assert r.status_code == 200, r.text
+    got: dict[str, set[str]] = {}
+    for item in r.json()["output"]:
+        got.setdefault(item["type"], set()).update(json.loads(line)["id"] for line in c.get(item["url"]).content.splitlines())
+    return got

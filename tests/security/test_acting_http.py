@@ -4,16 +4,14 @@ $everything, $export and Patient/$proxies."""
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime, timezone
 
 import pytest
 from fastapi.testclient import TestClient
 
 from fhir_server import clock
-from fhir_server.jobs.runner import run_pending
 
-from .family import SYSTEMS, consent, new_id, patient, proxy_provision, put, related_person
+from .family import SYSTEMS, consent, exported, new_id, patient, proxy_provision, put, related_person
 
 SCOPE = "openid fhirUser patient/*.rs"
 
@@ -203,19 +201,7 @@ def test_export_respects_the_case(client, app, as_person, danish_case):
     case_a = d["cases"]["a"]
     consent(client, d["child"], proxy_provision(f"Patient/{d['mother']}", data=[f"Claim/{case_a['Claim']}"]))
     mother = as_person(d["mother"], patient=d["child"], scope="patient/*.rs")
-    r = mother.get("/fhir/Patient/$export", headers={"Prefer": "respond-async", "Accept": "application/fhir+json"})
-    assert r.status_code == 202, r.text
-    status = r.headers["content-location"]
-    for _ in range(10):
-        r = mother.get(status)
-        if r.status_code == 200:
-            break
-        run_pending(app.state.db, app.state.settings, kinds=["export"])
-    assert r.status_code == 200, r.text
-    got: dict[str, set[str]] = {}
-    for item in r.json()["output"]:
-        lines = mother.get(item["url"]).content.splitlines()
-        got.setdefault(item["type"], set()).update(json.loads(line)["id"] for line in lines)
+    got = exported(mother, app)
     assert got == {t: {rid} for t, rid in case_a.items()} | {"Patient": {d["child"]}}
 
 
