@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -34,10 +35,13 @@ class Pending:
 
 
 class AuditWriter:
-    def __init__(self, db, flush_seconds: float = 1.0, max_batch: int = 1000, max_pending: int = 200_000):
+    def __init__(self, db, flush_seconds: float = 1.0, max_batch: int | None = None, max_pending: int = 200_000):
         self.db = db
         self.flush_seconds = flush_seconds
-        self.max_batch = max_batch
+        sqlite = getattr(db, "dialect", "") == "sqlite"
+        # SQLite has one write lock for every writer: short batches, and a pause between them
+        self.max_batch = max_batch or (100 if sqlite else 1000)
+        self.pause_between_batches = 0.002 if sqlite else 0.0
         self.max_pending = max_pending
         self._queue: deque[Pending] = deque()
         self._wake = threading.Event()
@@ -103,6 +107,10 @@ class AuditWriter:
                     self._queue.extendleft(reversed(batch))
                     raise
                 total += len(batch)
+                if self._queue and self.pause_between_batches:
+                    # a backlog (a burst of reads) would otherwise hold SQLite's one write lock batch
+                    # after batch: Python's locks are not fair, so step aside for waiting writes
+                    time.sleep(self.pause_between_batches)
         self.written += total
         return total
 
