@@ -10,12 +10,12 @@ from __future__ import annotations
 import collections
 import json
 import os
-import uuid
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from tests.conftest import SHARED_DATA
+from tests.isolated_db import isolated_database_url
 
 SYNTHEA = SHARED_DATA / "synthea-r4"
 
@@ -23,20 +23,8 @@ SYNTHEA = SHARED_DATA / "synthea-r4"
 @pytest.fixture
 def fresh_db_url(tmp_path, database_url):
     """An empty database of the session's kind (a schema of its own on PostgreSQL)."""
-    if not database_url.startswith("postgresql"):
-        yield f"sqlite:///{tmp_path / 'load.sqlite'}"
-        return
-    from fhir_server.storage.db import make_engine
-
-    schema = f"load_{uuid.uuid4().hex[:8]}"
-    engine = make_engine(database_url)
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in database_url else "?"
-    yield f"{database_url}{sep}options=-csearch_path%3D{schema}"
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
+    with isolated_database_url(database_url, tmp_path / "load.sqlite", "load") as url:
+        yield url
 
 
 def _counts(url: str) -> dict[str, int]:

@@ -88,20 +88,10 @@ class FastReads:
             return False
         if compartments is not None and not _in_any(res_type, stored.content, compartments):
             return False  # not visibly within reach: the app answers (404, as for an unknown id)
-        body = stored.content
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-length", str(len(body)).encode()),
-                    (b"content-type", f"{media}; charset=utf-8".encode()),
-                    (b"etag", f'W/"{stored.version_id}"'.encode()),
-                    (b"last-modified", ix.http_date(stored.last_updated).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await http.send_fhir_body(send, stored.content, media, [
+            (b"etag", f'W/"{stored.version_id}"'.encode()),
+            (b"last-modified", ix.http_date(stored.last_updated).encode()),
+        ])
         return True
 
 

@@ -103,15 +103,5 @@ class FastSearch:
         except Exception:  # a driver's complaint the engine's path would not meet: that path answers
             log.warning("fast search of %s fell back to the engine", res_type, exc_info=True)
             return False
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-length", str(len(body)).encode()),
-                    (b"content-type", f"{media}; charset=utf-8".encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await http.send_fhir_body(send, body, media)
         return True
