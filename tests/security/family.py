@@ -138,3 +138,12 @@ def exported(c, app, params: dict | None = None) -> dict[str, set[str]]:
     for item in r.json()["output"]:
         got.setdefault(item["type"], set()).update(json.loads(line)["id"] for line in c.get(item["url"]).content.splitlines())
     return got
+
+
+def case_claim(client, claim_id: str, subject: dict) -> dict:
+    """A minimal valid active Claim `claim_id` of `subject` (a case of the per-case consent tests)."""
+    return put(client, {"resourceType": "Claim", "id": claim_id, "status": "active", "use": "claim", "patient": subject,
+                        "created": "2026-01-01",
+                        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
+                        "provider": {"display": "Clinic"}, "priority": {"coding": [{"code": "normal"}]},
+                        "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Policy"}}]})

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server import clock
 
-from .family import SYSTEMS, consent, exported, new_id, patient, proxy_provision, put, related_person
+from .family import case_claim, SYSTEMS, consent, exported, new_id, patient, proxy_provision, put, related_person
 
 SCOPE = "openid fhirUser patient/*.rs"
 
@@ -24,22 +24,6 @@ def years_ago(years: int, days: int = 0) -> date:
     t = today()
     born = t.replace(year=t.year - years)
     return date.fromordinal(born.toordinal() - days)
-
-
-@pytest.fixture
-def as_person(app, issue_token):
-    """as_person(person_id, patient=None, scope=SCOPE) -> a TestClient with that person's token."""
-    clients = []
-
-    def make(person: str, patient: str | None = None, scope: str = SCOPE, ref_type: str = "Patient") -> TestClient:
-        tok = issue_token(scope=scope, patient=patient, fhir_user=f"{ref_type}/{person}")
-        c = TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {tok}"})
-        clients.append(c)
-        return c
-
-    yield make
-    for c in clients:
-        c.close()
 
 
 def family(client, country: str, child_born: date, codes=("PRN",)) -> tuple[str, str]:
@@ -124,10 +108,7 @@ def danish_case(client):
     made: dict[str, dict[str, str]] = {}
     for case in ("a", "b"):
         claim = new_id(f"claim-{case}")
-        put(client, {"resourceType": "Claim", "id": claim, "status": "active", "use": "claim", "patient": subject, "created": "2026-01-01",
-                     "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
-                     "provider": {"display": "Clinic"}, "priority": {"coding": [{"code": "normal"}]},
-                     "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Policy"}}]})
+        case_claim(client, claim, subject)
         ref = {"reference": f"Claim/{claim}"}
         doc, comm, resp, task = new_id("doc"), new_id("comm"), new_id("cr"), new_id("task")
         put(client, {"resourceType": "DocumentReference", "id": doc, "status": "current", "subject": subject,

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server import clock
 
-from .family import consent, exported, new_id, patient, put
+from .family import case_claim, consent, exported, new_id, patient, put
 
 INSURER = "Organization/insurer-1"
 
@@ -38,10 +38,7 @@ def case_file(client):
     made = {"patient": pid}
     for case in ("a", "b"):
         claim = new_id(f"claim-{case}")
-        put(client, {"resourceType": "Claim", "id": claim, "status": "active", "use": "claim", "patient": subject, "created": "2026-01-01",
-                     "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
-                     "provider": {"display": "Clinic"}, "priority": {"coding": [{"code": "normal"}]},
-                     "insurance": [{"sequence": 1, "focal": True, "coverage": {"display": "Policy"}}]})
+        case_claim(client, claim, subject)
         doc = new_id(f"doc-{case}")
         put(client, {"resourceType": "DocumentReference", "id": doc, "status": "current", "subject": subject,
                      "content": [{"attachment": {"contentType": "text/plain", "data": "aGVq"}}],

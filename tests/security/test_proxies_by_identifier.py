@@ -21,21 +21,6 @@ ALIASES = {  # another spelling of each scheme's system, as a Consent may carry 
 }
 
 
-@pytest.fixture
-def person_client(app, issue_token):
-    clients = []
-
-    def make(person: str) -> TestClient:
-        tok = issue_token(scope="openid fhirUser patient/*.rs", patient=person, fhir_user=f"Patient/{person}")
-        c = TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {tok}"})
-        clients.append(c)
-        return c
-
-    yield make
-    for c in clients:
-        c.close()
-
-
 def _by_identifier(system: str, value: str, role: str = "POWATT", **period) -> dict:
     p = {"type": "permit", "actor": [{"role": {"coding": [{"system": ROLE, "code": role}]},
                                       "reference": {"identifier": {"system": system, "value": value}, "display": "Attorney"}}]}
@@ -55,7 +40,7 @@ def _listed(c: TestClient) -> dict[str, list[dict]]:
 
 
 @pytest.mark.parametrize("country", ["DK", "SE", "PL"])
-def test_consent_naming_the_person_by_identifier_is_listed(client, person_client, country):
+def test_consent_naming_the_person_by_identifier_is_listed(client, as_person, country):
     attorney, number = patient(client, country, date(1970, 4, 4) if country != "PL" else date(2001, 4, 4), name="Attorney")
     adult, _ = patient(client, country, date(1950, 2, 2) if country != "PL" else date(2002, 2, 2), name="Adult")
     other, _ = patient(client, country, date(1955, 5, 5) if country != "PL" else date(2003, 5, 5), name="Other")
@@ -66,7 +51,7 @@ def test_consent_naming_the_person_by_identifier_is_listed(client, person_client
     _, stranger = patient(client, country, date(1971, 7, 7) if country != "PL" else date(2004, 7, 7))
     consent(client, other, _by_identifier(ALIASES[country], stranger))
 
-    listed = _listed(person_client(attorney))
+    listed = _listed(as_person(attorney, patient=attorney))
     assert set(listed) == {f"Patient/{adult}"}
     (reason,) = listed[f"Patient/{adult}"]
     assert reason["kind"]["valueCode"] == "consent"
@@ -74,16 +59,16 @@ def test_consent_naming_the_person_by_identifier_is_listed(client, person_client
     assert reason["detail"]["valueString"] == "permit as POWATT"
     assert reason["until"]["valueDateTime"].startswith("2099-01-02")
     # and the listing agrees with what a request may do
-    me = person_client(attorney)
+    me = as_person(attorney, patient=attorney)
     assert me.get(f"/fhir/Patient/{adult}", headers={"X-Acting-For": f"Patient/{adult}"}).status_code == 200
 
 
-def test_revoked_or_expired_consent_by_identifier_is_not_listed(client, person_client):
+def test_revoked_or_expired_consent_by_identifier_is_not_listed(client, as_person):
     attorney, number = patient(client, "DK", date(1970, 4, 4), name="Attorney")
     adult, _ = patient(client, "DK", date(1950, 2, 2))
     consent(client, adult, _by_identifier(ALIASES["DK"], number), status="inactive")
     consent(client, adult, _by_identifier(ALIASES["DK"], number, start="2020-01-01", end="2021-01-01"))
-    assert _listed(person_client(attorney)) == {}
+    assert _listed(as_person(attorney, patient=attorney)) == {}
 
 
 def test_actor_identifier_search_any_alias_any_form(client):
