@@ -36,6 +36,7 @@ from ..storage.schema import INDEX_TABLES, idx_reference, resources
 from . import custom, ordered, registry
 from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
 from .access import Access, system_condition, type_condition
+from .aliases import alias_of, planning
 from .prefix import NoIndexHint
 from .values import to_utc
 
@@ -223,7 +224,7 @@ def _sort_expr(res_type: str | None, code: str, desc: bool, r: FromClause) -> Co
     if code == "_lastUpdated":
         return r.c.last_updated
     sp = _sort_param(res_type, code)
-    t = INDEX_TABLES[sp.type].alias()
+    t = alias_of(INDEX_TABLES[sp.type])
     col = {
         "string": t.c.get("value_norm"),
         "token": t.c.get("code"),
@@ -317,8 +318,12 @@ def prepare_search(conn: Connection | None, req: SearchRequest) -> PreparedSearc
     if conn is not None:
         flush(conn)  # rows buffered by earlier writes of this transaction
         custom.maybe_refresh(conn)
+    with planning():  # the page and count statements take their aliases from one pool
+        return _prepare(req, _plan(conn, req, resources))
+
+
+def _prepare(req: SearchRequest, plan: _Plan) -> PreparedSearch:
     r = resources
-    plan = _plan(conn, req, r)
     type_path = req.res_type or ""
     if req.compartment:
         type_path = f"{req.compartment[0]}/{req.compartment[1]}/{req.res_type}"

@@ -21,6 +21,7 @@ from ..errors import FhirError
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
 from . import local_base, national, registry
 from .registry import SearchParam
+from .aliases import alias_of
 from .prefix import StartsWith
 from .values import (
     LEN_CODE,
@@ -179,7 +180,7 @@ def _id_condition(modifier: str, value: str, r: FromClause) -> ColumnElement:
 
 def _index_condition(ctx: QueryContext, res_type: str | None, sp: SearchParam, modifier: str, value: str,
                      r: FromClause) -> ColumnElement:
-    table = INDEX_TABLES[sp.type].alias()
+    table = alias_of(INDEX_TABLES[sp.type])
     base = [table.c.param == sp.code]
     if res_type:
         base.insert(0, table.c.res_type == res_type)
@@ -472,7 +473,7 @@ def _composite_subquery(ctx: QueryContext, res_type: str | None, sp: SearchParam
         for i, (comp, part) in enumerate(zip(sp.components, parts)):
             if comp.type not in _BUILDERS:
                 raise bad(f"Composite '{sp.code}' is not supported", sp.code)
-            t = INDEX_TABLES[comp.type].alias()
+            t = alias_of(INDEX_TABLES[comp.type])
             csp = SearchParam(comp.code, comp.type, "", "", comp.expression)
             conds.append(t.c.param == f"{sp.code}${i}")
             if res_type:
@@ -515,12 +516,12 @@ def _chain_condition(ctx: QueryContext, res_type: str | None, head: str, rest: s
     if not targets:
         raise unsupported(f"Unknown search parameter '{next_code}' in chain '{head}.{rest}'", head)
     target = targets[0]
-    r2 = resources.alias()
+    r2 = alias_of(resources)
     sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, conn=ctx.conn, access=ctx.access)
     inner = select(r2.c.res_id).where(r2.c.res_type == target, live(r2),
                                       param_condition(sub_ctx, target, rest, value, r2),
                                       *_reach(ctx, target, r2, f"{head}.{rest}"))
-    ref = idx_reference.alias()
+    ref = alias_of(idx_reference)
     conds = [ref.c.param == code, ref.c.target_type == target, ref.c.target_id.in_(inner)]
     if res_type:
         conds.insert(0, ref.c.res_type == res_type)
@@ -540,12 +541,12 @@ def _has_condition(ctx: QueryContext, res_type: str | None, name: str, value: st
         raise bad(f"'{ref_code}' is not a reference parameter of {src_type}", name)
     if res_type is None:
         raise bad("_has needs a resource type", name)
-    r2 = resources.alias()
+    r2 = alias_of(resources)
     sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, conn=ctx.conn, access=ctx.access)
     src = select(r2.c.pk).where(r2.c.res_type == src_type, live(r2),
                                 param_condition(sub_ctx, src_type, rest, value, r2),
                                 *_reach(ctx, src_type, r2, name))
-    ref = idx_reference.alias()
+    ref = alias_of(idx_reference)
     ids = select(ref.c.target_id).where(ref.c.res_type == src_type, ref.c.param == ref_code,
                                         ref.c.target_type == res_type, ref.c.res_pk.in_(src))
     return r.c.res_id.in_(ids)
@@ -562,7 +563,7 @@ def compartment_condition(comp_type: str, comp_id: str, res_type: str | None, r:
     params = registry.patient_compartment().get(res_type, ())
     conds = []
     if params:
-        ref = idx_reference.alias()
+        ref = alias_of(idx_reference)
         conds.append(r.c.pk.in_(select(ref.c.res_pk).where(
             ref.c.res_type == res_type, ref.c.param.in_(params), ref.c.target_type == comp_type,
             ref.c.target_id == comp_id)))
