@@ -28,6 +28,7 @@ from ..storage.faults import classify, database_exception_types
 from . import binary, http
 from .fast_read import FAST_READER, FastReads
 from .fast_search import FastSearch
+from .head import HeadAsGet
 from .access_log import AccessLog
 from .compression import TextCompression
 from .docs import attach_docs
@@ -45,7 +46,16 @@ WRITE_TYPES = ("application/fhir+json", "application/json", "application/json+fh
 
 
 def _content_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+    """The media type of the body, lower-case, without parameters; 415 when a `charset`
+    parameter names anything but UTF-8 (R4 http.html, "Content Types and encodings":
+    UTF-8 SHALL be used for FHIR instances, so another encoding is not one we read)."""
+    ctype, _, params = request.headers.get("content-type", "").partition(";")
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise FhirError.of(415, "not-supported", f"The body is declared as charset={value.strip()}: "
+                               "FHIR content must be sent in UTF-8 (charset=utf-8)")
+    return ctype.strip().lower()
 
 
 async def _body(request: Request, settings: Settings) -> bytes:
@@ -96,6 +106,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_middleware(TextCompression, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=5)
     app.add_middleware(AccessLog, fmt=settings.access_log)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HeadAsGet)  # outermost: a HEAD is the GET without its body
     attach_health(app, db)
     _limit_request_threads(app)
     _attach_fast_reader(app, db)
@@ -193,6 +204,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     async def run_operation(request: Request, name: str, res_type: str | None, res_id: str | None):
         c = ctx(request)
         body = await _body(request, settings) if request.method in ("POST", "PUT") else b""
+        if body and "json" in request.headers.get("content-type", ""):
+            _content_type(request)  # 415 for a JSON body declared in another charset than UTF-8
         call = OperationCall(
             name=name[1:],
             method=request.method,

@@ -12,6 +12,8 @@ expect. Every request body is checked here, once, right after parsing:
   character points below 32, except for u0009, u000D and u000A"; we refuse
   them, so that the SQLite and PostgreSQL answers are the same: PostgreSQL
   text cannot hold U+0000 at all);
+- names: each property at most once per object (a parser would keep only the last
+  value of a repeated name and silently drop the others);
 - numbers: integers within the 64-bit range (the `integer` types are 32-bit
   and checked by the validator per element; a `decimal` may be written as a
   large integer literal), decimals finite and within the range of an IEEE
@@ -23,10 +25,13 @@ whose `expression` names the element, e.g. `Patient.name[0].family`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from ..errors import FhirError
 
@@ -80,11 +85,51 @@ def check_document(doc: Any, raw: bytes | str | None = None) -> None:
     on the text with its strings removed."""
     if raw is not None:
         data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+        outside_strings = _outside_strings(data)
+        if outside_strings.count(b":") != _pairs_in(doc):
+            _refuse_duplicate_names(data)
         if not any(m in data for m in _ESCAPE_MARKERS):
-            outside_strings = _outside_strings(data)
             if not _numbers_suspect(outside_strings) and not _too_deep_shape(outside_strings):
                 return
     _walk(doc)
+
+
+def _pairs_in(doc: Any) -> int:
+    """How many name/value pairs the parsed document's objects hold (serialised again
+    at C speed: each pair leaves one ':' outside the strings)."""
+    try:
+        return _outside_strings(orjson.dumps(doc, default=str)).count(b":")
+    except (TypeError, orjson.JSONEncodeError):  # an integer beyond 64 bits (refused later, naming it): count by walking
+        count, stack = 0, [doc]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                count += len(node)
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
+        return count
+
+
+def _refuse_duplicate_names(data: bytes) -> None:
+    """400 naming the property that occurs twice in one object. The text has more
+    name/value pairs than the parsed objects kept: a parser keeps only the last of
+    repeated names, so the body would silently lose data (RFC 8259 section 4: names
+    within an object SHOULD be unique, else the meaning is unpredictable)."""
+
+    def pairs(items: list) -> dict:
+        seen: set = set()
+        for name, _ in items:
+            if name in seen:
+                raise FhirError.of(400, "structure", f"Property '{name}' occurs twice in one JSON object: "
+                                   "each property may appear once (repeating elements are arrays)")
+            seen.add(name)
+        return dict(items)
+
+    try:
+        json.loads(data, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):  # text the fast parser took but this one does not: name no property
+        raise FhirError.of(400, "structure", "A property occurs twice in one JSON object: each property may appear once") from None
 
 
 _NOT_NUMBER_CHARS = bytes(b for b in range(256) if b not in b"0123456789.")

@@ -190,7 +190,12 @@ def _index_condition(ctx: QueryContext, res_type: str | None, sp: SearchParam, m
     if sp.type == "composite":
         return r.c.pk.in_(_composite_subquery(ctx, res_type, sp, value))
     builder = _BUILDERS[sp.type]
-    conds = [builder(ctx, sp, modifier, v, table) for v in _values(value, name=sp.code)]
+    values = _values(value, name=sp.code)
+    if sp.type == "token" and modifier in ("", "not") and registry.is_boolean_token(res_type, sp.expression):
+        for v in values:  # a boolean element holds true or false: anything else is a mistake, not "no match"
+            if v.rpartition("|")[2] not in ("true", "false"):
+                raise bad(f"'{sp.code}' is a boolean: search it with true or false, not '{v}'", sp.code)
+    conds = [builder(ctx, sp, modifier, v, table) for v in values]
     # (type AND param AND a) OR (type AND param AND b), not type AND param AND (a OR b):
     # SQLite uses an index per disjunct only when each disjunct is complete.
     alternatives = [c for cond in conds for c in _disjuncts(cond)]

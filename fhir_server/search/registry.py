@@ -156,3 +156,16 @@ def summary_elements(res_type: str) -> list[str]:
 
 def mandatory_elements(res_type: str) -> list[str]:
     return _doc().get("mandatory", {}).get(res_type, [])
+
+
+@lru_cache(maxsize=4096)
+def is_boolean_token(res_type: str | None, expression: str | None) -> bool:
+    """Whether a token parameter's expression selects only `boolean` elements of
+    `res_type` (Patient.active, Group.actual, ...): its only values are true and false.
+    Paths that are not plain element paths (functions, casts) count as not boolean."""
+    if not res_type or not expression:
+        return False
+    from ..model.definitions import element_types
+
+    mine = [p.strip() for p in expression.split("|") if p.strip().startswith(res_type + ".")]
+    return bool(mine) and all(p.replace(".", "").isalnum() and element_types(p) == ["boolean"] for p in mine)
