@@ -335,13 +335,18 @@ def _prepare(req: SearchRequest, plan: _Plan) -> PreparedSearch:
         return PreparedSearch(req, plan, base, path_url, count_q, None, sig, 0, True)
     sort_exprs = [(_sort_expr(req.res_type, code, desc, r), desc) for code, desc in plan.sort]
     cols = [r.c.pk, r.c.res_type, r.c.res_id, r.c.content]
-    cols += [e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs)]
-    inner = select(*cols).where(*plan.conds).subquery()
-
     direction, last_keys, last_pk = "n", None, None
     if plan.cursor:
         last_keys, last_pk, direction = _decode_cursor(plan.cursor, sig, len(sort_exprs))
     forward = direction == "n"
+    if not sort_exprs:  # in key order: no subquery needed (and none to build)
+        q = select(*cols).where(*plan.conds)
+        if last_keys is not None:
+            q = q.where(r.c.pk > last_pk if forward else r.c.pk < last_pk)
+        q = q.order_by(r.c.pk.asc() if forward else r.c.pk.desc()).limit(plan.count + 1)
+        return PreparedSearch(req, plan, base, path_url, count_q, q, sig, 0, forward)
+    cols += [e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs)]
+    inner = select(*cols).where(*plan.conds).subquery()
     order, items = [], []
     for i, (_, desc) in enumerate(sort_exprs):
         col = inner.c[f"k{i}"]
