@@ -15,7 +15,9 @@ count, the script
    `read`   the same requests on the FHIR server, each with a valid bearer token
             (system/*.*, from `fhir-server token`),
    `noauth` the same requests on a second FHIR server process on the same database
-            with protection off (FHIR_SERVER_AUTH=off): the unauthenticated read,
+            with protection off (FHIR_SERVER_AUTH=off): the unauthenticated read
+            (`--audit off` runs both servers without the access log, so that
+            read/noauth is what the token alone costs: issue 12's ratio),
    `search` GET /fhir/Patient?family=F&birthdate=D (the issue's workload: --n 5000
             Patients, 100 per family; F and D of a random preloaded Patient), token on,
    `search-noauth` the same searches on the protection-off process,
@@ -150,6 +152,7 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
     env = dict(os.environ)
     env["FHIR_SERVER_RUN_BACKGROUND_JOBS"] = "false"
     env["FHIR_SERVER_DATABASE_URL"] = db_url
+    env["FHIR_SERVER_AUDIT"] = args.audit  # both servers alike: off isolates what the token costs (issue 12)
     env.pop(BARE_BODY_ENV, None)
 
     port = free_port()
@@ -348,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads (or client processes for the Python client; default 1)")
     ap.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
                     help="load generator: wrk if installed (auto), or the asyncio+httpx fallback")
+    ap.add_argument("--audit", choices=["on", "off"], default="on",
+                    help="the access log on both servers (default on; off measures the token alone, issue 12's ratio)")
     ap.add_argument("--json", default=None, help="also write all runs to this JSON file")
     ap.add_argument("--keep-logs", action="store_true", help="keep the server logs and temporary files")
     # internal: child-process entry points
