@@ -29,6 +29,9 @@ def parse_bound(text: str | None) -> datetime | None:
 
 
 def iter_events(db, since: datetime | None = None, until: datetime | None = None) -> Iterator[bytes]:
+    from .staging import materialize_all
+
+    materialize_all(db)  # staged read events first: the export holds everything logged so far
     r = resources.c
     last_pk = 0
     while True:

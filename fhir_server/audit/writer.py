@@ -1,12 +1,14 @@
-"""The buffer behind the access log: read events queued in memory, written in batches.
+"""The buffer behind the access log: read events queued in memory, staged in batches.
 
 A read must not wait for its AuditEvent to be committed, so `AuditWriter.submit` only
-appends to an in-process queue (a deque append: no lock, no I/O). A daemon thread writes
-what has gathered every `flush_seconds` (1 s by default) in one transaction, resolving
-which patients the data was about with one indexed query per batch; `close()` (the app's
-shutdown) and `flush()` write the rest at once. What a crash of the process (kill -9,
-power loss) can lose is therefore the events of the last flush interval; writes are not
-exposed to that, their events commit with them (`audit.writes`).
+appends to an in-process queue (a deque append: no lock, no I/O). A daemon thread stages
+what has gathered every `flush_seconds` (1 s by default) in one transaction: one row of
+facts per event (`audit.staging`). It turns staged rows into indexed AuditEvents when the
+server is quiet or the rows have waited `staging.INDEX_LAG_SECONDS`; readers of the log
+have that done before they read. `close()` (the app's shutdown) and `flush()` stage and
+index the rest at once. What a crash of the process (kill -9, power loss) can lose is
+therefore the events of the last flush interval; writes are not exposed to that, their
+events commit with them (`audit.writes`).
 
 If the database refuses a batch (it is down, say), the batch goes back to the front of
 the queue and is retried at the next tick; the queue keeps at most `max_pending` events,
@@ -22,8 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..errors import FhirError
-from .balp import AuditFacts, to_resource
-from .store import insert_events, patients_of_stored
+from . import staging
+from .balp import AuditFacts
 
 log = logging.getLogger("fhir_server.audit")
 
@@ -51,12 +53,15 @@ class AuditWriter:
         self._start_lock = threading.Lock()
         self.dropped = 0
         self.written = 0
+        self._last_submit = 0.0  # monotonic time of the latest event
+        self._staged_since: float | None = None  # when rows staged here started waiting to be indexed
 
     # ------------------------------------------------------------ producer side
 
     def submit(self, facts: AuditFacts, lookup: list[tuple[str, str]] | None = None) -> None:
         """Queue one event (thread-safe, never blocks on I/O)."""
         self._queue.append(Pending(facts, lookup or []))
+        self._last_submit = time.monotonic()
         if self._thread is None:
             self._start()
         if len(self._queue) > self.max_pending:
@@ -82,12 +87,25 @@ class AuditWriter:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             try:
-                self.flush()
+                self.stage_queued()
+                self.catch_up()
             except Exception:  # the database is away: the batch is back in the queue; try next tick
                 log.warning("audit flush failed; %d events wait for the next attempt", len(self._queue), exc_info=True)
 
     def flush(self) -> int:
-        """Write everything queued now (in batches of `max_batch`); returns how many."""
+        """Stage everything queued now and, when this writer has staged rows not indexed yet,
+        index every staged row (this process's and any other's); returns how many events were
+        queued. A writer with nothing staged does no I/O (an exit handler may run after the
+        database is gone)."""
+        total = self.stage_queued()
+        if self._staged_since is not None:
+            with self._flush_lock:
+                staging.materialize_all(self.db)
+                self._staged_since = None
+        return total
+
+    def stage_queued(self) -> int:
+        """Write everything queued now as staged rows (in batches of `max_batch`); returns how many."""
         total = 0
         with self._flush_lock:
             while self._queue:
@@ -107,11 +125,36 @@ class AuditWriter:
                     self._queue.extendleft(reversed(batch))
                     raise
                 total += len(batch)
+                if self._staged_since is None:
+                    self._staged_since = time.monotonic()
                 if self._queue and self.pause_between_batches:
                     # a backlog (a burst of reads) would otherwise hold SQLite's one write lock batch
                     # after batch: Python's locks are not fair, so step aside for waiting writes
                     time.sleep(self.pause_between_batches)
         self.written += total
+        return total
+
+    def catch_up(self) -> int:
+        """Index staged rows while the server is quiet (no event for `staging.QUIET_SECONDS`),
+        or all of them once rows staged here have waited `staging.INDEX_LAG_SECONDS`, so a
+        sustained load cannot grow the backlog for ever; returns how many were indexed."""
+        total = 0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            quiet = now - self._last_submit >= staging.QUIET_SECONDS
+            overdue = self._staged_since is not None and now - self._staged_since >= staging.INDEX_LAG_SECONDS
+            if not (quiet or overdue):
+                return total
+            with self._flush_lock:
+                with self.db.write() as conn:
+                    n = staging.materialize(conn, staging.BATCH)
+                if n < staging.BATCH:
+                    self._staged_since = None  # under the lock: rows staged meanwhile keep their mark
+            total += n
+            if n < staging.BATCH:
+                return total
+            if self.pause_between_batches:
+                time.sleep(self.pause_between_batches)
         return total
 
     def _write_each(self, batch: list[Pending]) -> None:
@@ -124,18 +167,7 @@ class AuditWriter:
 
     def _write(self, batch: list[Pending]) -> None:
         with self.db.write() as conn:
-            lookups = [p for item in batch for p in item.lookup]
-            patients = patients_of_stored(conn, lookups) if lookups else {}
-            events = []
-            for item in batch:
-                found: list[str] = list(item.facts.patients)
-                for pair in item.lookup:
-                    for pid in patients.get(pair, ()):
-                        if pid not in found:
-                            found.append(pid)
-                item.facts.patients = found
-                events.append(to_resource(item.facts))
-            insert_events(conn, events)
+            staging.stage(conn, [staging.encode(item.facts, item.lookup) for item in batch])
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the thread and write what is left (graceful shutdown)."""

@@ -297,6 +297,16 @@ case_consent_grants = Table(
 Index("ix_case_consent_grants_case", case_consent_grants.c.case_id, case_consent_grants.c.case_type, case_consent_grants.c.patient_id)
 Index("ix_case_consent_grants_consent", case_consent_grants.c.consent_id)
 
+# The access log's staging area (audit/staging.py): the facts of read events, one row each,
+# stored at once and turned into AuditEvents (with their index rows) when the server has
+# time or before anyone reads the log. Rows leave in the transaction that writes their events.
+audit_staged = Table(
+    "audit_staged",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("facts", LargeBinary, nullable=False),  # JSON: audit.balp.AuditFacts and the lookups
+)
+
 # Booking (fhir_server/workflows/booking): one row per seat of a Slot that an
 # active Appointment holds. The primary key (slot_id, seat) is the database's
 # guarantee that a seat is never booked twice, under any concurrency, whatever
