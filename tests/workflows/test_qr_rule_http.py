@@ -106,15 +106,35 @@ def test_unknown_questionnaire_is_a_warning_by_default(client):
     assert any(i["severity"] == "warning" and i["code"] == "not-found" for i in r.json()["issue"])
 
 
-def test_unknown_questionnaire_refused_when_configured(app):
-    from fhir_server.workflows.proms.rule import make_rule
+def test_unknown_questionnaire_refused_when_configured(settings, client, monkeypatch):
+    """FHIR_SERVER_UNKNOWN_QUESTIONNAIRE=refuse: 422 through HTTP, nothing stored; $validate says so too."""
+    from fastapi.testclient import TestClient
 
-    db = app.state.db
-    rule = make_rule("refuse")
-    with db.read() as conn:
-        with pytest.raises(FhirError) as err:
-            rule(conn, "QuestionnaireResponse", None, _response("http://example.org/q/never"))
-    assert err.value.status == 422
+    from fhir_server.bootstrap import build_app
+    from fhir_server.config import Settings
+    from fhir_server.workflows import proms
+
+    monkeypatch.setenv("FHIR_SERVER_UNKNOWN_QUESTIONNAIRE", "refuse")
+    assert Settings().unknown_questionnaire == "refuse"
+    monkeypatch.setenv("FHIR_SERVER_UNKNOWN_QUESTIONNAIRE", "ignore")
+    with pytest.raises(ValueError, match="unknown_questionnaire"):
+        Settings()
+    canonical = f"http://example.org/q/never-{uuid.uuid4().hex[:8]}"
+    body = _response(canonical, {"linkId": "z", "answer": [{"valueString": "x"}]})
+    try:
+        app = build_app(settings.model_copy(update={"unknown_questionnaire": "refuse"}))
+        with TestClient(app, headers=dict(client.headers)) as c:
+            r = c.post("/fhir/QuestionnaireResponse", json=body)
+            assert r.status_code == 422, r.text
+            assert [(i["code"], i["expression"]) for i in r.json()["issue"]] == [("not-found", ["QuestionnaireResponse.questionnaire"])]
+            assert _count(c, canonical) == 0
+            v = c.post("/fhir/QuestionnaireResponse/$validate", json=body)
+            assert [i["severity"] for i in v.json()["issue"] if i["code"] == "not-found"] == ["error"]
+    finally:
+        proms.setup(settings)  # the session app's rule (warn) back
+    assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 201
+    v = client.post("/fhir/QuestionnaireResponse/$validate", json=body)
+    assert [i["severity"] for i in v.json()["issue"] if i["code"] == "not-found"] == ["warning"]
 
 
 def test_contained_questionnaire(client):
