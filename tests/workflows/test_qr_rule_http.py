@@ -143,3 +143,40 @@ def test_contained_questionnaire(client):
     assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 422
     body["item"][0]["answer"] = [{"valueBoolean": True}]
     assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 201
+
+
+def test_validate_reports_every_rule_at_type_and_instance_level(client, qurl):
+    bad = _response(qurl, {"linkId": "age", "answer": [{"valueString": "forty"}]},
+                    {"linkId": "mood", "answer": [{"valueCoding": {"system": "http://example.org/mood", "code": "meh"}}]},
+                    {"linkId": "x", "answer": [{"valueString": "?"}]})
+    before = _count(client, qurl)
+    r = client.post("/fhir/QuestionnaireResponse/$validate", json=bad)
+    assert r.status_code == 200, r.text
+    errors = [(i["code"], i["expression"]) for i in r.json()["issue"] if i["severity"] == "error"]
+    assert errors == [("value", ["QuestionnaireResponse.item[0].answer[0].value"]),
+                      ("code-invalid", ["QuestionnaireResponse.item[1].answer[0].value"]),
+                      ("structure", ["QuestionnaireResponse.item[2].linkId"])]
+    assert _count(client, qurl) == before
+    # instance level, mode update: completing a stored draft without its required answer
+    draft = client.post("/fhir/QuestionnaireResponse", json=_response(qurl, status="in-progress")).json()
+    params = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {**draft, "status": "completed"}},
+                                                          {"name": "mode", "valueCode": "update"}]}
+    r = client.post(f"/fhir/QuestionnaireResponse/{draft['id']}/$validate", json=params)
+    assert [(i["code"], i["expression"]) for i in r.json()["issue"] if i["severity"] == "error"] == [("required", ["QuestionnaireResponse.item"])]
+    # and the stored draft itself conforms
+    r = client.get(f"/fhir/QuestionnaireResponse/{draft['id']}/$validate")
+    assert not [i for i in r.json()["issue"] if i["severity"] == "error"]
+
+
+def test_answer_value_set_contained_in_the_questionnaire(client):
+    url = f"http://example.org/q/{uuid.uuid4().hex[:8]}"
+    q = {"resourceType": "Questionnaire", "url": url, "status": "active",
+         "contained": [{"resourceType": "ValueSet", "id": "sides", "status": "active", "compose": {"include": [
+             {"system": "http://example.org/side", "concept": [{"code": "left"}, {"code": "right"}]}]}}],
+         "item": [{"linkId": "side", "type": "choice", "answerValueSet": "#sides"}]}
+    assert client.post("/fhir/Questionnaire", json=q).status_code == 201
+    ok = _response(url, {"linkId": "side", "answer": [{"valueCoding": {"system": "http://example.org/side", "code": "left"}}]})
+    assert client.post("/fhir/QuestionnaireResponse", json=ok).status_code == 201
+    bad = _response(url, {"linkId": "side", "answer": [{"valueCoding": {"system": "http://example.org/side", "code": "up"}}]})
+    r = client.post("/fhir/QuestionnaireResponse", json=bad)
+    assert r.status_code == 422 and r.json()["issue"][0]["code"] == "code-invalid"
