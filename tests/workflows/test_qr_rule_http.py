@@ -180,3 +180,12 @@ def test_answer_value_set_contained_in_the_questionnaire(client):
     bad = _response(url, {"linkId": "side", "answer": [{"valueCoding": {"system": "http://example.org/side", "code": "up"}}]})
     r = client.post("/fhir/QuestionnaireResponse", json=bad)
     assert r.status_code == 422 and r.json()["issue"][0]["code"] == "code-invalid"
+
+
+@pytest.mark.parametrize("canonical", ["|", "|1.0.0"])
+def test_a_canonical_without_url_names_no_questionnaire(client, canonical):
+    """Not 'any Questionnaire' (of that version): unknown, so a warning here, a 422 under refuse."""
+    r = client.post("/fhir/QuestionnaireResponse", json=_response(canonical, {"linkId": "44250-9", "answer": [{"valueString": "x"}]}),
+                    headers={"Prefer": "return=OperationOutcome"})
+    assert r.status_code == 201, r.text
+    assert [i["code"] for i in r.json()["issue"] if i["severity"] == "warning"] == ["not-found"]
