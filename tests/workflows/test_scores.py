@@ -167,3 +167,21 @@ def test_item_weight_on_the_coding_and_a_calculated_mean(client):
     found = client.get("/fhir/Observation", params={"derived-from": f"QuestionnaireResponse/{rid}"}).json()
     assert [(e["resource"]["code"]["coding"][0]["code"], e["resource"].get("valueQuantity")) for e in found["entry"]] == [
         ("mean", {"value": 1.5, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"})]
+
+
+@pytest.mark.parametrize("how", ["entered-in-error", "delete"])
+def test_a_withdrawn_response_withdraws_its_score(client, how):
+    body = response_for("phq-9", [2] * 9)
+    rid = body.pop("id")
+    assert client.put(f"/fhir/QuestionnaireResponse/{rid}", json={**body, "id": rid}).status_code == 201
+    # a client's own Observation derived from the response is not the server's score: left alone
+    mine = client.post("/fhir/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "note"},
+                                                  "derivedFrom": [{"reference": f"QuestionnaireResponse/{rid}"}]}).json()["id"]
+    if how == "delete":
+        assert client.delete(f"/fhir/QuestionnaireResponse/{rid}").status_code in (200, 204)
+    else:
+        r = client.put(f"/fhir/QuestionnaireResponse/{rid}", json={**body, "id": rid, "status": "entered-in-error"})
+        assert r.status_code == 200, r.text
+    score = client.get(f"/fhir/Observation/{observation_id(rid, '44261-6')}").json()
+    assert score["status"] == "entered-in-error" and score["valueInteger"] == 18
+    assert client.get(f"/fhir/Observation/{mine}").json()["status"] == "final"
