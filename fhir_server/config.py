@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .storage.db import default_database_url
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
     required_profiles: str = ""  # "Type=profile-url,...": writes of Type must conform (422 otherwise)
 
     # A QuestionnaireResponse whose Questionnaire this server does not hold: warn | refuse
-    unknown_questionnaire: str = "warn"
+    unknown_questionnaire: Literal["warn", "refuse"] = "warn"
     # Types recorded in the commit-ordered change feed that [base]/$changes serves
     change_feed_types: str = "QuestionnaireResponse,Observation,Communication"
 

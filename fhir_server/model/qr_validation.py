@@ -13,7 +13,10 @@ Issue per problem, each with a FHIRPath `expression` into the response such as
 - `display` items carry no answers, `group` items no `answer`;
 - `enableWhen` (every operator, `enableBehavior` all|any; unanswered questions
   make every operator but `exists` false, as SDC says): an answer to a disabled
-  item is an error, and a disabled item's children are disabled too;
+  item is an error, and a disabled item's children are disabled too; a
+  condition's question is its nearest occurrence (R4 enableWhen.question: the
+  ancestor axis first), so inside a repeating group each instance is judged
+  by its own answers;
 - `readOnly`: an answer must equal the item's `initial` values, or the item
   must be computed (SDC initialExpression / calculatedExpression);
 - `required` items are answered (a required group has an answered descendant)
@@ -47,20 +50,56 @@ def answer_options(item: dict) -> list[tuple[str, Any]]:
     return out
 
 
-def collect_answers(items: list, into: dict[str, list[tuple[str, Any]]] | None = None) -> dict[str, list[tuple[str, Any]]]:
-    """linkId -> every (valueX, value) answered anywhere in the response."""
-    into = {} if into is None else into
+class NearestAnswers:
+    """linkId -> the answers of the question's nearest occurrence, seen from one level
+    of the response (R4 Questionnaire.item.enableWhen.question: the ancestor axis
+    first). `scopes` are (response items, Questionnaire items) of each level from the
+    root down; the innermost level whose Questionnaire items define the linkId
+    decides, with the answers under that level of the response (none when it is
+    absent there). Inside a repeating group each instance is so judged by its own
+    answers; a question outside the group by the enclosing levels."""
+
+    def __init__(self, scopes: tuple[tuple[list, list], ...], cache: dict[int, tuple[list, dict]]):
+        self.scopes = scopes
+        self.cache = cache
+
+    def _index(self, items: list, fill) -> dict:
+        key = id(items)
+        if key not in self.cache:  # the list is kept with its index, so its id is not reused
+            found: dict = {}
+            fill(items, found)
+            self.cache[key] = (items, found)
+        return self.cache[key][1]
+
+    def get(self, link: Any, default: Any = None) -> Any:
+        for qr_items, q_items in reversed(self.scopes):
+            if link in self._index(q_items, _defined_into):
+                return self._index(qr_items, _index_into).get(link, [])
+        return default
+
+
+def _defined_into(q_items: list, into: dict) -> None:
+    for it in q_items or []:
+        if isinstance(it, dict):
+            if isinstance(it.get("linkId"), str):
+                into[it["linkId"]] = True
+            _defined_into(it.get("item") or [], into)
+
+
+def _index_into(items: list, into: dict[str, list]) -> None:
+    """Every linkId present under `items` -> its answers' (valueX, value) (maybe none)."""
     for it in items or []:
         if not isinstance(it, dict):
             continue
+        link = it.get("linkId")
+        bucket = into.setdefault(link, []) if isinstance(link, str) else []
         for ans in it.get("answer") or []:
             if isinstance(ans, dict):
                 v = value_of(ans)
-                if v and isinstance(it.get("linkId"), str):
-                    into.setdefault(it["linkId"], []).append(v)
-                collect_answers(ans.get("item") or [], into)
-        collect_answers(it.get("item") or [], into)
-    return into
+                if v:
+                    bucket.append(v)
+                _index_into(ans.get("item") or [], into)
+        _index_into(it.get("item") or [], into)
 
 
 def _condition_holds(cond: dict, answers: dict[str, list[tuple[str, Any]]]) -> bool:
@@ -121,7 +160,7 @@ def _is_computed(item: dict) -> bool:
 class _Walker:
     def __init__(self, response: dict, questionnaire: dict, options_of: OptionsOf):
         self.q_root = questionnaire.get("item") or []
-        self.answers = collect_answers(response.get("item") or [])
+        self.index_cache: dict[int, tuple[list, dict]] = {}
         self.final = response.get("status") in FINAL_STATUSES
         self.options_of = options_of
         self.issues: list[Issue] = []
@@ -129,11 +168,13 @@ class _Walker:
     def error(self, code: str, message: str, expression: str) -> None:
         self.issues.append(Issue("error", code, message, [expression]))
 
-    def walk(self, q_items: list, qr_items: Any, path: str, enabled: bool) -> None:
+    def walk(self, q_items: list, qr_items: Any, path: str, enabled: bool, scopes: tuple[tuple[list, list], ...] = ()) -> None:
         if qr_items is None:
             qr_items = []
         if not isinstance(qr_items, list):
             return
+        scopes = scopes + ((qr_items, q_items),)
+        answers = NearestAnswers(scopes, self.index_cache)
         by_link = {q.get("linkId"): q for q in q_items if isinstance(q, dict)}
         seen: dict[str, int] = {}
         for i, qr_item in enumerate(qr_items):
@@ -150,11 +191,11 @@ class _Walker:
             seen[link] = seen.get(link, 0) + 1
             if seen[link] == 2 and not q_item.get("repeats"):
                 self.error("structure", f"Item '{link}' does not repeat: its answers belong in one item, which appears more than once", here)
-            self.item(q_item, qr_item, here, enabled and is_enabled(q_item, self.answers))
+            self.item(q_item, qr_item, here, enabled and is_enabled(q_item, answers), scopes)
         if self.final and enabled:
-            self.required(q_items, qr_items, path)
+            self.required(q_items, qr_items, path, answers)
 
-    def item(self, q_item: dict, qr_item: dict, here: str, enabled: bool) -> None:
+    def item(self, q_item: dict, qr_item: dict, here: str, enabled: bool, scopes: tuple[tuple[list, list], ...]) -> None:
         link, qtype = q_item.get("linkId"), q_item.get("type")
         answers = [a for a in qr_item.get("answer") or [] if isinstance(a, dict)]
         if not enabled and _has_answer(qr_item):
@@ -167,7 +208,7 @@ class _Walker:
                 self.error("structure", f"Display item '{link}' has no child items", f"{here}.item[0]")
             return
         if qtype == "group":
-            self.walk(q_item.get("item") or [], qr_item.get("item"), here, enabled)
+            self.walk(q_item.get("item") or [], qr_item.get("item"), here, enabled, scopes)
             return
         if qr_item.get("item"):
             self.error("structure", f"The children of question '{link}' belong under its answers (item.answer.item), not item.item", f"{here}.item[0]")
@@ -179,7 +220,7 @@ class _Walker:
             for code, message, suffix in check_answer(q_item, ans, self.options_of):
                 self.error(code, message, f"{here}.answer[{j}]{suffix}")
             if "item" in ans or q_item.get("item"):
-                self.walk(q_item.get("item") or [], ans.get("item"), f"{here}.answer[{j}]", enabled)
+                self.walk(q_item.get("item") or [], ans.get("item"), f"{here}.answer[{j}]", enabled, scopes)
 
     def read_only(self, q_item: dict, answers: list[dict], here: str) -> None:
         initial = [value_of(x) for x in q_item.get("initial") or [] if isinstance(x, dict) and value_of(x)]
@@ -191,7 +232,7 @@ class _Walker:
         elif not _is_computed(q_item):
             self.error("business-rule", f"Item '{q_item.get('linkId')}' is read-only and has no initial or computed value to carry", f"{here}.answer[0]")
 
-    def required(self, q_items: list, qr_items: list, path: str) -> None:
+    def required(self, q_items: list, qr_items: list, path: str, answers: NearestAnswers) -> None:
         present = {}
         for qr_item in qr_items:
             if isinstance(qr_item, dict):
@@ -199,13 +240,13 @@ class _Walker:
         for q_item in q_items:
             if not isinstance(q_item, dict) or not q_item.get("required") or q_item.get("type") == "display":
                 continue
-            if not is_enabled(q_item, self.answers):
+            if not is_enabled(q_item, answers):
                 continue
             if not any(_has_answer(x) for x in present.get(q_item.get("linkId"), [])):
                 self.error("required", f"Item '{q_item.get('linkId')}' is required in a completed response but has no answer", f"{path}.item")
 
     def run(self, response: dict) -> list[Issue]:
-        self.walk(self.q_root, response.get("item") or [], "QuestionnaireResponse", True)
+        self.walk(self.q_root, response.get("item") or [], "QuestionnaireResponse", True, ())
         return self.issues
 
 

@@ -1,7 +1,8 @@
 """`GET [base]/$changes`: the commit-ordered change feed a registry pulls.
 
 Parameters: `_type` (comma-separated, a subset of the feed's types, which are
-set by FHIR_SERVER_CHANGE_FEED_TYPES; default all of them), `_cursor` (the
+set by FHIR_SERVER_CHANGE_FEED_TYPES; default all of them that the token
+reads), `_cursor` (the
 opaque value from the previous answer; absent = from the start), `_count`
 (default 100, at most 1000).
 
@@ -11,6 +12,12 @@ request.method DELETE), and a `next` link that always carries the cursor to
 continue from, also when the page is empty: the puller keeps that URL and
 calls it again later. Pulling with it never skips a version committed out of
 order and never returns a version twice (see storage/change_feed.py).
+
+Access: a system/ scope (SMART Backend Services). The feed hands out whole
+versions, so each type needs a scope that reads all of it (`system/<type>.r`,
+`.rs`, `.read` or `system/*.r...`); a type named in `_type` that the token does
+not read, or reads only in part (`system/Observation.rs?category=...`), is a
+403. Without `_type`, the feed serves the types the token reads.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ def changes(call: OperationCall) -> Outcome:
     unknown = [t for t in types if t not in _types]
     if unknown or not types:
         raise FhirError.of(400, "not-supported", f"$changes serves {', '.join(_types) or 'no types'}; not {', '.join(unknown) or 'an empty _type'}", "_type")
+    types = _readable(call, types, explicit="_type" in args)
     try:
         count = int(args.get("_count", DEFAULT_COUNT))
         if not 1 <= count <= MAX_COUNT:
@@ -66,6 +74,27 @@ def changes(call: OperationCall) -> Outcome:
               "link": [{"relation": "next", "url": f"{call.ctx.base_url}/$changes?{urlencode(query)}"}],
               "entry": entries}
     return Outcome(status=200, body=jsonio.dumps(bundle))
+
+
+def _readable(call: OperationCall, types: list[str], explicit: bool) -> list[str]:
+    """The requested types the caller's scopes read in full (403 when a named one is not)."""
+    principal = call.ctx.principal
+    if principal.unrestricted:
+        return types
+    from ..security.authz import visibility
+
+    kept = []
+    for t in types:
+        grants = visibility(principal, t, "r")
+        if grants is None:
+            kept.append(t)
+        elif explicit:
+            how = "does not read" if grants == [] else "reads only part of"
+            raise FhirError.of(403, "forbidden", f"The token {how} {t}; $changes of {t} needs a scope system/{t}.rs "
+                                                 "(or system/*.rs) without conditions", "_type")
+    if not kept:
+        raise FhirError.of(403, "forbidden", f"The token reads none of the change feed's types ({', '.join(types)}) in full")
+    return kept
 
 
 def _on_change(conn, change) -> None:

@@ -13,7 +13,9 @@ Runs what a write runs, collecting every problem instead of stopping at the firs
 
 ``mode``: ``create`` (default when there is no id), ``update`` (the body's id
 must match the URL's), ``delete`` (instance level: the resource must exist;
-references to it are reported as warnings). The answer is always 200 with an
+references to it are reported as warnings). An AuditEvent can be neither
+updated nor deleted (the access log is append-only): both modes report that
+as an error, as the write would. The answer is always 200 with an
 OperationOutcome listing every issue with its expression; a client error in
 calling the operation (no resource, bad mode) is a 400.
 """
@@ -96,6 +98,15 @@ def _references_to(conn, res_type: str, res_id: str) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
+def _append_only(res_type: str) -> list[Issue]:
+    """What an update or delete of an AuditEvent meets (405 on the REST API)."""
+    from ..audit.store import AUDIT_TYPE
+
+    if res_type != AUDIT_TYPE:
+        return []
+    return [Issue("error", "not-supported", "AuditEvents cannot be changed or deleted: the access log is append-only", [res_type])]
+
+
 def _outcome(issues: list[Issue]) -> Outcome:
     if not any(i.severity in ("error", "fatal") for i in issues):
         issues = [Issue("information", "informational", "Validation successful: no errors")] + issues
@@ -119,7 +130,7 @@ def validate(call: OperationCall) -> Outcome:
             current = repo.read_current(conn, res_type, call.res_id)
             if current is None or current.deleted:
                 raise FhirError.of(404, "not-found", f"{res_type}/{call.res_id} is not known")
-            issues: list[Issue] = []
+            issues: list[Issue] = _append_only(res_type)
             n = _references_to(conn, res_type, call.res_id)
             if n:
                 issues.append(Issue("warning", "business-rule",
@@ -139,6 +150,7 @@ def validate(call: OperationCall) -> Outcome:
         res_id = call.res_id or (resource.get("id") if isinstance(resource.get("id"), str) else None)
         pre: list[Issue] = []
         if mode == "update":
+            pre.extend(_append_only(res_type))
             if resource.get("id") is None:
                 pre.append(Issue("error", "required", "An update must carry the resource's id", [f"{res_type}.id"]))
             elif call.res_id and resource.get("id") != call.res_id:

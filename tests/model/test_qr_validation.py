@@ -195,3 +195,136 @@ def test_disabled_item_children_are_disabled_too():
     assert [i.code for i in validate_response(bad, q)] == ["business-rule"]
     needed = {"status": "completed", "item": [a("a", {"valueBoolean": True})]}
     assert [i.code for i in validate_response(needed, q)] == []  # g optional: its absence is fine
+
+
+# Every enableWhen operator on every answer kind it takes: (source item type, operator, answer[x] of the
+# condition, the source's answer (None: unanswered), whether the dependent item is then enabled).
+P1 = {"reference": "Patient/1"}
+ENABLE_WHEN = [
+    ("integer", "=", {"answerInteger": 5}, {"valueInteger": 5}, True),
+    ("integer", "=", {"answerInteger": 5}, {"valueInteger": 6}, False),
+    ("integer", "!=", {"answerInteger": 5}, {"valueInteger": 6}, True),
+    ("integer", "!=", {"answerInteger": 5}, {"valueInteger": 5}, False),
+    ("integer", ">", {"answerInteger": 5}, {"valueInteger": 6}, True),
+    ("integer", ">", {"answerInteger": 5}, {"valueInteger": 5}, False),
+    ("integer", "<", {"answerInteger": 5}, {"valueInteger": 4}, True),
+    ("integer", "<", {"answerInteger": 5}, {"valueInteger": 5}, False),
+    ("integer", ">=", {"answerInteger": 5}, {"valueInteger": 5}, True),
+    ("integer", ">=", {"answerInteger": 5}, {"valueInteger": 4}, False),
+    ("integer", "<=", {"answerInteger": 5}, {"valueInteger": 5}, True),
+    ("integer", "<=", {"answerInteger": 5}, {"valueInteger": 6}, False),
+    ("integer", ">", {"answerInteger": 5}, None, False),  # unanswered: every operator but exists is false
+    ("integer", "!=", {"answerInteger": 5}, None, False),
+    ("integer", "exists", {"answerBoolean": True}, {"valueInteger": 0}, True),
+    ("integer", "exists", {"answerBoolean": True}, None, False),
+    ("integer", "exists", {"answerBoolean": False}, None, True),
+    ("integer", "exists", {"answerBoolean": False}, {"valueInteger": 0}, False),
+    ("decimal", ">", {"answerDecimal": 1.5}, {"valueDecimal": 1.6}, True),
+    ("decimal", ">", {"answerDecimal": 1.5}, {"valueDecimal": 1.5}, False),
+    ("decimal", "=", {"answerDecimal": 2}, {"valueDecimal": 2.0}, True),
+    ("boolean", "=", {"answerBoolean": True}, {"valueBoolean": True}, True),
+    ("boolean", "=", {"answerBoolean": True}, {"valueBoolean": False}, False),
+    ("boolean", "!=", {"answerBoolean": True}, {"valueBoolean": False}, True),
+    ("string", "=", {"answerString": "a"}, {"valueString": "a"}, True),
+    ("string", "=", {"answerString": "a"}, {"valueString": "b"}, False),
+    ("string", ">", {"answerString": "b"}, {"valueString": "c"}, True),
+    ("string", "<", {"answerString": "b"}, {"valueString": "c"}, False),
+    ("date", ">", {"answerDate": "2000-01-01"}, {"valueDate": "2000-01-02"}, True),
+    ("date", ">", {"answerDate": "2000-01-01"}, {"valueDate": "2000-01-01"}, False),
+    ("dateTime", "<", {"answerDateTime": "2024-01-01T00:00:00Z"}, {"valueDateTime": "2024-01-01T01:00:00+02:00"}, True),
+    ("dateTime", "<", {"answerDateTime": "2024-01-01T00:00:00Z"}, {"valueDateTime": "2024-01-01T00:00:00Z"}, False),
+    ("time", ">=", {"answerTime": "08:00:00"}, {"valueTime": "08:00:00"}, True),
+    ("time", ">=", {"answerTime": "08:00:00"}, {"valueTime": "07:59:59"}, False),
+    ("choice", "=", {"answerCoding": Y}, {"valueCoding": Y}, True),
+    ("choice", "=", {"answerCoding": Y}, {"valueCoding": N}, False),
+    ("choice", "!=", {"answerCoding": Y}, {"valueCoding": N}, True),
+    ("choice", "!=", {"answerCoding": Y}, {"valueCoding": Y}, False),
+    ("quantity", ">", {"answerQuantity": {"value": 38, "unit": "Cel"}}, {"valueQuantity": {"value": 39, "unit": "Cel"}}, True),
+    ("quantity", ">", {"answerQuantity": {"value": 38, "unit": "Cel"}}, {"valueQuantity": {"value": 37.5, "unit": "Cel"}}, False),
+    ("quantity", "<=", {"answerQuantity": {"value": 38, "unit": "Cel"}}, {"valueQuantity": {"value": 38, "unit": "Cel"}}, True),
+    ("reference", "=", {"answerReference": P1}, {"valueReference": P1}, True),
+    ("reference", "=", {"answerReference": P1}, {"valueReference": {"reference": "Patient/2"}}, False),
+]
+
+
+@pytest.mark.parametrize("qtype,op,cond,given,enabled", ENABLE_WHEN, ids=[f"{t} {o} {c} {g} -> {e}" for t, o, c, g, e in ENABLE_WHEN])
+def test_enable_when_operators(qtype, op, cond, given, enabled):
+    src = {"linkId": "src", "type": qtype}
+    if qtype == "choice":
+        src["answerOption"] = [{"valueCoding": Y}, {"valueCoding": N}]
+    dep = {"linkId": "dep", "type": "string", "required": True, "enableWhen": [{"question": "src", "operator": op, **cond}]}
+    q = {"item": [src, dep]}
+    source = [a("src", given)] if given is not None else []
+    answered = {"status": "completed", "item": source + [a("dep", {"valueString": "x"})]}
+    unanswered = {"status": "completed", "item": source}
+    if enabled:
+        assert validate_response(answered, q) == []
+        # enabled and required: leaving it out is the error
+        assert [(i.code, i.expression) for i in validate_response(unanswered, q)] == [("required", ["QuestionnaireResponse.item"])]
+    else:
+        assert [(i.code, i.expression) for i in validate_response(answered, q)] == [("business-rule", [f"QuestionnaireResponse.item[{len(source)}]"])]
+        assert validate_response(unanswered, q) == []  # disabled: its required does not apply
+
+
+@pytest.mark.parametrize("behavior,first,second,enabled", [
+    ("all", True, True, True), ("all", True, False, False), ("all", False, False, False),
+    ("any", True, False, True), ("any", False, True, True), ("any", False, False, False),
+])
+def test_enable_behavior(behavior, first, second, enabled):
+    q = {"item": [{"linkId": "a", "type": "boolean"}, {"linkId": "b", "type": "boolean"},
+                  {"linkId": "dep", "type": "group", "enableBehavior": behavior, "enableWhen": [
+                      {"question": "a", "operator": "=", "answerBoolean": True},
+                      {"question": "b", "operator": "=", "answerBoolean": True}],
+                   "item": [{"linkId": "dep.x", "type": "integer"}]}]}
+    r = {"status": "completed", "item": [a("a", {"valueBoolean": first}), a("b", {"valueBoolean": second}),
+                                         {"linkId": "dep", "item": [a("dep.x", {"valueInteger": 1})]}]}
+    issues = validate_response(r, q)
+    assert (issues == []) is enabled
+    if not enabled:
+        assert [(i.code, i.expression) for i in issues] == [("business-rule", ["QuestionnaireResponse.item[2]"])]
+
+
+# A repeating group: each instance's enableWhen looks at its own answers first (R4
+# enableWhen.question: the nearest occurrence, ancestor axis first).
+MEDS = {"item": [
+    {"linkId": "med", "type": "group", "repeats": True, "item": [
+        {"linkId": "med.taken", "type": "boolean"},
+        {"linkId": "med.dose", "type": "string", "required": True,
+         "enableWhen": [{"question": "med.taken", "operator": "=", "answerBoolean": True}]},
+        {"linkId": "med.why-not", "type": "string",
+         "enableWhen": [{"question": "med.taken", "operator": "!=", "answerBoolean": True}]},
+        {"linkId": "med.no-name", "type": "string",
+         "enableWhen": [{"question": "med.name", "operator": "exists", "answerBoolean": False}]},
+        {"linkId": "med.name", "type": "string"},
+    ]},
+    {"linkId": "summary", "type": "string", "enableWhen": [{"question": "med.taken", "operator": "=", "answerBoolean": True}]},
+]}
+
+
+def _med(*items):
+    return {"linkId": "med", "item": list(items)}
+
+
+def test_repeating_group_instances_are_judged_by_their_own_answers():
+    taken = _med(a("med.taken", {"valueBoolean": True}), a("med.dose", {"valueString": "5 mg"}), a("med.name", {"valueString": "x"}))
+    not_taken = _med(a("med.taken", {"valueBoolean": False}), a("med.why-not", {"valueString": "nausea"}),
+                     a("med.no-name", {"valueString": "unknown pill"}))
+    ok = {"status": "completed", "item": [taken, not_taken, a("summary", {"valueString": "s"})]}
+    assert validate_response(ok, MEDS) == []  # pooled answers would disable why-not and no-name in the 2nd
+    dose_where_not_taken = {"status": "completed", "item": [taken, _med(a("med.taken", {"valueBoolean": False}),
+                                                                       a("med.dose", {"valueString": "1"}))]}
+    assert [(i.code, i.expression) for i in validate_response(dose_where_not_taken, MEDS)] == [
+        ("business-rule", ["QuestionnaireResponse.item[1].item[1]"])]
+    dose_missing_in_2nd = {"status": "completed", "item": [not_taken, _med(a("med.taken", {"valueBoolean": True}))]}
+    assert [(i.code, i.expression) for i in validate_response(dose_missing_in_2nd, MEDS)] == [
+        ("required", ["QuestionnaireResponse.item[1].item"])]
+
+
+def test_a_question_outside_the_group_is_found_by_the_ancestor_axis():
+    q = {"item": [{"linkId": "smoker", "type": "boolean"},
+                  {"linkId": "g", "type": "group", "repeats": True, "item": [
+                      {"linkId": "g.packs", "type": "integer", "enableWhen": [{"question": "smoker", "operator": "=", "answerBoolean": True}]}]}]}
+    ok = {"status": "completed", "item": [a("smoker", {"valueBoolean": True}), {"linkId": "g", "item": [a("g.packs", {"valueInteger": 1})]}]}
+    assert validate_response(ok, q) == []
+    bad = {"status": "completed", "item": [a("smoker", {"valueBoolean": False}), {"linkId": "g", "item": [a("g.packs", {"valueInteger": 1})]}]}
+    assert [(i.code, i.expression) for i in validate_response(bad, q)] == [("business-rule", ["QuestionnaireResponse.item[1].item[0]"])]

@@ -106,15 +106,35 @@ def test_unknown_questionnaire_is_a_warning_by_default(client):
     assert any(i["severity"] == "warning" and i["code"] == "not-found" for i in r.json()["issue"])
 
 
-def test_unknown_questionnaire_refused_when_configured(app):
-    from fhir_server.workflows.proms.rule import make_rule
+def test_unknown_questionnaire_refused_when_configured(settings, client, monkeypatch):
+    """FHIR_SERVER_UNKNOWN_QUESTIONNAIRE=refuse: 422 through HTTP, nothing stored; $validate says so too."""
+    from fastapi.testclient import TestClient
 
-    db = app.state.db
-    rule = make_rule("refuse")
-    with db.read() as conn:
-        with pytest.raises(FhirError) as err:
-            rule(conn, "QuestionnaireResponse", None, _response("http://example.org/q/never"))
-    assert err.value.status == 422
+    from fhir_server.bootstrap import build_app
+    from fhir_server.config import Settings
+    from fhir_server.workflows import proms
+
+    monkeypatch.setenv("FHIR_SERVER_UNKNOWN_QUESTIONNAIRE", "refuse")
+    assert Settings().unknown_questionnaire == "refuse"
+    monkeypatch.setenv("FHIR_SERVER_UNKNOWN_QUESTIONNAIRE", "ignore")
+    with pytest.raises(ValueError, match="unknown_questionnaire"):
+        Settings()
+    canonical = f"http://example.org/q/never-{uuid.uuid4().hex[:8]}"
+    body = _response(canonical, {"linkId": "z", "answer": [{"valueString": "x"}]})
+    try:
+        app = build_app(settings.model_copy(update={"unknown_questionnaire": "refuse"}))
+        with TestClient(app, headers=dict(client.headers)) as c:
+            r = c.post("/fhir/QuestionnaireResponse", json=body)
+            assert r.status_code == 422, r.text
+            assert [(i["code"], i["expression"]) for i in r.json()["issue"]] == [("not-found", ["QuestionnaireResponse.questionnaire"])]
+            assert _count(c, canonical) == 0
+            v = c.post("/fhir/QuestionnaireResponse/$validate", json=body)
+            assert [i["severity"] for i in v.json()["issue"] if i["code"] == "not-found"] == ["error"]
+    finally:
+        proms.setup(settings)  # the session app's rule (warn) back
+    assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 201
+    v = client.post("/fhir/QuestionnaireResponse/$validate", json=body)
+    assert [i["severity"] for i in v.json()["issue"] if i["code"] == "not-found"] == ["warning"]
 
 
 def test_contained_questionnaire(client):
@@ -123,3 +143,49 @@ def test_contained_questionnaire(client):
     assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 422
     body["item"][0]["answer"] = [{"valueBoolean": True}]
     assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 201
+
+
+def test_validate_reports_every_rule_at_type_and_instance_level(client, qurl):
+    bad = _response(qurl, {"linkId": "age", "answer": [{"valueString": "forty"}]},
+                    {"linkId": "mood", "answer": [{"valueCoding": {"system": "http://example.org/mood", "code": "meh"}}]},
+                    {"linkId": "x", "answer": [{"valueString": "?"}]})
+    before = _count(client, qurl)
+    r = client.post("/fhir/QuestionnaireResponse/$validate", json=bad)
+    assert r.status_code == 200, r.text
+    errors = [(i["code"], i["expression"]) for i in r.json()["issue"] if i["severity"] == "error"]
+    assert errors == [("value", ["QuestionnaireResponse.item[0].answer[0].value"]),
+                      ("code-invalid", ["QuestionnaireResponse.item[1].answer[0].value"]),
+                      ("structure", ["QuestionnaireResponse.item[2].linkId"])]
+    assert _count(client, qurl) == before
+    # instance level, mode update: completing a stored draft without its required answer
+    draft = client.post("/fhir/QuestionnaireResponse", json=_response(qurl, status="in-progress")).json()
+    params = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {**draft, "status": "completed"}},
+                                                          {"name": "mode", "valueCode": "update"}]}
+    r = client.post(f"/fhir/QuestionnaireResponse/{draft['id']}/$validate", json=params)
+    assert [(i["code"], i["expression"]) for i in r.json()["issue"] if i["severity"] == "error"] == [("required", ["QuestionnaireResponse.item"])]
+    # and the stored draft itself conforms
+    r = client.get(f"/fhir/QuestionnaireResponse/{draft['id']}/$validate")
+    assert not [i for i in r.json()["issue"] if i["severity"] == "error"]
+
+
+def test_answer_value_set_contained_in_the_questionnaire(client):
+    url = f"http://example.org/q/{uuid.uuid4().hex[:8]}"
+    q = {"resourceType": "Questionnaire", "url": url, "status": "active",
+         "contained": [{"resourceType": "ValueSet", "id": "sides", "status": "active", "compose": {"include": [
+             {"system": "http://example.org/side", "concept": [{"code": "left"}, {"code": "right"}]}]}}],
+         "item": [{"linkId": "side", "type": "choice", "answerValueSet": "#sides"}]}
+    assert client.post("/fhir/Questionnaire", json=q).status_code == 201
+    ok = _response(url, {"linkId": "side", "answer": [{"valueCoding": {"system": "http://example.org/side", "code": "left"}}]})
+    assert client.post("/fhir/QuestionnaireResponse", json=ok).status_code == 201
+    bad = _response(url, {"linkId": "side", "answer": [{"valueCoding": {"system": "http://example.org/side", "code": "up"}}]})
+    r = client.post("/fhir/QuestionnaireResponse", json=bad)
+    assert r.status_code == 422 and r.json()["issue"][0]["code"] == "code-invalid"
+
+
+@pytest.mark.parametrize("canonical", ["|", "|1.0.0"])
+def test_a_canonical_without_url_names_no_questionnaire(client, canonical):
+    """Not 'any Questionnaire' (of that version): unknown, so a warning here, a 422 under refuse."""
+    r = client.post("/fhir/QuestionnaireResponse", json=_response(canonical, {"linkId": "44250-9", "answer": [{"valueString": "x"}]}),
+                    headers={"Prefer": "return=OperationOutcome"})
+    assert r.status_code == 201, r.text
+    assert [i["code"] for i in r.json()["issue"] if i["severity"] == "warning"] == ["not-found"]

@@ -139,3 +139,49 @@ def test_per_registration_makes_one_task_per_scale(client):
     # an unknown scale is refused by the response rule
     body["item"][1]["answer"] = [{"valueCoding": {"system": "http://fhir-server.example/CodeSystem/prom-instrument", "code": "x"}}]
     assert client.post("/fhir/QuestionnaireResponse", json=body).status_code == 422
+
+
+def test_item_weight_on_the_coding_and_a_calculated_mean(client):
+    """SDC itemWeight on the option's Coding; a calculatedExpression with a decimal result
+    is stored as a {score} Quantity; a broken expression does not fail the patient's write."""
+    sdc = "http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-calculatedExpression"
+    url = f"http://example.org/q/{uuid.uuid4().hex[:8]}"
+
+    def opt(code, w):
+        return {"valueCoding": {"system": "http://example.org/s", "code": code,
+                                "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/itemWeight", "valueDecimal": w}]}}
+
+    q = {"resourceType": "Questionnaire", "url": url, "status": "active", "code": [{"system": "http://example.org/c", "code": "q"}],
+         "item": [{"linkId": f"q{i}", "type": "choice", "answerOption": [opt("a", 0), opt("b", 1), opt("c", 2)]} for i in (1, 2)] + [
+             {"linkId": "mean", "type": "decimal", "readOnly": True, "code": [{"system": "http://example.org/c", "code": "mean"}],
+              "extension": [{"url": sdc, "valueExpression": {"language": "text/fhirpath",
+                                                             "expression": "%resource.item.where(linkId.startsWith('q')).answer.value.weight().sum() / 2"}}]},
+             {"linkId": "broken", "type": "integer", "readOnly": True,
+              "extension": [{"url": sdc, "valueExpression": {"language": "text/fhirpath", "expression": "item.frobnicate()"}}]}]}
+    assert client.post("/fhir/Questionnaire", json=q).status_code == 201
+    rid = uuid.uuid4().hex
+    body = {"resourceType": "QuestionnaireResponse", "id": rid, "questionnaire": url, "status": "completed", "item": [
+        {"linkId": "q1", "answer": [{"valueCoding": {"system": "http://example.org/s", "code": "b"}}]},
+        {"linkId": "q2", "answer": [{"valueCoding": {"system": "http://example.org/s", "code": "c"}}]}]}
+    assert client.put(f"/fhir/QuestionnaireResponse/{rid}", json=body).status_code == 201
+    found = client.get("/fhir/Observation", params={"derived-from": f"QuestionnaireResponse/{rid}"}).json()
+    assert [(e["resource"]["code"]["coding"][0]["code"], e["resource"].get("valueQuantity")) for e in found["entry"]] == [
+        ("mean", {"value": 1.5, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"})]
+
+
+@pytest.mark.parametrize("how", ["entered-in-error", "delete"])
+def test_a_withdrawn_response_withdraws_its_score(client, how):
+    body = response_for("phq-9", [2] * 9)
+    rid = body.pop("id")
+    assert client.put(f"/fhir/QuestionnaireResponse/{rid}", json={**body, "id": rid}).status_code == 201
+    # a client's own Observation derived from the response is not the server's score: left alone
+    mine = client.post("/fhir/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "note"},
+                                                  "derivedFrom": [{"reference": f"QuestionnaireResponse/{rid}"}]}).json()["id"]
+    if how == "delete":
+        assert client.delete(f"/fhir/QuestionnaireResponse/{rid}").status_code in (200, 204)
+    else:
+        r = client.put(f"/fhir/QuestionnaireResponse/{rid}", json={**body, "id": rid, "status": "entered-in-error"})
+        assert r.status_code == 200, r.text
+    score = client.get(f"/fhir/Observation/{observation_id(rid, '44261-6')}").json()
+    assert score["status"] == "entered-in-error" and score["valueInteger"] == 18
+    assert client.get(f"/fhir/Observation/{mine}").json()["status"] == "final"

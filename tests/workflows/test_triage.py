@@ -200,3 +200,40 @@ def test_your_turn_is_queued_with_the_notifier(client):
     assert client.put(f"/fhir/Task/{tid}", json={**task, "status": "in-progress"}).status_code == 200
     found = client.get(f"/fhir/CommunicationRequest?subject=Patient/{pid}").json().get("entry", [])
     assert [e["resource"]["about"][0]["reference"] for e in found] == [f"Task/{tid}"]
+
+
+@pytest.mark.parametrize("how", ["put", "patch", "transaction"])
+def test_invalid_priority_is_422_on_update_patch_and_in_a_transaction(client, how):
+    tid = _task(client, _owner(), "routine")
+    task = client.get(f"/fhir/Task/{tid}").json()
+    if how == "put":
+        r = client.put(f"/fhir/Task/{tid}", json={**task, "priority": "whenever"})
+    elif how == "patch":
+        r = client.patch(f"/fhir/Task/{tid}", json=[{"op": "replace", "path": "/priority", "value": "whenever"}],
+                         headers={"Content-Type": "application/json-patch+json"})
+    else:
+        r = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {**task, "priority": "whenever"}, "request": {"method": "PUT", "url": f"Task/{tid}"}}]})
+    assert r.status_code == 422, r.text
+    assert any("priority" in e for i in r.json()["issue"] for e in i.get("expression", []))
+    after = client.get(f"/fhir/Task/{tid}").json()
+    assert after["priority"] == "routine" and after["meta"]["versionId"] == task["meta"]["versionId"]
+
+
+def test_a_patient_sees_their_own_place_and_nobody_elses(client, anonymous_client):
+    from tests.conftest import make_token
+
+    owner = _owner()
+    ann = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+    bob = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+    bobs = _task(client, owner, "stat", patient=f"Patient/{bob}")
+    anns = _task(client, owner, "routine", patient=f"Patient/{ann}")
+    as_ann = {"Authorization": f"Bearer {make_token('patient/Task.rs', patient=ann)}"}
+    r = anonymous_client.get(f"/fhir/Task/{anns}/$queue-position", headers=as_ann)
+    assert r.status_code == 200, r.text
+    got = {p["name"]: p for p in r.json()["parameter"]}
+    assert (got["position"]["valueInteger"], got["ahead"]["valueInteger"]) == (2, 1)  # Bob's stat visit is first
+    other = anonymous_client.get(f"/fhir/Task/{bobs}/$queue-position", headers=as_ann)
+    assert other.status_code == 404 and "stat" not in other.text  # not even that it exists
+    no_task_scope = {"Authorization": f"Bearer {make_token('patient/Observation.rs', patient=ann)}"}
+    assert anonymous_client.get(f"/fhir/Task/{anns}/$queue-position", headers=no_task_scope).status_code == 403

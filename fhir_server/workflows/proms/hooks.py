@@ -1,6 +1,8 @@
 """What happens in the write's transaction when a QuestionnaireResponse is completed.
 
-- its scores are stored as Observations (scoring.py);
+- its scores are stored as Observations (scoring.py); when the response is
+  later marked `entered-in-error` or deleted, its score Observations become
+  `entered-in-error` too (a registry pulling them sees the withdrawal);
 - a PER-style registration (rules.json action `assign-scales`) becomes one Task
   per chosen scale: SDC "complete this questionnaire" Tasks (code
   complete-questionnaire, input questionnaire = the scale's canonical), for the
@@ -22,7 +24,7 @@ from sqlalchemy import Connection
 from ... import events
 from ..common import put, rule_for
 from .resolve import resolve_canonical
-from .scoring import compute_scores, observation_for
+from .scoring import SCORE_ID_PREFIX, compute_scores, observation_for
 
 FINAL = ("completed", "amended")
 SDC_TASK_CODE = {"coding": [{"system": "http://hl7.org/fhir/uv/sdc/CodeSystem/temp", "code": "complete-questionnaire"}]}
@@ -44,10 +46,31 @@ def _answers(response: dict) -> list:
     return response.get("item") or []
 
 
+def withdraw_scores(conn: Connection, response_id: str) -> list[str]:
+    """Mark the score Observations of a response entered-in-error; returns their ids."""
+    from ...rest import internal
+    from ...search.engine import find_matches
+
+    def mark(doc: dict) -> bool:
+        if doc.get("status") == "entered-in-error":
+            return False
+        doc["status"] = "entered-in-error"
+        return True
+
+    done = []
+    for _pk, obs_id in find_matches(conn, "Observation", [("derived-from", f"QuestionnaireResponse/{response_id}")], limit=1000):
+        if obs_id.startswith(SCORE_ID_PREFIX) and internal.rewrite(conn, "Observation", obs_id, mark) is not None:
+            done.append(obs_id)
+    return done
+
+
 def on_change(conn: Connection, change: events.ResourceChange) -> None:
-    if change.res_type != "QuestionnaireResponse" or change.new is None:
+    if change.res_type != "QuestionnaireResponse":
         return
     new = change.new
+    if new is None or new.get("status") == "entered-in-error":
+        withdraw_scores(conn, change.res_id)
+        return
     if new.get("status") not in FINAL:
         return
     old = change.old or {}

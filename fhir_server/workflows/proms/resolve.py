@@ -41,6 +41,8 @@ def resolve_canonical(conn: Connection, res_type: str, canonical: str, container
                 return c
         return None
     url, _, version = canonical.partition("|")
+    if not url.strip():
+        return None  # "|1.0.0" names no resource (an empty url would match every one)
     return _newest(_current_by_url(conn, res_type, url, version or None))
 
 

@@ -176,8 +176,11 @@ def _answers(item: dict) -> list[dict]:
     return out
 
 
+SCORE_ID_PREFIX = "score-"
+
+
 def observation_id(response_id: str, link_id: str) -> str:
-    return "score-" + hashlib.sha256(f"{response_id}|{link_id}".encode()).hexdigest()[:40]
+    return SCORE_ID_PREFIX + hashlib.sha256(f"{response_id}|{link_id}".encode()).hexdigest()[:40]
 
 
 def observation_for(response: dict, questionnaire: dict, score: Score) -> dict:

@@ -30,16 +30,29 @@ def is_visit(task: dict) -> bool:
     return fulfil and focus.startswith("QuestionnaireResponse/")
 
 
+def _already_told(conn: Connection, key: str) -> bool:
+    """Whether a "your turn" for this visit was queued before (its CommunicationRequest
+    carries the visit's key, whatever became of it since)."""
+    from ...notify.requests import KEY_SYSTEM
+    from ...search.engine import find_matches
+
+    return bool(find_matches(conn, "CommunicationRequest", [("identifier", f"{KEY_SYSTEM}|{key}")], limit=1))
+
+
 def _deliver(conn: Connection, patient: str, task: dict) -> bool:
     """Queue "it's your turn" with the notifier (fhir_server/notify), in the Task's write
-    transaction; one message per visit Task (idempotency key)."""
+    transaction; one message per visit Task: staff who put the visit back and take it
+    again do not message the patient twice (the key `your-turn:Task/<id>` is looked up)."""
     from ...errors import FhirError
     from ...notify import queue_notification
 
+    key = f"your-turn:Task/{task.get('id')}"
+    if _already_told(conn, key):
+        return False
     owner = ((task.get("owner") or {}).get("display")) or ""
     try:
         queue_notification(conn, patient, TEMPLATE, {"where": f" ({owner})" if owner else ""},
-                           reason_ref=f"Task/{task.get('id')}", key=f"your-turn:Task/{task.get('id')}")
+                           reason_ref=f"Task/{task.get('id')}", key=key)
     except FhirError as exc:
         log.warning("'your turn' for %s (Task/%s) not queued: %s", patient, task.get("id"), exc)
         return False
