@@ -218,6 +218,10 @@ def test_status_and_events_operations(client, subscribe, receiver, deliver):
     assert [p for p in ps if p["name"] == "type"][0]["valueCode"] == "query-event"
     assert [e["resource"]["id"] for e in events["entry"][1:]] == ids[1:3]
     assert client.get(f"/fhir/Subscription/{sub['id']}/$events", params={"eventsSinceNumber": "x"}).status_code == 400
+    # past what an event number can be (BIGINT), or below 0: 400, never a database error
+    for number in ("99999999999999999999999", "-1"):
+        r = client.get(f"/fhir/Subscription/{sub['id']}/$events", params={"eventsUntilNumber": number})
+        assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["eventsUntilNumber"], r.text
     assert client.get(f"/fhir/Subscription/{sub['id']}/$events", params={"content": "all"}).status_code == 400
     assert client.get("/fhir/Subscription/unknown-sub/$status").status_code == 404
     assert client.get("/fhir/Subscription/$status").status_code == 400
