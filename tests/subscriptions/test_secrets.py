@@ -70,3 +70,24 @@ def test_configured_keys_seal_and_rotate(settings):
             secrets.configure(settings.model_copy(update={"subscription_secret_keys": "not-a-key"}))
     finally:
         secrets.configure(settings)
+
+
+def test_header_secret_is_never_logged(app, client, subscribe, receiver, deliver, caplog):
+    """Create, a failed delivery (the path that logs), a retry that succeeds, $status:
+    at DEBUG level no log record carries the secret."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = "s3cret-" + uuid.uuid4().hex
+    family = "Unlogged" + uuid.uuid4().hex[:6]
+    sub = subscribe(r4_subscription(f"Patient?family={family}", receiver.url, headers=[f"X-Api-Key: {secret}"]))
+    assert client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}).status_code == 201
+    fast = dict(subscription_retry_base_seconds=0.0, subscription_retry_max_seconds=0.0)
+    receiver.status = 500
+    deliver(**fast)
+    receiver.status = 200
+    deliver(**fast)
+    assert client.get(f"/fhir/Subscription/{sub['id']}/$status").status_code == 200
+    assert [r["headers"]["x-api-key"] for r in receiver.requests] == [secret]
+    assert "delivery failed" in caplog.text  # the failure was logged ...
+    assert secret not in caplog.text  # ... without the secret
