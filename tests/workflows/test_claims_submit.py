@@ -85,6 +85,25 @@ def test_insurer_specific_policy_by_identifier(client, parties):
     assert r.json()["outcome"] == "queued"
 
 
+def test_coverage_specific_policy_wins_over_the_insurers(client, parties):
+    """A policy matched by the Coverage (its plan class here) applies before the insurer's
+    or the default one: 2 treatments for 60 days on the basic plan, 3 for 90 otherwise."""
+    patient, _coverage, insurer, make = parties
+    plan = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": "plan"}]}, "value": "basis"}
+    basic = make({"resourceType": "Coverage", "status": "active", "beneficiary": {"reference": patient},
+                  "payor": [{"reference": insurer}], "class": [plan]})
+    r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, basic, insurer, items=[treatment(quantity=6)])))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["outcome"] == "partial" and approved(body) == [2]
+    start, end = (date.fromisoformat(body["preAuthPeriod"][k]) for k in ("start", "end"))
+    assert (end - start).days == 60
+    book = policy_book()
+    assert book.for_claim(["class:plan|basis"], [f"{INSURER_ID}|mental-health-first"]).id == "example-basic-plan"
+    assert book.for_claim(["class:plan|other"], [f"{INSURER_ID}|mental-health-first"]).id == "example-mental-health-first"
+    assert book.for_claim([], []) is book.default
+
+
 def test_treatment_outside_the_policy_is_queued_with_a_task(client, parties):
     patient, coverage, insurer, _ = parties
     r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, coverage, insurer, items=[treatment("tandbehandling")])))
