@@ -130,6 +130,8 @@ def test_bare_claim_body_is_accepted(client, parties):
     (lambda c: c["item"][0].update(quantity={"value": 0}), 422),
     (lambda c: c["item"][0].update(quantity={"value": 2.5}), 422),
     (lambda c: c["item"][0].update(quantity={"value": 1e300}), 422),
+    # two items with one sequence: a decision could not say which it approves
+    (lambda c: c["item"].append(treatment("kiropraktik")), 422),
 ])
 def test_refused_submissions_write_nothing(client, parties, mutate, status):
     patient, coverage, insurer, _ = parties
@@ -183,6 +185,52 @@ def test_a_patient_cannot_decide_their_own_claim(app, client, parties):
     with app.state.db.write() as conn:
         out = ix.create(conn, as_staff, "ClaimResponse", ix.ParsedResource.from_preserving(body))
     assert out.status == 201
+
+
+def _eligible(value, sequence=1) -> list[dict]:
+    from tests.workflows.claims_journey import ADJ
+
+    return [{"itemSequence": sequence, "adjudication": [{"category": {"coding": [{"system": ADJ, "code": "eligible"}]}, "value": value}]}]
+
+
+def test_a_decision_names_the_claims_items_in_whole_numbers_and_is_made_once(app, client, parties, issue_token):
+    """Through HTTP with a case handler's token (a Practitioner's user/ token): approved counts
+    that are no whole number in range, or an item the Claim does not have, are a 422; the first
+    decision closes the request; a second one (or one on a Claim approved at once) is a 409 and
+    issues no second payment guarantee."""
+    from fastapi.testclient import TestClient
+
+    patient, coverage, insurer, _ = parties
+    r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, coverage, insurer, items=[treatment()])))
+    case = r.json()["request"]["reference"]
+    more = claim(patient, coverage, insurer, items=[treatment(quantity=3)],
+                 related=[{"claim": {"reference": case}, "relationship": {"coding": [{"code": "prior"}]}}])
+    r = client.post("/fhir/Claim/$submit", json=submit_params(more))
+    assert r.json()["outcome"] == "queued"
+    more_id = r.json()["request"]["reference"].split("/")[1]
+    token = issue_token(scope="user/*.cruds", fhir_user="Practitioner/case-handler-18")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as staff:
+        before = {t: _count(client, t) for t in ("ClaimResponse", "DocumentReference", "Binary")}
+        for items, where in ((_eligible(1e300), "ClaimResponse.item[0].adjudication[0].value"),
+                             (_eligible(2.5), "ClaimResponse.item[0].adjudication[0].value"),
+                             (_eligible(-1), "ClaimResponse.item[0].adjudication[0].value"),
+                             (_eligible(3, sequence=9), "ClaimResponse.item[0].itemSequence")):
+            r = staff.post("/fhir/ClaimResponse", json=decision(more_id, patient, insurer, "preauthorization", item=items))
+            assert r.status_code == 422, r.text
+            assert r.json()["issue"][0]["expression"] == [where]
+        assert {t: _count(client, t) for t in before} == before
+        r = staff.post("/fhir/ClaimResponse", json=decision(more_id, patient, insurer, "preauthorization", item=_eligible(3)))
+        assert r.status_code == 201, r.text
+        guarantees = client.get("/fhir/DocumentReference", params={"related": case, "type": "payment-guarantee"}).json()["total"]
+        assert guarantees == 2
+        for claim_id in (more_id, case.split("/")[1]):  # decided; approved at once by $submit
+            again = staff.post("/fhir/ClaimResponse", json=decision(claim_id, patient, insurer, "preauthorization", item=_eligible(3)))
+            assert again.status_code == 409, again.text
+            assert again.json()["issue"][0]["code"] == "conflict"
+        assert client.get("/fhir/DocumentReference", params={"related": case, "type": "payment-guarantee"}).json()["total"] == 2
+        # the decision itself may still be corrected (an update is no second decision)
+        stored = r.json()
+        assert staff.put(f"/fhir/ClaimResponse/{stored['id']}", json=dict(stored, disposition="Approved after review")).status_code == 200
 
 
 def test_unrelated_claim_responses_are_plain_resources(client):

@@ -107,6 +107,12 @@ def submit(conn, ctx, parsed: ix.ParsedResource, book_path: str | None = None) -
         raise FhirError.of(422, "business-rule", f"Only an active claim is submitted (Claim.status is '{claim_in.get('status')}')", "Claim.status")
     if not records.ref_of(claim_in.get("patient")):
         raise FhirError.of(422, "required", "Claim.patient must reference the Patient", "Claim.patient")
+    seen: set = set()
+    for n, item in enumerate(claim_in.get("item") or []):
+        if item.get("sequence") in seen:  # R4: the sequence identifies the item (decisions name it)
+            raise FhirError.of(422, "business-rule", f"Claim.item[{n}].sequence {item.get('sequence')} is used by an earlier item",
+                               f"Claim.item[{n}].sequence")
+        seen.add(item.get("sequence"))
     for doc in (parsed.plain, parsed.preserving):
         meta = doc.setdefault("meta", {})
         tags = [t for t in meta.get("tag") or [] if t != records.WORKFLOW_TAG]
