@@ -185,7 +185,13 @@ def attach_websocket(app: FastAPI, db, sockets: Sockets, base: str, settings=Non
         await websocket.accept()
         try:
             while True:
-                message = (await websocket.receive_text()).strip()
+                frame = await websocket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                if frame.get("text") is None:  # a binary frame: the protocol's commands are text
+                    await websocket.send_text("error send commands as text frames: 'bind <id>' or 'bind-with-token <token>'")
+                    continue
+                message = frame["text"].strip()
                 command, _, argument = message.partition(" ")
                 argument = argument.strip()
                 if command == "bind":

@@ -150,3 +150,30 @@ def test_binding_token_is_short_lived_and_bound_to_its_subscriptions(app, client
     with _anonymous_socket(app) as anon, anon.websocket_connect("/fhir/websocket") as ws:
         ws.send_text(f"bind-with-token {token}")
         assert _status(json.loads(ws.receive_text()))["subscription"]["valueReference"]["reference"].endswith(one["id"])
+
+
+def test_binary_frames_and_unknown_commands_get_an_error_and_the_socket_stays(client, subscribe):
+    """The protocol's commands are text frames; anything else is answered `error ...`, never a crash."""
+    sub = subscribe(r4_subscription("Patient?family=WsFrames" + uuid.uuid4().hex[:6], None, channel_type="websocket"))
+    with client.websocket_connect("/fhir/websocket") as ws:
+        ws.send_bytes(b"\x00\x01bind")
+        assert ws.receive_text().startswith("error send commands as text frames")
+        ws.send_text("")
+        assert ws.receive_text().startswith("error unknown command")
+        ws.send_text("bind-with-token")
+        assert ws.receive_text() == "error invalid or expired binding token"
+        ws.send_text(f"bind {sub['id']}")  # still usable
+        assert ws.receive_text() == f"bound {sub['id']}"
+
+
+def test_deleted_subscription_is_gone_for_its_operations_and_its_binding_token(client, subscribe):
+    owner = f"Practitioner/{uuid.uuid4().hex[:12]}"
+    sub = subscribe(topic_subscription("task-status-changed", None, filters=[f"Task?owner={owner}"], channel_type="websocket"))
+    token = _token(client, sub["id"])["token"]
+    assert client.delete(f"/fhir/Subscription/{sub['id']}").status_code in (200, 204)
+    for op in ("$get-ws-binding-token", "$status", "$events"):
+        r = client.post(f"/fhir/Subscription/{sub['id']}/{op}") if op.startswith("$get") else client.get(f"/fhir/Subscription/{sub['id']}/{op}")
+        assert r.status_code == 410 and r.json()["issue"][0]["code"] == "deleted", (op, r.text)
+    with client.websocket_connect("/fhir/websocket") as ws:
+        ws.send_text(f"bind-with-token {token}")
+        assert ws.receive_text() == "error invalid or expired binding token"
