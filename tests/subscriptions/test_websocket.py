@@ -108,8 +108,8 @@ def test_r4_bind_needs_a_token_that_may_read_the_subscription(app, client, subsc
             with c.websocket_connect("/fhir/websocket"):
                 pass
         assert exc.value.code == 1008
-    # a token that may read it
-    reader = issue_token(scope="user/Subscription.rs", fhir_user="Practitioner/ws-2")
+    # a token that may read it, and the Patients it carries
+    reader = issue_token(scope="user/Subscription.rs user/Patient.rs", fhir_user="Practitioner/ws-2")
     with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {reader}"}) as c:
         with c.websocket_connect("/fhir/websocket") as ws:
             ws.send_text(f"bind {sub['id']}")
@@ -126,7 +126,7 @@ def test_binding_token_is_short_lived_and_bound_to_its_subscriptions(app, client
     owner = f"Practitioner/{uuid.uuid4().hex[:12]}"
     one = subscribe(topic_subscription("task-status-changed", None, filters=[f"Task?owner={owner}"], channel_type="websocket"))
     # never past the access token it was issued to
-    short = issue_token(scope="user/Subscription.rs", fhir_user="Practitioner/ws-3", ttl=30)
+    short = issue_token(scope="user/Subscription.rs user/Task.rs", fhir_user="Practitioner/ws-3", ttl=30)
     with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {short}"}) as c:
         r = c.post(f"/fhir/Subscription/{one['id']}/$get-ws-binding-token")
         assert r.status_code == 200, r.text
@@ -177,3 +177,44 @@ def test_deleted_subscription_is_gone_for_its_operations_and_its_binding_token(c
     with client.websocket_connect("/fhir/websocket") as ws:
         ws.send_text(f"bind-with-token {token}")
         assert ws.receive_text() == "error invalid or expired binding token"
+
+
+def test_only_who_may_see_what_it_carries_may_bind(app, client, subscribe, issue_token, deliver, subscriptions_made):
+    """Reading Subscriptions is not enough to listen to one: a token that may not read Tasks
+    gets no binding token (403) and no R4 bind for a subscription carrying Tasks; the
+    subscription's owner (a patient-context portal backend) binds to its own; a second
+    principal with the same scopes but another patient context may not."""
+    from fastapi.testclient import TestClient
+
+    owner = f"Practitioner/{uuid.uuid4().hex[:12]}"
+    sub = subscribe(topic_subscription("task-status-changed", None, filters=[f"Task?owner={owner}"],
+                                       content="full-resource", channel_type="websocket"))
+    snoop = issue_token(scope="user/Subscription.rs", fhir_user="Practitioner/snoop")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {snoop}"}) as c:
+        r = c.post(f"/fhir/Subscription/{sub['id']}/$get-ws-binding-token")
+        assert r.status_code == 403 and r.json()["issue"][0]["code"] == "forbidden", r.text
+        with c.websocket_connect("/fhir/websocket") as ws:
+            ws.send_text(f"bind {sub['id']}")
+            assert ws.receive_text().startswith("error no active websocket subscription")
+    # a token issued earlier to the system client still works for it
+    token = _token(client, sub["id"])["token"]
+    with client.websocket_connect("/fhir/websocket") as ws:
+        ws.send_text(f"bind-with-token {token}")
+        assert _status(json.loads(ws.receive_text()))["type"]["valueCode"] == "handshake"
+
+    # a portal backend owning a patient-context subscription binds to it; another context may not
+    patient = client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "WsOwn"}]}).json()["id"]
+    scope = "system/Subscription.cruds patient/Observation.rs"
+    mine = issue_token(scope=scope, patient=patient, fhir_user="Practitioner/portal-backend")
+    other = issue_token(scope=scope, patient="someone-else", fhir_user="Practitioner/portal-backend")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {mine}"}) as c:
+        r = c.post("/fhir/Subscription", json=r4_subscription("Observation?code=http://loinc.org|1-8", None, channel_type="websocket"))
+        assert r.status_code == 201, r.text
+        own = r.json()["id"]
+        subscriptions_made.append(own)
+        assert c.post(f"/fhir/Subscription/{own}/$get-ws-binding-token").status_code == 200
+        with c.websocket_connect("/fhir/websocket") as ws:
+            ws.send_text(f"bind {own}")
+            assert ws.receive_text() == f"bound {own}"
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {other}"}) as c:
+        assert c.post(f"/fhir/Subscription/{own}/$get-ws-binding-token").status_code == 403
