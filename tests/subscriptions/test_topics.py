@@ -234,3 +234,31 @@ def test_capability_statement_lists_the_topics(client):
                   if e["url"].endswith("capabilitystatement-subscriptiontopic-canonical")}
     assert canonicals == set(topics.all_topics())
     assert {"status", "events", "get-ws-binding-token"} <= {op["name"] for op in entry["operation"]}
+
+
+def test_claims_workflow_writes_are_events(client, subscribe, receiver, deliver):
+    """Writes the claims workflow makes inside $submit's transaction (the ClaimResponse of an
+    approval, the Task of a request for more, the handler's decision closing it) are events
+    like any other: the insurer's systems hear of them."""
+    from tests.workflows.claims_journey import claim, decision, eligible_items, submit_params, treatment
+
+    insurer = "Organization/" + _post(client, {"resourceType": "Organization", "name": "Subs Insurer"})["id"]
+    patient = "Patient/" + _post(client, {"resourceType": "Patient", "name": [{"family": "ClaimSubs"}]})["id"]
+    coverage = "Coverage/" + _post(client, {"resourceType": "Coverage", "status": "active", "beneficiary": {"reference": patient},
+                                            "payor": [{"reference": insurer}]})["id"]
+    subscribe(topic_subscription("claimresponse-issued", receiver.url, filters=[f"ClaimResponse?patient={patient}"]))
+    subscribe(topic_subscription("task-status-changed", receiver.url, filters=[f"Task?owner={insurer}"]))
+    r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, coverage, insurer, items=[treatment()])))
+    approved = r.json()
+    more = claim(patient, coverage, insurer, items=[treatment(quantity=3)], related=[
+        {"claim": approved["request"], "relationship": {"coding": [{"code": "prior"}]}}])
+    queued = client.post("/fhir/Claim/$submit", json=submit_params(more)).json()
+    more_id = queued["request"]["reference"].split("/")[1]
+    [task] = [e["resource"] for e in client.get("/fhir/Task", params={"focus": f"Claim/{more_id}"}).json()["entry"]]
+    decided = client.post("/fhir/ClaimResponse", json=decision(more_id, patient, insurer, "preauthorization", item=eligible_items(3)))
+    assert decided.status_code == 201, decided.text
+    deliver()
+    focus = _focus(receiver)
+    assert [f for f in focus if f.startswith("ClaimResponse/")] == [
+        f"ClaimResponse/{approved['id']}", f"ClaimResponse/{queued['id']}", f"ClaimResponse/{decided.json()['id']}"]
+    assert [f for f in focus if f.startswith("Task/")] == [f"Task/{task['id']}", f"Task/{task['id']}"]  # created, completed
