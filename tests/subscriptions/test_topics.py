@@ -10,7 +10,7 @@ import pytest
 
 from fhir_server.subscriptions import topics
 
-from .conftest import TOPIC, topic_subscription
+from .conftest import BACKPORT, TOPIC, topic_subscription
 
 
 def _focus(receiver) -> list[str]:
@@ -262,3 +262,39 @@ def test_claims_workflow_writes_are_events(client, subscribe, receiver, deliver)
     assert [f for f in focus if f.startswith("ClaimResponse/")] == [
         f"ClaimResponse/{approved['id']}", f"ClaimResponse/{queued['id']}", f"ClaimResponse/{decided.json()['id']}"]
     assert [f for f in focus if f.startswith("Task/")] == [f"Task/{task['id']}", f"Task/{task['id']}"]  # created, completed
+
+
+def test_endpoint_slower_than_the_timeout_is_a_failure_and_the_event_waits(app, client, subscribe, receiver, deliver):
+    """`backport-timeout` (seconds) bounds each request: an endpoint that does not answer in
+    time counts as a failed delivery, the event stays queued, and goes out once it answers."""
+    import time
+
+    from sqlalchemy import select
+
+    from fhir_server.subscriptions.tables import subscription_events, subscriptions
+
+    owner = f"Practitioner/{uuid.uuid4().hex[:12]}"
+    sub = topic_subscription("task-status-changed", receiver.url, filters=[f"Task?owner={owner}"])
+    sub["channel"].setdefault("extension", []).append({"url": BACKPORT + "backport-timeout", "valueUnsignedInt": 1})
+    sub = subscribe(sub)
+    deliver()  # the handshake
+    receiver.requests.clear()
+    task = _post(client, {"resourceType": "Task", "status": "requested", "intent": "order", "owner": {"reference": owner}})
+    receiver.delay = 3.0
+    started = time.monotonic()
+    deliver(subscription_retry_base_seconds=0.0, subscription_retry_max_seconds=0.0)
+    assert time.monotonic() - started < 2.9  # gave up after the subscription's 1 s, not the endpoint's 3 s
+    with app.state.db.read() as conn:
+        row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub["id"])).first()
+        pending = conn.execute(select(subscription_events.c.status).where(
+            subscription_events.c.sub_id == sub["id"], subscription_events.c.kind == "event-notification")).scalars().all()
+    assert row.failures == 1 and "timed out" in row.last_error.lower()
+    assert pending == ["pending"]
+    receiver.delay = 0.0
+    deliver(subscription_retry_base_seconds=0.0, subscription_retry_max_seconds=0.0)
+    # (the receiver may also record the first, abandoned try when its slow answer ends: at least once)
+    assert f"Task/{task['id']}" in _focus(receiver)
+    with app.state.db.read() as conn:
+        assert conn.execute(select(subscriptions.c.failures).where(subscriptions.c.id == sub["id"])).scalar() == 0
+        assert conn.execute(select(subscription_events.c.status).where(
+            subscription_events.c.sub_id == sub["id"], subscription_events.c.kind == "event-notification")).scalars().all() == ["sent"]
