@@ -218,3 +218,37 @@ def test_only_who_may_see_what_it_carries_may_bind(app, client, subscribe, issue
             assert ws.receive_text() == f"bound {own}"
     with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {other}"}) as c:
         assert c.post(f"/fhir/Subscription/{own}/$get-ws-binding-token").status_code == 403
+
+
+def test_real_websocket_client_over_the_network(live_server, auth_headers, subscribe, deliver):
+    """A websocket client of its own (the `websockets` library) against the server on a real
+    port: bind-with-token, the handshake, then an event written over HTTP arrives as a
+    notification Bundle; R4 bind with the bearer token on the upgrade request gets its ping."""
+    import httpx
+    from websockets.sync.client import connect
+
+    owner = f"Practitioner/{uuid.uuid4().hex[:12]}"
+    sub = subscribe(topic_subscription("task-status-changed", None, filters=[f"Task?owner={owner}"],
+                                       content="id-only", channel_type="websocket"))
+    with httpx.Client(base_url=live_server, headers=auth_headers, timeout=30) as http:
+        r = http.post(f"/Subscription/{sub['id']}/$get-ws-binding-token")
+        assert r.status_code == 200, r.text
+        params = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in r.json()["parameter"]}
+        assert params["websocket-url"] == live_server.replace("http://", "ws://") + "/websocket"
+        with connect(params["websocket-url"], open_timeout=10) as ws:
+            ws.send(f"bind-with-token {params['token']}")
+            assert _status(json.loads(ws.recv(timeout=10)))["type"]["valueCode"] == "handshake"
+            task = http.post("/Task", json={"resourceType": "Task", "status": "requested", "intent": "order",
+                                            "owner": {"reference": owner}}).json()["id"]
+            deliver()
+            note = json.loads(ws.recv(timeout=10))
+            assert _status(note)["type"]["valueCode"] == "event-notification"
+            assert note["entry"][1]["fullUrl"].endswith(f"Task/{task}")
+        family = "WsNet" + uuid.uuid4().hex[:6]
+        r4 = subscribe(r4_subscription(f"Patient?family={family}", None, channel_type="websocket"))
+        with connect(params["websocket-url"], additional_headers=auth_headers, open_timeout=10) as ws:
+            ws.send(f"bind {r4['id']}")
+            assert ws.recv(timeout=10) == f"bound {r4['id']}"
+            assert http.post("/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}).status_code == 201
+            deliver()
+            assert ws.recv(timeout=10) == f"ping {r4['id']}"
