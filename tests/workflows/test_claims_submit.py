@@ -233,6 +233,37 @@ def test_a_decision_names_the_claims_items_in_whole_numbers_and_is_made_once(app
         assert staff.put(f"/fhir/ClaimResponse/{stored['id']}", json=dict(stored, disposition="Approved after review")).status_code == 200
 
 
+def test_reimbursement_with_another_patients_document_reads_as_missing(app, client, parties, issue_token):
+    """A patient citing another patient's bill gets the same 422 as for a document that does
+    not exist: the answer does not confirm that the other document exists."""
+    from fastapi.testclient import TestClient
+
+    patient, coverage, insurer, make = parties
+    other = make({"resourceType": "Patient", "name": [{"family": "Someone"}]})
+    r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, coverage, insurer, items=[treatment()])))
+    case = r.json()["request"]["reference"]
+    theirs = client.post("/fhir/DocumentReference", json={
+        "resourceType": "DocumentReference", "status": "current", "subject": {"reference": other},
+        "context": {"related": [{"reference": case}]},
+        "content": [{"attachment": {"contentType": "text/plain", "data": "aGVq"}}]}).json()["id"]
+    related = [{"claim": {"reference": case}, "relationship": {"coding": [{"code": "associated"}]}}]
+
+    def refund(doc_id: str) -> dict:
+        return submit_params(claim(patient, coverage, insurer, use="claim", related=related, supportingInfo=[{
+            "sequence": 1, "category": {"coding": [{"code": "attachment"}]},
+            "valueReference": {"reference": f"DocumentReference/{doc_id}"}}]))
+
+    token = issue_token(scope="patient/*.cruds", patient=patient.split("/")[1])
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as portal:
+        answers = []
+        for doc_id in (theirs, "no-such-document"):
+            r = portal.post("/fhir/Claim/$submit", json=refund(doc_id))
+            assert r.status_code == 422, r.text
+            issue = r.json()["issue"][0]
+            answers.append((issue["code"], issue["diagnostics"].replace(doc_id, "<id>")))
+    assert answers[0] == answers[1]
+
+
 def test_unrelated_claim_responses_are_plain_resources(client):
     """A ClaimResponse for a claim this server never adjudicated is stored as any resource (R4 examples)."""
     body = decision("not-here", "Patient/1", "Organization/1", "claim", outcome="complete")

@@ -188,10 +188,11 @@ def _check_bills(conn, claim: dict) -> str:
             continue
         target = records.split_ref(ref)
         doc = records.read(conn, ref)
-        if target is None or target[0] != "DocumentReference" or doc is None:
-            raise FhirError.of(422, "not-found", f"{ref} is not an uploaded document (a DocumentReference) on this server", where)
-        if not _same_patient(doc.get("subject"), claim.get("patient")):
-            raise FhirError.of(422, "business-rule", f"{ref} is not a document of {records.ref_of(claim.get('patient'))}", where)
+        if target is None or target[0] != "DocumentReference" or doc is None \
+                or not _same_patient(doc.get("subject"), claim.get("patient")):
+            # one answer for "missing" and "another patient's": the caller learns nothing of others' documents
+            raise FhirError.of(422, "not-found", f"{ref} is not an uploaded document (a DocumentReference) of "
+                               f"{records.ref_of(claim.get('patient'))} on this server", where)
         related = {records.ref_of(r) for r in (doc.get("context") or {}).get("related") or []}
         if case_ref not in related:
             raise FhirError.of(422, "business-rule", f"{ref} is not in the case {case_ref} (DocumentReference.context.related)", where)
