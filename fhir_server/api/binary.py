@@ -72,6 +72,23 @@ def handles_read(request: Request) -> bool:
 # ------------------------------------------------------------------ writes
 
 
+def security_context(header: str) -> str:
+    """The `X-Security-Context` header as a Reference.reference: `Type/id` (optionally
+    `/_history/<v>`) of a type this server knows, or an absolute http(s) URL; 400 otherwise."""
+    import re
+
+    from ..model.definitions import resource_types
+
+    value = header.strip()
+    if re.fullmatch(r"https?://\S+/[A-Za-z]+/[A-Za-z0-9\-.]{1,64}(/_history/\d+)?", value):
+        return value
+    m = re.fullmatch(r"([A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/\d+)?", value)
+    if m is None or m.group(1) not in resource_types():
+        raise FhirError.of(400, "value", f"X-Security-Context '{value[:80]}' is not a reference: use <Type>/<id>, "
+                           "e.g. DocumentReference/123 (R4 binary.html)", "Binary.securityContext")
+    return value
+
+
 async def raw_write(request: Request, ctx: RequestContext, db, res_id: str | None = None) -> Response:
     """POST (res_id None) or PUT of raw content; see the module docstring."""
     settings = doc_settings.current()
@@ -87,7 +104,7 @@ async def raw_write(request: Request, ctx: RequestContext, db, res_id: str | Non
     resource["contentType"] = rule.mime
     security = request.headers.get("x-security-context")
     if security:
-        resource["securityContext"] = {"reference": security.strip()}
+        resource["securityContext"] = {"reference": security_context(security)}
     # Refuse before reading a byte: who may write, and a declared length over the limit.
     authorize(ctx.principal, AccessRequest("update" if res_id else "create", "Binary", rid, resource))
     length = request.headers.get("content-length")

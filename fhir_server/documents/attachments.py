@@ -27,15 +27,16 @@ EXT_SHA256 = "http://fhir-server.local/StructureDefinition/attachment-sha256"
 _LOCAL = re.compile(r"^Binary/([A-Za-z0-9\-.]{1,64})(?:/_history/(\d+))?$")
 
 
+def _relative(url: str, base_url: str) -> str:
+    base = (base_url or "").rstrip("/")
+    return url[len(base) + 1:] if base and url.startswith(base + "/") else url
+
+
 def local_binary(url: str | None, base_url: str) -> tuple[str, int | None] | None:
     """(id, version or None) when `url` names a Binary on this server, else None."""
     if not isinstance(url, str):
         return None
-    rel = url
-    base = (base_url or "").rstrip("/")
-    if base and url.startswith(base + "/"):
-        rel = url[len(base) + 1:]
-    m = _LOCAL.match(rel)
+    m = _LOCAL.match(_relative(url, base_url))
     if not m:
         return None
     return m.group(1), int(m.group(2)) if m.group(2) else None
@@ -64,6 +65,10 @@ def transform_document_reference(conn, ctx, res_type: str, res_id: str | None, p
     for (path, att), (_p, att_keep) in pairs:
         target = local_binary(att.get("url"), base)
         if target is None:
+            if isinstance(att.get("url"), str) and _relative(att["url"], base).split("/", 1)[0] == "Binary":
+                # "Binary/", "Binary/a b", "Binary/1/_history/x": aimed at this server, naming no Binary
+                raise FhirError.of(422, "value", f"{path}.url '{att['url']}' names no Binary: use Binary/<id> or "
+                                   "Binary/<id>/_history/<version>", f"{path}.url")
             continue
         bin_id, version = target
         try:

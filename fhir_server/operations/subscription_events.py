@@ -25,6 +25,7 @@ from ..subscriptions.tables import subscription_events
 
 DEFINITION = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events"
 MAX_EVENTS = 1000
+INT64_MAX = 2**63 - 1  # event numbers are stored as BIGINT
 
 
 def _int(params: dict, name: str) -> int | None:
@@ -32,9 +33,12 @@ def _int(params: dict, name: str) -> int | None:
     if value is None:
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise FhirError.of(400, "invalid", f"${'events'} parameter '{name}' must be an integer, got '{value}'", name) from None
+        raise FhirError.of(400, "invalid", f"$events parameter '{name}' must be an integer, got '{value}'", name) from None
+    if not 0 <= number <= INT64_MAX:
+        raise FhirError.of(400, "invalid", f"$events parameter '{name}' must be from 0 to {INT64_MAX}, got {value}", name)
+    return number
 
 
 @operation("events", ("instance",), types=("Subscription",), definition=DEFINITION)

@@ -16,7 +16,7 @@ from ..model import jsonio
 from ..rest.context import Outcome
 from ..rest.operations import OperationCall, operation
 from ..subscriptions.state import load, subscription_ids
-from ..subscriptions.websocket import issue_token
+from ..subscriptions.websocket import issue_token, may_receive
 
 DEFINITION = "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-get-ws-binding-token"
 
@@ -36,6 +36,11 @@ def get_ws_binding_token(call: OperationCall) -> Outcome:
             raise FhirError.of(400, "invalid", f"Subscription/{sub_id} does not use the websocket channel")
         if row.status not in ("active", "error"):
             raise FhirError.of(400, "invalid", f"Subscription/{sub_id} is {row.status}, not active")
+        with call.db.read() as conn:
+            allowed = may_receive(conn, call.ctx.principal, row.id)
+        if not allowed:
+            raise FhirError.of(403, "forbidden", f"Subscription/{sub_id} carries resources this token may not read: only its "
+                               "owner, or a client that may read all of what it watches, may bind to it")
     token, expires = issue_token(call.db, ids, call.ctx.principal)
     params = [{"name": "token", "valueString": token}, {"name": "expiration", "valueDateTime": expires}]
     params += [{"name": "subscription", "valueString": f"{call.ctx.base_url}/Subscription/{i}"} for i in ids]

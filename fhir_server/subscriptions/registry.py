@@ -54,9 +54,12 @@ def prepare_subscription(conn: Connection, ctx, res_id: str | None, parsed) -> N
         held = conn.execute(select(subscriptions.c.spec).where(subscriptions.c.id == res_id)).scalar()
         if held:
             try:
-                previous = unseal(conn, json.loads(held)).get("headers") or []
+                held_spec = unseal(conn, json.loads(held))
+                previous = held_spec.get("headers") or []
             except SecretsUnavailable:
-                previous = []  # masked values sent back then stay masked (the secret is lost)
+                held_spec, previous = {}, []  # masked values sent back then stay masked (the secret is lost)
+            if previous and (held_spec.get("endpoint"), held_spec.get("channel_type")) != (spec.endpoint, spec.channel_type):
+                check_no_masked_headers(spec.headers)  # a held secret never follows the subscription elsewhere
             spec.headers = restore_masked(spec.headers, previous)
     principal = getattr(ctx, "principal", None)
     if principal is not None:
@@ -68,6 +71,20 @@ def prepare_subscription(conn: Connection, ctx, res_id: str | None, parsed) -> N
             doc.pop("error", None)
         mask_headers(doc)
     conn.info.setdefault(_PENDING, {})[res_id] = (json.dumps(seal(conn, spec.to_json())), owner)
+
+
+def check_no_masked_headers(headers: list[str]) -> None:
+    """422 when a header is sent masked: on a changed endpoint the secret held is not
+    reused (a writer could otherwise send another's secret to a server of their own)."""
+    from ..errors import FhirError
+    from .spec import MASK
+
+    for h in headers:
+        name, _, value = h.partition(":")
+        if value.strip() == MASK:
+            raise FhirError.of(422, "business-rule", f"channel.header '{name.strip()}' is masked; the endpoint changed, so "
+                               "send the header's value again (a secret held is only kept for the same endpoint)",
+                               "Subscription.channel.header")
 
 
 def check_owner_reach(principal: Principal, spec: SubscriptionSpec) -> None:

@@ -27,14 +27,21 @@ def subscription_ids(call: OperationCall) -> list[str]:
 
 
 def load(call: OperationCall, sub_id: str):
-    """(row, spec) of a subscription the caller may read; 404 when unknown."""
+    """(row, spec) of a subscription the caller may read; 404 when unknown, 410 when deleted
+    (as a read of it answers, R4 http.html#read)."""
     from ..rest.interactions import check_visible
+    from ..storage import repository as repo
 
     authorize(call.ctx.principal, AccessRequest("read", "Subscription", sub_id))
+    deleted = False
     with call.db.read() as conn:
         row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id[:64])).first()
         if row is not None:
             check_visible(conn, call.ctx, "Subscription", sub_id)  # outside the caller's reach: 404
+            current = repo.read_current(conn, "Subscription", row.id)
+            deleted = current is None or current.deleted
     if row is None:
         raise FhirError.of(404, "not-found", f"Subscription/{sub_id} is not known")
+    if deleted:
+        raise FhirError.of(410, "deleted", f"Subscription/{sub_id} was deleted")
     return row, SubscriptionSpec.from_json(json.loads(row.spec))

@@ -121,7 +121,7 @@ def _redeem(db, token: str) -> list[str]:
             return []
         requester = principal_from_json(data["requester"]) if data.get("requester") else None
         ids = list(data.get("subscriptions") or [])
-        if requester is None or not all(may_read_subscription(conn, requester, s) for s in ids):
+        if requester is None or not all(may_receive(conn, requester, s) for s in ids):
             return []
         return ids
 
@@ -139,13 +139,53 @@ def may_read_subscription(conn, principal: Principal, sub_id: str) -> bool:
     return visible(conn, "Subscription", sub_id, visibility(principal, "Subscription", "r"))
 
 
+def _same_identity(a: Principal, b: Principal) -> bool:
+    return (a.subject, a.issuer, a.client_id, a.patient, a.fhir_user) == (b.subject, b.issuer, b.client_id, b.patient, b.fhir_user)
+
+
+def may_receive(conn, principal: Principal, sub_id: str) -> bool:
+    """Whether `principal` may have Subscription/`sub_id`'s notifications on a socket.
+
+    A notification carries what the subscription's owner may see (owner.py), so the one
+    who binds must see at least that: they may read the Subscription, and either they are
+    its owner (same subject, issuer, client and SMART context, holding all the owner's
+    scopes) or they may read the whole of every resource type it watches (a backend
+    system client). Otherwise a token allowed to read Subscriptions could listen to
+    another principal's subscription and receive resources it may not read."""
+    from . import topics
+    from .spec import watched_types
+
+    if not may_read_subscription(conn, principal, sub_id):
+        return False
+    if principal.unrestricted:
+        return True
+    row = conn.execute(select(subscriptions.c.owner, subscriptions.c.spec).where(subscriptions.c.id == sub_id[:64])).first()
+    if row is None:
+        return False
+    owner = principal_from_json(row.owner) if row.owner else None
+    if owner is not None and _same_identity(owner, principal) and owner.scopes <= principal.scopes:
+        return True
+    spec = SubscriptionSpec.from_json(json.loads(row.spec))
+    topic = topics.lookup(spec.topic) if spec.topic else None
+    if spec.topic and topic is None:
+        return False
+    for res_type in watched_types(spec, topic):
+        try:
+            authorize(principal, AccessRequest("search-type", res_type))
+        except FhirError:
+            return False
+        if visibility(principal, res_type, "r") is not None:  # narrower than the whole type
+            return False
+    return True
+
+
 def _websocket_subscription(db, sub_id: str, principal: Principal | None = None):
-    """The row of an active websocket subscription (that `principal`, when given, may read)."""
+    """The row of an active websocket subscription (whose notifications `principal`, when given, may receive)."""
     with db.read() as conn:
         row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id[:64])).first()
         if row is None or row.channel_type != "websocket" or row.status not in ("active", "error"):
             return None
-        if principal is not None and not may_read_subscription(conn, principal, sub_id):
+        if principal is not None and not may_receive(conn, principal, sub_id):
             return None
     return row
 
@@ -185,7 +225,13 @@ def attach_websocket(app: FastAPI, db, sockets: Sockets, base: str, settings=Non
         await websocket.accept()
         try:
             while True:
-                message = (await websocket.receive_text()).strip()
+                frame = await websocket.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                if frame.get("text") is None:  # a binary frame: the protocol's commands are text
+                    await websocket.send_text("error send commands as text frames: 'bind <id>' or 'bind-with-token <token>'")
+                    continue
+                message = frame["text"].strip()
                 command, _, argument = message.partition(" ")
                 argument = argument.strip()
                 if command == "bind":
@@ -195,7 +241,8 @@ def attach_websocket(app: FastAPI, db, sockets: Sockets, base: str, settings=Non
                         continue
                     row = await run_in_threadpool(_websocket_subscription, db, argument, principal)
                     if row is None:
-                        await websocket.send_text(f"error no active websocket subscription '{argument[:64]}' that this token may read")
+                        await websocket.send_text(f"error no active websocket subscription '{argument[:64]}' whose notifications "
+                                                  "this token may receive")
                         continue
                     sockets.bind(argument, websocket)
                     await websocket.send_text(f"bound {argument}")

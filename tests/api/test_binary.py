@@ -207,6 +207,32 @@ def test_document_reference_contradicting_the_content_is_refused(client, att, st
     assert r.status_code == status, r.text
 
 
+@pytest.mark.parametrize("url", ["Binary/", "Binary", "http://testserver/fhir/Binary/", "Binary/a%20b", "Binary/x/_history/one"])
+def test_document_reference_url_naming_no_binary_is_refused(client, url):
+    """A url aimed at this server's Binary endpoint that names no Binary is a 422, nothing written (QA F8)."""
+    before = client.get("/fhir/DocumentReference", params={"_summary": "count"}).json()["total"]
+    doc = {"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"url": url}}]}
+    r = client.post("/fhir/DocumentReference", json=doc)
+    assert r.status_code == 422, r.text
+    assert r.json()["issue"][0]["expression"] == ["DocumentReference.content[0].attachment.url"]
+    assert client.get("/fhir/DocumentReference", params={"_summary": "count"}).json()["total"] == before
+    # a url elsewhere is the client's business
+    other = {"resourceType": "DocumentReference", "status": "current",
+             "content": [{"attachment": {"url": "https://archive.example.org/Binary/1"}}]}
+    assert client.post("/fhir/DocumentReference", json=other).status_code == 201
+
+
+@pytest.mark.parametrize("header", ["garbage", "Patient/", "NoSuchType/1", "Patient/a b", "#contained"])
+def test_security_context_header_that_is_no_reference_is_400(client, header):
+    before = client.get("/fhir/Binary", params={"_summary": "count"}).json()["total"]
+    r = _upload(client, **{"X-Security-Context": header})
+    assert r.status_code == 400, r.text
+    assert r.json()["issue"][0]["expression"] == ["Binary.securityContext"]
+    assert client.get("/fhir/Binary", params={"_summary": "count"}).json()["total"] == before
+    for good in ("DocumentReference/doc-1", "Patient/p-1/_history/2", "https://other.example/fhir/Patient/1"):
+        assert _upload(client, **{"X-Security-Context": good}).status_code == 201, good
+
+
 def test_virus_scan_over_http(client, settings, monkeypatch, clamd_address):
     monkeypatch.setattr(settings, "clamd_address", clamd_address)
     assert _upload(client).status_code == 201

@@ -31,6 +31,7 @@ class Receiver:
     def __init__(self):
         self.requests: list[dict] = []
         self.status = 200
+        self.delay = 0.0  # seconds before answering (a slow or hanging endpoint)
         self.lock = threading.Lock()
         receiver = self
 
@@ -38,6 +39,8 @@ class Receiver:
             def _handle(self):
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 with receiver.lock:
                     status = receiver.status
                     if status < 300:

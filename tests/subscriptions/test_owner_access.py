@@ -125,3 +125,40 @@ def test_patient_token_cannot_own_subscriptions(app, issue_token, receiver, subs
     r = _subscribe_as(app, token, r4_subscription("Observation?code=http://loinc.org|1-8", receiver.url),
                       subscriptions_made, expect=403)
     assert r["issue"][0]["code"] == "forbidden"
+
+
+def test_staff_owner_hears_of_case_documents_only_under_the_case_consent(app, client, issue_token, receiver, deliver,
+                                                                         subscriptions_made):
+    """The consent rules of the owner's token (security/case_consent.py): a case handler's
+    subscription to a patient's DocumentReferences carries the documents of a case the
+    patient consented to, not those of another case; revoking the consent withholds
+    what was queued before and not yet sent."""
+    from datetime import date
+
+    from tests.security.family import case_claim, consent, new_id, patient, put
+    from tests.security.test_case_documents_http import case_provision
+
+    pid, _ = patient(client, "DK", date(1990, 6, 6))
+    subject = {"reference": f"Patient/{pid}"}
+    shared, other = new_id("claim-shared"), new_id("claim-other")
+    for claim in (shared, other):
+        case_claim(client, claim, subject)
+    consent_id = consent(client, pid, case_provision(shared))
+    token = issue_token(scope="user/DocumentReference.rs user/Subscription.cruds", fhir_user="Practitioner/case-handler-17")
+    _subscribe_as(app, token, r4_subscription(f"DocumentReference?patient={pid}", receiver.url,
+                                              payload="application/fhir+json"), subscriptions_made)
+
+    def document(claim: str) -> str:
+        return put(client, {"resourceType": "DocumentReference", "id": new_id("doc"), "status": "current", "subject": subject,
+                            "content": [{"attachment": {"contentType": "text/plain", "data": "aGVq"}}],
+                            "context": {"related": [{"reference": f"Claim/{claim}"}]}})["id"]
+
+    first = document(shared)
+    document(other)
+    deliver()
+    assert [r["path"].rsplit("/", 1)[-1] for r in receiver.requests] == [first]
+    document(shared)  # queued while the consent is in force ...
+    revoked = client.get(f"/fhir/Consent/{consent_id}").json()
+    assert client.put(f"/fhir/Consent/{consent_id}", json=dict(revoked, status="inactive")).status_code == 200
+    deliver()  # ... and withheld once it is revoked
+    assert [r["path"].rsplit("/", 1)[-1] for r in receiver.requests] == [first]

@@ -247,3 +247,25 @@ def test_subscription_end_stops_events(client, subscribe, receiver, deliver):
     _patient(client, family)
     deliver()
     assert [r["path"] for r in receiver.requests] == ["/hook/running"]
+
+
+def test_back_off_doubles_per_failure_up_to_the_cap(client, subscribe, receiver, deliver, app):
+    """next try = base * 2**(failures-1), capped: 10, 20, 40, 80, then 100 (the cap)."""
+    from datetime import datetime, timezone
+
+    family = _family()
+    sub = subscribe(r4_subscription(f"Patient?family={family}", receiver.url))
+    receiver.status = 503
+    _patient(client, family)
+    waits = []
+    for _ in range(5):
+        with app.state.db.write() as conn:  # make the retry due now
+            conn.execute(subscriptions.update().where(subscriptions.c.id == sub["id"]).values(next_attempt=None))
+        before = datetime.now(timezone.utc)
+        deliver(subscription_retry_base_seconds=10.0, subscription_retry_max_seconds=100.0, subscription_max_failures=99)
+        with app.state.db.read() as conn:
+            due = conn.execute(select(subscriptions.c.next_attempt).where(subscriptions.c.id == sub["id"])).scalar()
+        due = due if due.tzinfo else due.replace(tzinfo=timezone.utc)
+        waits.append(round((due - before).total_seconds()))
+    assert waits == [10, 20, 40, 80, 100]
+    assert receiver.requests == []

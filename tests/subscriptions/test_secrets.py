@@ -70,3 +70,51 @@ def test_configured_keys_seal_and_rotate(settings):
             secrets.configure(settings.model_copy(update={"subscription_secret_keys": "not-a-key"}))
     finally:
         secrets.configure(settings)
+
+
+def test_header_secret_is_never_logged(app, client, subscribe, receiver, deliver, caplog):
+    """Create, a failed delivery (the path that logs), a retry that succeeds, $status:
+    at DEBUG level no log record carries the secret."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = "s3cret-" + uuid.uuid4().hex
+    family = "Unlogged" + uuid.uuid4().hex[:6]
+    sub = subscribe(r4_subscription(f"Patient?family={family}", receiver.url, headers=[f"X-Api-Key: {secret}"]))
+    assert client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}).status_code == 201
+    fast = dict(subscription_retry_base_seconds=0.0, subscription_retry_max_seconds=0.0)
+    receiver.status = 500
+    deliver(**fast)
+    receiver.status = 200
+    deliver(**fast)
+    assert client.get(f"/fhir/Subscription/{sub['id']}/$status").status_code == 200
+    assert [r["headers"]["x-api-key"] for r in receiver.requests] == [secret]
+    assert "delivery failed" in caplog.text  # the failure was logged ...
+    assert secret not in caplog.text  # ... without the secret
+
+
+def test_a_held_secret_never_follows_the_subscription_to_another_endpoint(app, client, subscribe, receiver, deliver):
+    """PUT back with `Name: ***` keeps the secret only for the same endpoint: a writer who moves
+    the subscription to a server of their own must send the value again (422 otherwise, nothing
+    written), so the secret is never sent there."""
+    from tests.subscriptions.conftest import Receiver
+
+    secret = "s3cret-" + uuid.uuid4().hex
+    family = "Moved" + uuid.uuid4().hex[:6]
+    sub = subscribe(r4_subscription(f"Patient?family={family}", receiver.url, headers=[f"Authorization: Bearer {secret}"]))
+    elsewhere = Receiver()
+    try:
+        moved = dict(sub, channel=dict(sub["channel"], endpoint=elsewhere.url))
+        r = client.put(f"/fhir/Subscription/{sub['id']}", json=moved)
+        assert r.status_code == 422, r.text
+        assert r.json()["issue"][0]["expression"] == ["Subscription.channel.header"]
+        assert client.get(f"/fhir/Subscription/{sub['id']}").json()["meta"]["versionId"] == "1"
+        # with its own value the move is accepted, and the new value is what goes there
+        moved["channel"]["header"] = ["Authorization: Bearer theirs"]
+        assert client.put(f"/fhir/Subscription/{sub['id']}", json=moved).status_code == 200
+        assert client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}).status_code == 201
+        deliver()
+        assert [r["headers"]["authorization"] for r in elsewhere.requests] == ["Bearer theirs"]
+        assert receiver.requests == []
+    finally:
+        elsewhere.stop()

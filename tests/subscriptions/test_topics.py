@@ -10,7 +10,7 @@ import pytest
 
 from fhir_server.subscriptions import topics
 
-from .conftest import TOPIC, topic_subscription
+from .conftest import BACKPORT, TOPIC, topic_subscription
 
 
 def _focus(receiver) -> list[str]:
@@ -218,6 +218,10 @@ def test_status_and_events_operations(client, subscribe, receiver, deliver):
     assert [p for p in ps if p["name"] == "type"][0]["valueCode"] == "query-event"
     assert [e["resource"]["id"] for e in events["entry"][1:]] == ids[1:3]
     assert client.get(f"/fhir/Subscription/{sub['id']}/$events", params={"eventsSinceNumber": "x"}).status_code == 400
+    # past what an event number can be (BIGINT), or below 0: 400, never a database error
+    for number in ("99999999999999999999999", "-1"):
+        r = client.get(f"/fhir/Subscription/{sub['id']}/$events", params={"eventsUntilNumber": number})
+        assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["eventsUntilNumber"], r.text
     assert client.get(f"/fhir/Subscription/{sub['id']}/$events", params={"content": "all"}).status_code == 400
     assert client.get("/fhir/Subscription/unknown-sub/$status").status_code == 404
     assert client.get("/fhir/Subscription/$status").status_code == 400
@@ -230,3 +234,67 @@ def test_capability_statement_lists_the_topics(client):
                   if e["url"].endswith("capabilitystatement-subscriptiontopic-canonical")}
     assert canonicals == set(topics.all_topics())
     assert {"status", "events", "get-ws-binding-token"} <= {op["name"] for op in entry["operation"]}
+
+
+def test_claims_workflow_writes_are_events(client, subscribe, receiver, deliver):
+    """Writes the claims workflow makes inside $submit's transaction (the ClaimResponse of an
+    approval, the Task of a request for more, the handler's decision closing it) are events
+    like any other: the insurer's systems hear of them."""
+    from tests.workflows.claims_journey import claim, decision, eligible_items, submit_params, treatment
+
+    insurer = "Organization/" + _post(client, {"resourceType": "Organization", "name": "Subs Insurer"})["id"]
+    patient = "Patient/" + _post(client, {"resourceType": "Patient", "name": [{"family": "ClaimSubs"}]})["id"]
+    coverage = "Coverage/" + _post(client, {"resourceType": "Coverage", "status": "active", "beneficiary": {"reference": patient},
+                                            "payor": [{"reference": insurer}]})["id"]
+    subscribe(topic_subscription("claimresponse-issued", receiver.url, filters=[f"ClaimResponse?patient={patient}"]))
+    subscribe(topic_subscription("task-status-changed", receiver.url, filters=[f"Task?owner={insurer}"]))
+    r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, coverage, insurer, items=[treatment()])))
+    approved = r.json()
+    more = claim(patient, coverage, insurer, items=[treatment(quantity=3)], related=[
+        {"claim": approved["request"], "relationship": {"coding": [{"code": "prior"}]}}])
+    queued = client.post("/fhir/Claim/$submit", json=submit_params(more)).json()
+    more_id = queued["request"]["reference"].split("/")[1]
+    [task] = [e["resource"] for e in client.get("/fhir/Task", params={"focus": f"Claim/{more_id}"}).json()["entry"]]
+    decided = client.post("/fhir/ClaimResponse", json=decision(more_id, patient, insurer, "preauthorization", item=eligible_items(3)))
+    assert decided.status_code == 201, decided.text
+    deliver()
+    focus = _focus(receiver)
+    assert [f for f in focus if f.startswith("ClaimResponse/")] == [
+        f"ClaimResponse/{approved['id']}", f"ClaimResponse/{queued['id']}", f"ClaimResponse/{decided.json()['id']}"]
+    assert [f for f in focus if f.startswith("Task/")] == [f"Task/{task['id']}", f"Task/{task['id']}"]  # created, completed
+
+
+def test_endpoint_slower_than_the_timeout_is_a_failure_and_the_event_waits(app, client, subscribe, receiver, deliver):
+    """`backport-timeout` (seconds) bounds each request: an endpoint that does not answer in
+    time counts as a failed delivery, the event stays queued, and goes out once it answers."""
+    import time
+
+    from sqlalchemy import select
+
+    from fhir_server.subscriptions.tables import subscription_events, subscriptions
+
+    owner = f"Practitioner/{uuid.uuid4().hex[:12]}"
+    sub = topic_subscription("task-status-changed", receiver.url, filters=[f"Task?owner={owner}"])
+    sub["channel"].setdefault("extension", []).append({"url": BACKPORT + "backport-timeout", "valueUnsignedInt": 1})
+    sub = subscribe(sub)
+    deliver()  # the handshake
+    receiver.requests.clear()
+    task = _post(client, {"resourceType": "Task", "status": "requested", "intent": "order", "owner": {"reference": owner}})
+    receiver.delay = 3.0
+    started = time.monotonic()
+    deliver(subscription_retry_base_seconds=0.0, subscription_retry_max_seconds=0.0)
+    assert time.monotonic() - started < 2.9  # gave up after the subscription's 1 s, not the endpoint's 3 s
+    with app.state.db.read() as conn:
+        row = conn.execute(select(subscriptions).where(subscriptions.c.id == sub["id"])).first()
+        pending = conn.execute(select(subscription_events.c.status).where(
+            subscription_events.c.sub_id == sub["id"], subscription_events.c.kind == "event-notification")).scalars().all()
+    assert row.failures == 1 and "timed out" in row.last_error.lower()
+    assert pending == ["pending"]
+    receiver.delay = 0.0
+    deliver(subscription_retry_base_seconds=0.0, subscription_retry_max_seconds=0.0)
+    # (the receiver may also record the first, abandoned try when its slow answer ends: at least once)
+    assert f"Task/{task['id']}" in _focus(receiver)
+    with app.state.db.read() as conn:
+        assert conn.execute(select(subscriptions.c.failures).where(subscriptions.c.id == sub["id"])).scalar() == 0
+        assert conn.execute(select(subscription_events.c.status).where(
+            subscription_events.c.sub_id == sub["id"], subscription_events.c.kind == "event-notification")).scalars().all() == ["sent"]

@@ -85,6 +85,25 @@ def test_insurer_specific_policy_by_identifier(client, parties):
     assert r.json()["outcome"] == "queued"
 
 
+def test_coverage_specific_policy_wins_over_the_insurers(client, parties):
+    """A policy matched by the Coverage (its plan class here) applies before the insurer's
+    or the default one: 2 treatments for 60 days on the basic plan, 3 for 90 otherwise."""
+    patient, _coverage, insurer, make = parties
+    plan = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/coverage-class", "code": "plan"}]}, "value": "basis"}
+    basic = make({"resourceType": "Coverage", "status": "active", "beneficiary": {"reference": patient},
+                  "payor": [{"reference": insurer}], "class": [plan]})
+    r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, basic, insurer, items=[treatment(quantity=6)])))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["outcome"] == "partial" and approved(body) == [2]
+    start, end = (date.fromisoformat(body["preAuthPeriod"][k]) for k in ("start", "end"))
+    assert (end - start).days == 60
+    book = policy_book()
+    assert book.for_claim(["class:plan|basis"], [f"{INSURER_ID}|mental-health-first"]).id == "example-basic-plan"
+    assert book.for_claim(["class:plan|other"], [f"{INSURER_ID}|mental-health-first"]).id == "example-mental-health-first"
+    assert book.for_claim([], []) is book.default
+
+
 def test_treatment_outside_the_policy_is_queued_with_a_task(client, parties):
     patient, coverage, insurer, _ = parties
     r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, coverage, insurer, items=[treatment("tandbehandling")])))
@@ -111,6 +130,8 @@ def test_bare_claim_body_is_accepted(client, parties):
     (lambda c: c["item"][0].update(quantity={"value": 0}), 422),
     (lambda c: c["item"][0].update(quantity={"value": 2.5}), 422),
     (lambda c: c["item"][0].update(quantity={"value": 1e300}), 422),
+    # two items with one sequence: a decision could not say which it approves
+    (lambda c: c["item"].append(treatment("kiropraktik")), 422),
 ])
 def test_refused_submissions_write_nothing(client, parties, mutate, status):
     patient, coverage, insurer, _ = parties
@@ -164,6 +185,83 @@ def test_a_patient_cannot_decide_their_own_claim(app, client, parties):
     with app.state.db.write() as conn:
         out = ix.create(conn, as_staff, "ClaimResponse", ix.ParsedResource.from_preserving(body))
     assert out.status == 201
+
+
+def _eligible(value, sequence=1) -> list[dict]:
+    from tests.workflows.claims_journey import ADJ
+
+    return [{"itemSequence": sequence, "adjudication": [{"category": {"coding": [{"system": ADJ, "code": "eligible"}]}, "value": value}]}]
+
+
+def test_a_decision_names_the_claims_items_in_whole_numbers_and_is_made_once(app, client, parties, issue_token):
+    """Through HTTP with a case handler's token (a Practitioner's user/ token): approved counts
+    that are no whole number in range, or an item the Claim does not have, are a 422; the first
+    decision closes the request; a second one (or one on a Claim approved at once) is a 409 and
+    issues no second payment guarantee."""
+    from fastapi.testclient import TestClient
+
+    patient, coverage, insurer, _ = parties
+    r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, coverage, insurer, items=[treatment()])))
+    case = r.json()["request"]["reference"]
+    more = claim(patient, coverage, insurer, items=[treatment(quantity=3)],
+                 related=[{"claim": {"reference": case}, "relationship": {"coding": [{"code": "prior"}]}}])
+    r = client.post("/fhir/Claim/$submit", json=submit_params(more))
+    assert r.json()["outcome"] == "queued"
+    more_id = r.json()["request"]["reference"].split("/")[1]
+    token = issue_token(scope="user/*.cruds", fhir_user="Practitioner/case-handler-18")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as staff:
+        before = {t: _count(client, t) for t in ("ClaimResponse", "DocumentReference", "Binary")}
+        for items, where in ((_eligible(1e300), "ClaimResponse.item[0].adjudication[0].value"),
+                             (_eligible(2.5), "ClaimResponse.item[0].adjudication[0].value"),
+                             (_eligible(-1), "ClaimResponse.item[0].adjudication[0].value"),
+                             (_eligible(3, sequence=9), "ClaimResponse.item[0].itemSequence")):
+            r = staff.post("/fhir/ClaimResponse", json=decision(more_id, patient, insurer, "preauthorization", item=items))
+            assert r.status_code == 422, r.text
+            assert r.json()["issue"][0]["expression"] == [where]
+        assert {t: _count(client, t) for t in before} == before
+        r = staff.post("/fhir/ClaimResponse", json=decision(more_id, patient, insurer, "preauthorization", item=_eligible(3)))
+        assert r.status_code == 201, r.text
+        guarantees = client.get("/fhir/DocumentReference", params={"related": case, "type": "payment-guarantee"}).json()["total"]
+        assert guarantees == 2
+        for claim_id in (more_id, case.split("/")[1]):  # decided; approved at once by $submit
+            again = staff.post("/fhir/ClaimResponse", json=decision(claim_id, patient, insurer, "preauthorization", item=_eligible(3)))
+            assert again.status_code == 409, again.text
+            assert again.json()["issue"][0]["code"] == "conflict"
+        assert client.get("/fhir/DocumentReference", params={"related": case, "type": "payment-guarantee"}).json()["total"] == 2
+        # the decision itself may still be corrected (an update is no second decision)
+        stored = r.json()
+        assert staff.put(f"/fhir/ClaimResponse/{stored['id']}", json=dict(stored, disposition="Approved after review")).status_code == 200
+
+
+def test_reimbursement_with_another_patients_document_reads_as_missing(app, client, parties, issue_token):
+    """A patient citing another patient's bill gets the same 422 as for a document that does
+    not exist: the answer does not confirm that the other document exists."""
+    from fastapi.testclient import TestClient
+
+    patient, coverage, insurer, make = parties
+    other = make({"resourceType": "Patient", "name": [{"family": "Someone"}]})
+    r = client.post("/fhir/Claim/$submit", json=submit_params(claim(patient, coverage, insurer, items=[treatment()])))
+    case = r.json()["request"]["reference"]
+    theirs = client.post("/fhir/DocumentReference", json={
+        "resourceType": "DocumentReference", "status": "current", "subject": {"reference": other},
+        "context": {"related": [{"reference": case}]},
+        "content": [{"attachment": {"contentType": "text/plain", "data": "aGVq"}}]}).json()["id"]
+    related = [{"claim": {"reference": case}, "relationship": {"coding": [{"code": "associated"}]}}]
+
+    def refund(doc_id: str) -> dict:
+        return submit_params(claim(patient, coverage, insurer, use="claim", related=related, supportingInfo=[{
+            "sequence": 1, "category": {"coding": [{"code": "attachment"}]},
+            "valueReference": {"reference": f"DocumentReference/{doc_id}"}}]))
+
+    token = issue_token(scope="patient/*.cruds", patient=patient.split("/")[1])
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as portal:
+        answers = []
+        for doc_id in (theirs, "no-such-document"):
+            r = portal.post("/fhir/Claim/$submit", json=refund(doc_id))
+            assert r.status_code == 422, r.text
+            issue = r.json()["issue"][0]
+            answers.append((issue["code"], issue["diagnostics"].replace(doc_id, "<id>")))
+    assert answers[0] == answers[1]
 
 
 def test_unrelated_claim_responses_are_plain_resources(client):

@@ -9,8 +9,11 @@ Checked in the write (a transform, so it sees the caller): when
   a code outside http://hl7.org/fhir/ValueSet/remittance-outcome (an invented
   `approved-ish`) is refused before this, by the terminology module's
   required-binding check on every ClaimResponse (400);
+- the Claim must be waiting for a decision (an open Task): a second decision, or one on a
+  Claim approved at once, is a 409;
 - an approving pre-authorisation needs the approved count per item
-  (`item.adjudication` with category `eligible` and a `value`); the server
+  (`item.adjudication` with category `eligible` and a `value`: a whole number, on an
+  `itemSequence` of the Claim); the server
   fills `preAuthRef` and `preAuthPeriod` (the policy's validity) if absent;
 - an approving reimbursement needs `payment.amount` and `payment.date`.
 
@@ -70,9 +73,12 @@ def transform_claim_response(conn, ctx, res_type: str, res_id: str | None, parse
             "(http://hl7.org/fhir/ValueSet/remittance-outcome)",
             "ClaimResponse.outcome",
         )
+    if not _is_stored(conn, res_id):
+        _check_waiting(conn, claim_ref)
     if outcome == "error":
         return
     if claim.get("use") == "preauthorization":
+        _check_approved_items(claim, doc, claim_ref)
         if sum(approved_count(i) for i in doc.get("item") or []) <= 0:
             raise FhirError.of(
                 422, "required",
@@ -91,6 +97,49 @@ def transform_claim_response(conn, ctx, res_type: str, res_id: str | None, parse
         payment = doc.get("payment") or {}
         if not (payment.get("amount") or {}).get("value") or not payment.get("date"):
             raise FhirError.of(422, "required", "A reimbursement decision carries the payment: payment.amount and payment.date", "ClaimResponse.payment")
+
+
+def _is_stored(conn, res_id: str | None) -> bool:
+    from ...storage import repository as repo
+
+    current = repo.read_current(conn, "ClaimResponse", res_id) if res_id else None
+    return current is not None and not current.deleted
+
+
+def _check_waiting(conn, claim_ref: str) -> None:
+    """409 unless the Claim waits for a person's decision (an open Task): a Claim approved at
+    once by $submit, or already decided, gets no second decision (no second guarantee)."""
+    tasks = records.find(conn, "Task", [("focus", claim_ref)])
+    if any(t.get("status") in OPEN_TASK_STATES for t in tasks):
+        return
+    decided = [o["valueReference"]["reference"] for t in tasks for o in t.get("output") or []
+               if isinstance(o.get("valueReference"), dict) and o["valueReference"].get("reference")]
+    why = f"it was decided by {decided[-1]}" if decided else "it was adjudicated when submitted"
+    raise FhirError.of(409, "conflict", f"{claim_ref} is not waiting for a decision: {why}", "ClaimResponse.request")
+
+
+def _check_approved_items(claim: dict, doc: dict, claim_ref: str) -> None:
+    """Each approved item names an item of the Claim; each approved count is a whole number
+    from 0 to MAX_TREATMENTS (422 naming the element)."""
+    from .adjudication import MAX_TREATMENTS
+    from .responses import ADJUDICATION
+
+    sequences = {i.get("sequence") for i in claim.get("item") or [] if isinstance(i, dict)}
+    for n, item in enumerate(doc.get("item") or []):
+        where = f"ClaimResponse.item[{n}]"
+        if item.get("itemSequence") not in sequences:
+            raise FhirError.of(422, "business-rule", f"{where}.itemSequence {item.get('itemSequence')} names no item of {claim_ref} "
+                               f"(its items: {', '.join(str(s) for s in sorted(x for x in sequences if isinstance(x, int)))})",
+                               f"{where}.itemSequence")
+        for m, adj in enumerate(item.get("adjudication") or []):
+            codes = {(c.get("system"), c.get("code")) for c in (adj.get("category") or {}).get("coding") or []}
+            if (ADJUDICATION, "eligible") not in codes or "value" not in adj:
+                continue
+            value = adj["value"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+                    or not 0 <= value <= MAX_TREATMENTS:
+                raise FhirError.of(422, "value", f"The approved number of treatments must be a whole number from 0 to "
+                                   f"{MAX_TREATMENTS} (got {value})", f"{where}.adjudication[{m}].value")
 
 
 def on_claim_response(conn, change: ResourceChange) -> None:

@@ -67,17 +67,22 @@ def render_pdf(lang: str, insurer: str, patient: str, pre_auth_ref: str, period:
     from reportlab.lib.pagesizes import A4
     from reportlab.pdfgen import canvas
 
-    t = _LABELS.get(lang, _LABELS["en"])
+    from .pdf_fonts import fonts, printable
+
+    regular, bold, oblique = fonts()
+    t = {k: printable(v) for k, v in _LABELS.get(lang, _LABELS["en"]).items()}
+    insurer, patient, pre_auth_ref = printable(insurer), printable(patient), printable(pre_auth_ref)
+    lines = [(printable(name), count) for name, count in lines]
     buf = io.BytesIO()
     c = canvas.Canvas(buf, pagesize=A4, invariant=0)
     c.setTitle(f"{t['title']} {pre_auth_ref}")
     c.setAuthor(insurer)
     width, height = A4
     y = height - 72
-    c.setFont("Helvetica-Bold", 20)
+    c.setFont(bold, 20)
     c.drawString(72, y, t["title"])
     y -= 40
-    c.setFont("Helvetica", 12)
+    c.setFont(regular, 12)
     for label, value in (
         (t["insurer"], insurer),
         (t["patient"], patient),
@@ -87,14 +92,18 @@ def render_pdf(lang: str, insurer: str, patient: str, pre_auth_ref: str, period:
         c.drawString(72, y, f"{label}: {value}")
         y -= 20
     y -= 10
-    c.setFont("Helvetica-Bold", 12)
+    c.setFont(bold, 12)
     c.drawString(72, y, f"{t['treatments']}:")
-    c.setFont("Helvetica", 12)
+    c.setFont(regular, 12)
     for name, count in lines:
         y -= 20
+        if y < 72:  # a long list goes on over the next page
+            c.showPage()
+            c.setFont(regular, 12)
+            y = height - 72
         c.drawString(90, y, f"{name}: {count} {t['count']}")
     y -= 40
-    c.setFont("Helvetica-Oblique", 10)
+    c.setFont(oblique, 10)
     c.drawString(72, y, t["note"])
     c.showPage()
     c.save()

@@ -66,6 +66,15 @@ class PolicyBook:
                 return pol
         return self.default
 
+    def for_claim(self, coverage_keys: list[str], insurer_keys: list[str]) -> Policy:
+        """The policy of a claim: the first matching one of its Coverages (`Coverage/<id>`,
+        an identifier `system|value`, a class `class:<type>|<value>` such as
+        `class:plan|DSF-PLUS`), else the first matching its insurer, else the default."""
+        for pol in self.policies:
+            if any(k in pol.match for k in coverage_keys):
+                return pol
+        return self.for_insurer(insurer_keys)
+
 
 _cache: dict[str, PolicyBook] = {}
 

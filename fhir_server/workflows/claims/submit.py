@@ -55,6 +55,26 @@ def insurer_of(conn, claim: dict) -> tuple[dict, list[str]]:
     return candidates[0], keys
 
 
+def coverage_keys(conn, claim: dict) -> list[str]:
+    """The keys a Coverage-specific policy may match, for each Coverage of `claim.insurance`:
+    `Coverage/<id>`, its identifiers `system|value`, its classes `class:<type code>|<value>`."""
+    keys: list[str] = []
+    for ins in claim.get("insurance") or []:
+        ref = records.ref_of(ins.get("coverage")) if isinstance(ins, dict) else None
+        coverage = records.read(conn, ref) if ref else None
+        if not coverage:
+            continue
+        keys.append(f"Coverage/{coverage.get('id') or ref.split('/')[-1]}")
+        keys.extend(f"{i.get('system')}|{i.get('value')}" for i in coverage.get("identifier") or [] if isinstance(i, dict))
+        for cls in coverage.get("class") or []:
+            if not isinstance(cls, dict):
+                continue
+            for coding in (cls.get("type") or {}).get("coding") or []:
+                if isinstance(coding, dict) and coding.get("code"):
+                    keys.append(f"class:{coding['code']}|{cls.get('value')}")
+    return keys
+
+
 def _prior_claim(claim: dict) -> str | None:
     for rel in claim.get("related") or []:
         codes = {c.get("code") for c in (rel.get("relationship") or {}).get("coding") or []}
@@ -87,12 +107,18 @@ def submit(conn, ctx, parsed: ix.ParsedResource, book_path: str | None = None) -
         raise FhirError.of(422, "business-rule", f"Only an active claim is submitted (Claim.status is '{claim_in.get('status')}')", "Claim.status")
     if not records.ref_of(claim_in.get("patient")):
         raise FhirError.of(422, "required", "Claim.patient must reference the Patient", "Claim.patient")
+    seen: set = set()
+    for n, item in enumerate(claim_in.get("item") or []):
+        if item.get("sequence") in seen:  # R4: the sequence identifies the item (decisions name it)
+            raise FhirError.of(422, "business-rule", f"Claim.item[{n}].sequence {item.get('sequence')} is used by an earlier item",
+                               f"Claim.item[{n}].sequence")
+        seen.add(item.get("sequence"))
     for doc in (parsed.plain, parsed.preserving):
         meta = doc.setdefault("meta", {})
         tags = [t for t in meta.get("tag") or [] if t != records.WORKFLOW_TAG]
         meta["tag"] = tags + [records.WORKFLOW_TAG]
     insurer, keys = insurer_of(conn, claim_in)
-    policy = policy_book(book_path).for_insurer(keys)
+    policy = policy_book(book_path).for_claim(coverage_keys(conn, claim_in), keys)
     use = claim_in.get("use")
     prior_ref = _prior_claim(claim_in) if use == "preauthorization" else None
     if prior_ref:
@@ -162,10 +188,11 @@ def _check_bills(conn, claim: dict) -> str:
             continue
         target = records.split_ref(ref)
         doc = records.read(conn, ref)
-        if target is None or target[0] != "DocumentReference" or doc is None:
-            raise FhirError.of(422, "not-found", f"{ref} is not an uploaded document (a DocumentReference) on this server", where)
-        if not _same_patient(doc.get("subject"), claim.get("patient")):
-            raise FhirError.of(422, "business-rule", f"{ref} is not a document of {records.ref_of(claim.get('patient'))}", where)
+        if target is None or target[0] != "DocumentReference" or doc is None \
+                or not _same_patient(doc.get("subject"), claim.get("patient")):
+            # one answer for "missing" and "another patient's": the caller learns nothing of others' documents
+            raise FhirError.of(422, "not-found", f"{ref} is not an uploaded document (a DocumentReference) of "
+                               f"{records.ref_of(claim.get('patient'))} on this server", where)
         related = {records.ref_of(r) for r in (doc.get("context") or {}).get("related") or []}
         if case_ref not in related:
             raise FhirError.of(422, "business-rule", f"{ref} is not in the case {case_ref} (DocumentReference.context.related)", where)
@@ -177,4 +204,4 @@ def _check_bills(conn, claim: dict) -> str:
 
 def policy_for_claim(conn, claim: dict, book_path: str | None = None) -> Policy:
     _insurer, keys = insurer_of(conn, claim)
-    return policy_book(book_path).for_insurer(keys)
+    return policy_book(book_path).for_claim(coverage_keys(conn, claim), keys)
