@@ -124,12 +124,15 @@ def _use_session_settings(settings) -> None:
     and a later test that changes `settings` (monkeypatch) must reach the session app."""
     from fhir_server.documents import settings as documents_settings
     from fhir_server.notify import requests as notify_requests
+    from fhir_server.storage import blobs
     from fhir_server.subscriptions import registry
     from fhir_server.workflows.booking import integrity, lifecycle
 
     for module in (notify_requests, integrity, lifecycle, registry):
         module.configure(settings)
     documents_settings.use(settings)
+    if getattr(blobs.current(), "root", None) != Path(settings.blob_dir):
+        blobs.configure(settings)  # the blob store too (a test's own app, or a default one, replaced it)
 
 
 @pytest.fixture
