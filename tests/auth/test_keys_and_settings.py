@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from tests.auth.test_resource_server import SEAM_REQUESTS, _send
 from tests.conftest import TEST_AUDIENCE
 
 
@@ -48,6 +50,32 @@ def test_keys_in_database_and_rotation(db_keyed):
     assert c.get("/fhir/Patient", params={"_count": 2}, headers={"Authorization": f"Bearer {fresh_old}"}).status_code == 200
     kids_after = {k["kid"] for k in c.get("/auth/jwks").json()["keys"]}
     assert new_kid in kids_after and kids_before <= kids_after
+
+
+@pytest.mark.parametrize("method,path,body", SEAM_REQUESTS)
+def test_unknown_kid_is_401_then_a_rotated_key_is_accepted(db_keyed, method, path, body):
+    """For every interaction of the seam test: a token naming a key the issuer never had is
+    401; after `keys rotate` in another process, a token signed with the new key - a kid
+    this process has not loaded yet - is accepted (the keys are re-read on an unknown kid)."""
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    from fhir_server.auth.keys import rotate
+
+    app, s, c = db_keyed
+    pid = c.post("/fhir/Patient", json={"resourceType": "Patient"}, headers={"Authorization": f"Bearer {_db_token(app, s)}"}).json()["id"]
+    stranger = RSAKey.generate_key(2048, private=True, parameters={"kid": uuid.uuid4().hex})
+    now = int(time.time())
+    forged = jwt.encode({"alg": "RS256", "kid": stranger.kid},
+                        {"iss": TEST_AUDIENCE, "aud": TEST_AUDIENCE, "sub": "x", "scope": "system/*.*", "exp": now + 600}, stranger)
+    r = _send(c, method, path, body, pid, {"Authorization": f"Bearer {forged}"})
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"], r.text
+
+    new_kid = rotate(app.state.db.engine, s)
+    assert new_kid not in {k.kid for k in app.state.auth_keys.get().all.keys}  # not loaded here yet
+    token = _db_token(app, s)
+    r = _send(c, method, path, body, pid, {"Authorization": f"Bearer {token}"})
+    assert r.status_code not in (401, 403) and r.status_code < 500, (r.status_code, r.text)
 
 
 def test_cli_keys_rotate_and_client_add(db_keyed, tmp_path):

@@ -4,6 +4,7 @@ at the authorisation seam, compiled into the SQL of every interaction)."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 import uuid
@@ -44,6 +45,7 @@ def _foreign_key_token(**claims) -> str:
     return jwt.encode({"alg": "RS256", "kid": "attacker"}, body, key)
 
 
+@functools.lru_cache(maxsize=1)
 def _bad_tokens() -> dict[str, str]:
     good = make_token()
     head, body, sig = good.split(".")
@@ -52,6 +54,8 @@ def _bad_tokens() -> dict[str, str]:
     return {
         "wrong-audience": make_token(audience="http://elsewhere.example/fhir"),
         "expired": make_token(ttl=-600),
+        "not-yet-valid": make_token(extra={"nbf": int(time.time()) + 3600}),
+        "untrusted-issuer": make_token(extra={"iss": "http://elsewhere.example/fhir"}),
         "bad-signature": f"{head}.{body}.{sig[:-6]}AAAAAA",
         "tampered-claims": f"{head}.{_b64(claims)}.{sig}",
         "alg-none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{body}.",
@@ -91,7 +95,19 @@ def test_bad_tokens_are_401(anonymous_client, pid, kind, method, path, body):
     assert 'error="invalid_token"' in r.headers["www-authenticate"]
 
 
+def test_clock_skew_is_small(anonymous_client, pid):
+    """exp and nbf get FHIR_SERVER_AUTH_CLOCK_SKEW (60 s) of leeway, no more."""
+    ok = [make_token(ttl=-20), make_token(extra={"nbf": int(time.time()) + 20})]
+    late = [make_token(ttl=-120), make_token(extra={"nbf": int(time.time()) + 120})]
+    for token in ok:
+        assert anonymous_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    for token in late:
+        assert anonymous_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
 def test_open_endpoints_need_no_token(anonymous_client):
+    for path in ("/health", "/ready"):
+        assert anonymous_client.get(path).status_code == 200, path
     meta = anonymous_client.get("/fhir/metadata")
     assert meta.status_code == 200
     security = meta.json()["rest"][0]["security"]
