@@ -192,6 +192,42 @@ def test_authorization_code_with_pkce(dev_app, portal):
     assert info["active"] is False
 
 
+def _code_flow(c, portal) -> dict:
+    verifier, challenge = pkce()
+    r = _login(c, _authorize(c, portal, challenge), portal["written"])
+    code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+    r = c.post("/auth/token", data={"grant_type": "authorization_code", "code": code, "redirect_uri": "https://portal.example/cb",
+                                    "client_id": portal["client_id"], "code_verifier": verifier})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_introspection_and_revocation_are_for_the_clients_own_tokens(dev_app, portal):
+    """RFC 7662 / RFC 7009: a client learns about and revokes only its own tokens; a refresh
+    token can be introspected and revoked too, and a revoked one no longer refreshes."""
+    from fhir_server.auth.clients import add_client
+
+    app, c = dev_app
+    tok = _code_flow(c, portal)
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    add_client(app.state.db.engine, {"client_id": other, "redirect_uris": ["https://other.example/cb"],
+                                      "token_endpoint_auth_method": "none", "scope": "openid patient/*.rs"})
+    mine = {"client_id": portal["client_id"]}
+    for token in (tok["access_token"], tok["refresh_token"]):
+        foreign = c.post("/auth/introspect", data={"token": token, "client_id": other})
+        assert foreign.status_code == 200 and foreign.json() == {"active": False}, foreign.text
+        assert c.post("/auth/revoke", data={"token": token, "client_id": other}).status_code == 200  # RFC 7009 §2.2
+    h = {"Authorization": f"Bearer {tok['access_token']}"}
+    assert c.get(f"/fhir/Patient/{portal['pid']}", headers=h).status_code == 200  # another client's revoke did nothing
+    info = c.post("/auth/introspect", data={"token": tok["refresh_token"], "token_type_hint": "refresh_token", **mine}).json()
+    assert info["active"] is True and info["client_id"] == portal["client_id"] and "patient/*.rs" in info["scope"]
+
+    assert c.post("/auth/revoke", data={"token": tok["refresh_token"], "token_type_hint": "refresh_token", **mine}).status_code == 200
+    assert c.post("/auth/introspect", data={"token": tok["refresh_token"], **mine}).json() == {"active": False}
+    r = c.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"], **mine})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
 def test_pkce_is_required_and_s256_only(dev_app, portal):
     _, c = dev_app
     r = c.get("/auth/authorize", params=_authorize(c, portal, None))
@@ -241,3 +277,44 @@ def test_cli_token(settings, client, anonymous_client):
     token = out.stdout.strip()
     assert anonymous_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert anonymous_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"}).json()["total"] == 1
+
+
+def _claims(token: str) -> dict:
+    import base64
+    import json
+
+    return json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+
+
+def _cli(*args, database_url: str | None = None):
+    env = {k: v for k, v in os.environ.items() if k != "FHIR_SERVER_DATABASE_URL"}
+    if database_url:
+        env["FHIR_SERVER_DATABASE_URL"] = database_url
+    return subprocess.run([sys.executable, "-m", "fhir_server.cli", "token", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_token_options(settings, client, anonymous_client):
+    """`fhir-server token --national-id SYSTEM|VALUE` (any written form) finds the patient in
+    the database named by `--database-url`; `--ttl` sets the lifetime; `--fhir-user` the user;
+    wrong input is a one-line error and a non-zero exit, never a traceback."""
+    canonical, written = personnummer()
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "identifier": [{"system": SE_PNR, "value": canonical}]}).json()["id"]
+    url = settings.resolved_database_url()
+
+    out = _cli("--scope", "patient/*.rs", "--national-id", f"{SE_PNR}|{written}", "--ttl", "120", "--database-url", url)
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    claims = _claims(token)
+    assert claims["patient"] == pid and claims["fhirUser"] == f"Patient/{pid}" and claims["exp"] - claims["iat"] == 120
+    h = {"Authorization": f"Bearer {token}"}
+    assert [e["resource"]["id"] for e in anonymous_client.get("/fhir/Patient", headers=h).json()["entry"]] == [pid]
+
+    out = _cli("--scope", "user/*.rs", "--fhir-user", "Practitioner/p-1")
+    assert out.returncode == 0, out.stderr
+    assert _claims(out.stdout.strip())["fhirUser"] == "Practitioner/p-1"
+
+    unknown = _cli("--scope", "patient/*.rs", "--national-id", f"{SE_PNR}|{personnummer()[1]}", "--database-url", url)
+    assert unknown.returncode == 1 and "no Patient has the national identifier" in unknown.stderr and "Traceback" not in unknown.stderr
+    for bad in (["--national-id", "19121212-1212"], ["--national-id", f"{SE_PNR}|not-a-number"], ["--scope", "user/*.rs"]):
+        out = _cli(*bad, "--database-url", url)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == "", (bad, out.stderr)
