@@ -106,6 +106,32 @@ class S256Required(CodeChallenge):
         return super().validate_code_challenge(grant, redirect_uri)
 
 
+class IdTokenNonce:
+    """OpenID Connect Core 3.1.3.6: the ID token of an authorization code carries the
+    `nonce` of the authorization request (when it had one) and the `auth_time` of the login.
+    A grant extension: runs after the token response is made, and re-signs the ID token."""
+
+    def __init__(self, server: "SmartAuthorizationServer"):
+        self.server = server
+
+    def __call__(self, grant):
+        grant.register_hook("after_create_token_response", self.process_token)
+
+    def process_token(self, grant, response):
+        _status, token, _headers = response
+        code = getattr(grant.request, "authorization_code", None)
+        if not isinstance(token, dict) or "id_token" not in token or code is None:
+            return
+        claims = jwt.decode(token["id_token"], self.server.keys.get().all).claims  # ours, made just now
+        nonce, auth_time = code.get_nonce(), code.get_auth_time()
+        if nonce:
+            claims["nonce"] = nonce
+        if auth_time:
+            claims["auth_time"] = auth_time
+        key = self.server.keys.get().current
+        token["id_token"] = jwt.encode({"alg": key.alg, "kid": key.kid}, claims, key)
+
+
 class AuthorizationCode(grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["none", *SECRET_AUTH, "private_key_jwt"]
 
@@ -232,7 +258,7 @@ class SmartAuthorizationServer(AuthorizationServer):
         verifier.revoked_check = lambda jti: self.store.exists("revoked", jti)
         self.register_token_generator("default", self._generate)
         self.register_client_auth_method("private_key_jwt", PrivateKeyJwt(self))
-        self.register_grant(AuthorizationCode, [S256Required(required=True)])
+        self.register_grant(AuthorizationCode, [S256Required(required=True), IdTokenNonce(self)])
         self.register_grant(ClientCredentials)
         self.register_grant(RefreshToken)
         self.register_endpoint(Introspection(self))

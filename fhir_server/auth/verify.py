@@ -185,7 +185,8 @@ class TokenVerifier:
             jwk = self._external_key(external, header.get("kid"))
             expected_aud = (external.audience or audience).rstrip("/")
         else:
-            raise InvalidToken(f"the issuer {iss!r} is not trusted by this server")
+            raise InvalidToken(f"the issuer {iss!r} is not trusted by this server, whose own issuer (and the audience its tokens "
+                               f"must name) is {audience!r} here: `fhir-server token --audience {audience}`")
         if jwk is None:
             raise InvalidToken(f"no key {header.get('kid')!r} is known for issuer {iss!r}")
         try:

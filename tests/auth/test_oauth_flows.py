@@ -192,9 +192,9 @@ def test_authorization_code_with_pkce(dev_app, portal):
     assert info["active"] is False
 
 
-def _code_flow(c, portal) -> dict:
+def _code_flow(c, portal, **extra) -> dict:
     verifier, challenge = pkce()
-    r = _login(c, _authorize(c, portal, challenge), portal["written"])
+    r = _login(c, {**_authorize(c, portal, challenge), **extra}, portal["written"])
     code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
     r = c.post("/auth/token", data={"grant_type": "authorization_code", "code": code, "redirect_uri": "https://portal.example/cb",
                                     "client_id": portal["client_id"], "code_verifier": verifier})
@@ -226,6 +226,20 @@ def test_introspection_and_revocation_are_for_the_clients_own_tokens(dev_app, po
     assert c.post("/auth/introspect", data={"token": tok["refresh_token"], **mine}).json() == {"active": False}
     r = c.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"], **mine})
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+def test_id_token_names_the_user_and_carries_the_nonce(dev_app, portal):
+    """OpenID Connect Core 3.1.3.6/3.1.3.7: the ID token is signed by the issuer's JWKS key,
+    for the client (aud), with the request's nonce; SMART: fhirUser is the user's absolute URL."""
+    from joserfc.jwk import KeySet
+
+    _, c = dev_app
+    nonce = uuid.uuid4().hex
+    tok = _code_flow(c, portal, nonce=nonce)
+    claims = jwt.decode(tok["id_token"], KeySet.import_key_set(c.get("/auth/jwks").json())).claims
+    assert claims["iss"] == TEST_AUDIENCE and claims["aud"] == portal["client_id"] and claims["nonce"] == nonce
+    assert claims["fhirUser"] == f"{TEST_AUDIENCE}/Patient/{portal['pid']}" and isinstance(claims["auth_time"], int)
+    assert "nonce" not in jwt.decode(_code_flow(c, portal)["id_token"], KeySet.import_key_set(c.get("/auth/jwks").json())).claims
 
 
 def test_pkce_is_required_and_s256_only(dev_app, portal):

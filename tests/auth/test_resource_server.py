@@ -95,6 +95,15 @@ def test_bad_tokens_are_401(anonymous_client, pid, kind, method, path, body):
     assert 'error="invalid_token"' in r.headers["www-authenticate"]
 
 
+def test_a_token_for_another_base_says_which_base_this_is(anonymous_client):
+    """The first thing a new user gets wrong: a token made for http://127.0.0.1:8080/fhir sent
+    to the server under another name. The 401 says which base (audience) this server expects."""
+    token = make_token(audience="http://127.0.0.1:8080/fhir")
+    r = anonymous_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    assert f"--audience {TEST_AUDIENCE}" in r.json()["issue"][0]["diagnostics"]
+
+
 def test_clock_skew_is_small(anonymous_client, pid):
     """exp and nbf get FHIR_SERVER_AUTH_CLOCK_SKEW (60 s) of leeway, no more."""
     ok = [make_token(ttl=-20), make_token(extra={"nbf": int(time.time()) + 20})]
