@@ -109,6 +109,111 @@ def test_backend_es384(live_server, app):
     assert found.status_code == 200
 
 
+class _JwksHost:
+    """A backend client's JWKS URL: a real HTTP server on a loopback port, counting fetches."""
+
+    def __init__(self, jwks: dict):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host = self
+        self.jwks = jwks
+        self.fetches = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                host.fetches += 1
+                body = json.dumps(host.jwks).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_backend_client_keys_from_a_jwks_url(settings):
+    """`fhir-server client add ID --jwks-url URL`: the client's keys are fetched from its URL,
+    cached (a second token does not fetch again), and fetched again when an assertion names a
+    kid the cached set lacks (the client rotated its key); an unknown key stays refused."""
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    key_a = RSAKey.generate_key(2048, private=True, parameters={"kid": f"a-{uuid.uuid4().hex[:6]}", "alg": "RS384"})
+    host = _JwksHost({"keys": [key_a.as_dict(private=False)]})
+    client_id = f"ehr-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "FHIR_SERVER_DATABASE_URL": settings.resolved_database_url()}
+    added = subprocess.run([sys.executable, "-m", "fhir_server.cli", "client", "add", client_id, "--scope", "system/Patient.rs",
+                            "--jwks-url", host.url], env=env, capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0 and "private_key_jwt" in added.stdout, added.stderr
+    app = build_app(settings.model_copy(update={"auth_jwks_refetch_seconds": 0}))
+    try:
+        with TestClient(app, base_url="http://localhost") as c:
+            endpoint = c.get("/fhir/.well-known/smart-configuration").json()["token_endpoint"]
+
+            def token(key):
+                form = {"grant_type": "client_credentials", "scope": "system/Patient.rs",
+                        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        "client_assertion": _assertion(key, "RS384", client_id, endpoint)}
+                return c.post("/auth/token", data=form)
+
+            first = token(key_a)
+            assert first.status_code == 200, first.text
+            assert token(key_a).status_code == 200 and host.fetches == 1  # cached
+            key_b = RSAKey.generate_key(2048, private=True, parameters={"kid": f"b-{uuid.uuid4().hex[:6]}", "alg": "RS384"})
+            host.jwks = {"keys": [key_b.as_dict(private=False)]}  # the client rotates its key
+            rotated = token(key_b)
+            assert rotated.status_code == 200, rotated.text
+            assert host.fetches == 2
+            stranger = RSAKey.generate_key(2048, private=True, parameters={"kid": "stranger", "alg": "RS384"})
+            refused = token(stranger)
+            assert refused.status_code == 400 and refused.json()["error"] == "invalid_client"
+            h = {"Authorization": f"Bearer {rotated.json()['access_token']}"}
+            assert c.get("/fhir/Patient", params={"_count": 1}, headers=h).status_code == 200
+    finally:
+        host.close()
+
+
+def test_clients_registered_in_configuration(settings, tmp_path):
+    """FHIR_SERVER_AUTH_CLIENTS_FILE: a JSON list of clients (RFC 7591 names); a plain
+    `client_secret` there is kept only as its hash. A confidential client gets a token with
+    HTTP Basic authentication; a wrong secret is invalid_client (401, RFC 6749 §5.2)."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps([{"client_id": "lab-feed", "client_secret": "s3cret-value", "token_endpoint_auth_method": "client_secret_basic",
+                                 "grant_types": ["client_credentials"], "scope": "system/Observation.cruds"}]))
+    app = build_app(settings.model_copy(update={"auth_clients_file": str(path)}))
+    with TestClient(app, base_url="http://localhost") as c:
+        assert "client_secret" not in app.state.auth_server.clients.get("lab-feed").meta
+        r = c.post("/auth/token", data={"grant_type": "client_credentials", "scope": "system/Observation.rs system/Patient.rs"},
+                   auth=("lab-feed", "s3cret-value"))
+        assert r.status_code == 200, r.text
+        assert r.json()["scope"] == "system/Observation.rs"  # narrowed to the registration
+        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        assert c.get("/fhir/Observation", params={"_count": 1}, headers=h).status_code == 200
+        assert c.get("/fhir/Patient", params={"_count": 1}, headers=h).status_code == 403
+        wrong = c.post("/auth/token", data={"grant_type": "client_credentials"}, auth=("lab-feed", "guess"))
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+
+
 # ------------------------------------------------------------------ SMART app: authorization code + PKCE
 
 
