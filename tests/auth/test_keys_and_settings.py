@@ -178,3 +178,43 @@ def test_signed_tokens_with_odd_claims_never_500(anonymous_client, claims):
     token = jwt.encode({"alg": "RS256", "kid": key.kid}, claims, key)
     r = anonymous_client.get("/fhir/Patient", params={"_count": 1}, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code in (200, 401, 403), (claims, r.status_code, r.text)
+
+
+@pytest.fixture(scope="module")
+def oauth_client(app):
+    from fastapi.testclient import TestClient
+
+    from fhir_server.auth.clients import add_client
+
+    add_client(app.state.db.engine, {"client_id": "fuzz-app", "redirect_uris": ["https://fuzz.example/cb"],
+                                      "token_endpoint_auth_method": "none", "scope": "openid offline_access patient/*.rs"})
+    with TestClient(app, base_url="http://localhost") as c:
+        yield c
+
+
+_token_text = st.one_of(
+    _header_text,
+    st.lists(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=", max_size=80), min_size=1, max_size=5).map(".".join),
+)
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(token=_token_text, hint=st.sampled_from([None, "access_token", "refresh_token", "x"]),
+       grant=st.sampled_from(["refresh_token", "authorization_code", "client_credentials", "password", ""]))
+def test_malformed_tokens_at_the_oauth_endpoints_never_500(oauth_client, token, hint, grant):
+    """Introspection, revocation and the token endpoint with any token, code or client
+    assertion text: an OAuth answer (200 inactive, 400, 401), never a 500."""
+    form = {"token": token, "client_id": "fuzz-app", **({"token_type_hint": hint} if hint else {})}
+    for endpoint in ("/auth/introspect", "/auth/revoke"):
+        r = oauth_client.post(endpoint, data=form)
+        if hint == "x":  # a hint of no known token type: Authlib's unsupported_token_type
+            assert r.status_code in (400, 401) and r.json()["error"] == "unsupported_token_type", (endpoint, r.status_code, r.text)
+        elif endpoint == "/auth/introspect":
+            assert r.status_code == 200 and r.json() == {"active": False}, (token, r.status_code, r.text)
+        else:
+            assert r.status_code == 200, (token, r.status_code, r.text)  # RFC 7009 §2.2: also for an invalid token
+    r = oauth_client.post("/auth/token", data={"grant_type": grant, "client_id": "fuzz-app", "refresh_token": token, "code": token,
+                                               "code_verifier": token, "redirect_uri": "https://fuzz.example/cb",
+                                               "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                                               "client_assertion": token})
+    assert r.status_code in (400, 401) and "error" in r.json(), (grant, token, r.status_code, r.text)
