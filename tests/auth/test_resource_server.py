@@ -271,9 +271,25 @@ def test_patient_token_writes_only_into_its_compartment(anonymous_client, two_pa
 def test_conditional_operations_only_see_what_the_token_sees(anonymous_client, two_patients):
     p = two_patients
     h = _as(p["ann"], "patient/*.cruds")
+    system = _as(None, "system/*.rs")
+    bob_lab = anonymous_client.get(f"/fhir/Observation/{p['bob_lab']}", headers=system).json()
     r = anonymous_client.delete("/fhir/Observation", params={"_id": p["bob_lab"]}, headers=h)
     assert r.status_code == 204  # no match among what the token sees
-    assert anonymous_client.get(f"/fhir/Observation/{p['bob_lab']}", headers=_as(None, "system/*.rs")).status_code == 200
+    mine = {"resourceType": "Observation", "status": "final", "code": {"text": "cond"}, "subject": {"reference": f"Patient/{p['ann']}"}}
+    # conditional create: Bob's Observation is no match, so nothing of it comes back; a new one is made
+    r = anonymous_client.post("/fhir/Observation", json=mine, headers={**h, "If-None-Exist": f"_id={p['bob_lab']}"})
+    assert r.status_code == 201 and r.json()["id"] != p["bob_lab"]
+    # conditional update and patch: Bob's is not matched, so not changed
+    r = anonymous_client.put("/fhir/Observation", params={"_id": p["bob_lab"]}, json=mine, headers=h)
+    assert r.status_code == 201 and r.json()["id"] != p["bob_lab"]
+    patch = [{"op": "replace", "path": "/status", "value": "amended"}]
+    r = anonymous_client.patch("/fhir/Observation", params={"_id": p["bob_lab"]}, json=patch, headers={**h, "Content-Type": "application/json-patch+json"})
+    assert r.status_code == 404
+    # a conditional reference in a transaction resolves among what the token sees only
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**mine, "hasMember": [{"reference": f"Observation?_id={p['bob_lab']}"}]}, "request": {"method": "POST", "url": "Observation"}}]}
+    assert anonymous_client.post("/fhir", json=bundle, headers=h).status_code == 412
+    assert anonymous_client.get(f"/fhir/Observation/{p['bob_lab']}", headers=system).json() == bob_lab  # untouched
 
 
 def test_export_needs_system_scope_and_the_same_token(anonymous_client, two_patients):
