@@ -118,6 +118,10 @@ def test_cors(settings, auth_headers):
         r = c.get("/fhir/metadata", headers={"Origin": "https://portal.example"})
         assert r.headers["access-control-allow-origin"] == "https://portal.example"
         assert r.json()["rest"][0]["security"]["cors"] is True
+        token_pre = c.options("/auth/token", headers={"Origin": "https://portal.example", "Access-Control-Request-Method": "POST",
+                                                      "Access-Control-Request-Headers": "content-type"})
+        assert token_pre.status_code == 200 and token_pre.headers["access-control-allow-origin"] == "https://portal.example"  # the app's PKCE code exchange
+        assert "www-authenticate" in r.headers["access-control-expose-headers"].lower()  # a browser app sees why it got a 401
         evil = c.options("/fhir/Patient", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
         assert "access-control-allow-origin" not in evil.headers
         unauth = c.get("/fhir/Patient", headers={"Origin": "https://portal.example"})
