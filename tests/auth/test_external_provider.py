@@ -154,6 +154,31 @@ def _patients_with(c, system, value, headers):
     return [e["resource"] for e in found.get("entry", [])]
 
 
+def test_issuer_audience_and_claim_mapping_are_configuration(settings, provider, tmp_path_factory, eid_app):
+    """Per issuer: the audience its tokens must name (here one the provider does not use: 401)
+    and the claim mapping, whose system may be any alias of the scheme (the personnummer's OID)."""
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    _, ids = eid_app
+    elsewhere = _issuers_file(tmp_path_factory, provider, audience="https://api.example/fhir")
+    app = build_app(settings.model_copy(update={"auth_issuers_file": elsewhere}))
+    with TestClient(app) as c:
+        r = c.get(f"/fhir/Patient/{ids['se']}", headers={"Authorization": f"Bearer {_op_token(provider, 'se')}"})
+        assert r.status_code == 401 and "aud" in r.json()["issue"][0]["diagnostics"]
+
+    path = tmp_path_factory.mktemp("issuers") / "alias.json"
+    path.write_text(json.dumps([{"issuer": provider, "audience": TEST_AUDIENCE, "scope": "patient/*.rs",
+                                 "identity_claims": {"personnummer": "urn:oid:1.2.752.129.2.1.3.1"}}]))
+    app = build_app(settings.model_copy(update={"auth_issuers_file": str(path)}))
+    with TestClient(app) as c:
+        h = {"Authorization": f"Bearer {_op_token(provider, 'se')}"}
+        assert [e["resource"]["id"] for e in c.get("/fhir/Patient", headers=h).json()["entry"]] == [ids["se"]]
+        r = c.get("/fhir/Patient", headers={"Authorization": f"Bearer {_op_token(provider, 'pl')}"})  # no personnummer claim
+        assert r.status_code == 401 and "personnummer" in r.json()["issue"][0]["diagnostics"]
+
+
 def test_unknown_person_created_at_first_login(settings, provider, tmp_path_factory, people, auth_headers):
     """`unknown_person: create`: the Patient is made from the verified claims, birth date and
     sex read from the national number (a Swedish personnummer written YYMMDD-NNNN; a Polish
