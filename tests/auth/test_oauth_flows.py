@@ -339,6 +339,7 @@ def test_id_token_names_the_user_and_carries_the_nonce(dev_app, portal):
     from joserfc.jwk import KeySet
 
     _, c = dev_app
+    assert "sso-openid-connect" in c.get("/fhir/.well-known/smart-configuration").json()["capabilities"]
     nonce = uuid.uuid4().hex
     tok = _code_flow(c, portal, nonce=nonce)
     claims = jwt.decode(tok["id_token"], KeySet.import_key_set(c.get("/auth/jwks").json())).claims
