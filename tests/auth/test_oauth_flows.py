@@ -322,6 +322,8 @@ def test_introspection_and_revocation_are_for_the_clients_own_tokens(dev_app, po
         foreign = c.post("/auth/introspect", data={"token": token, "client_id": other})
         assert foreign.status_code == 200 and foreign.json() == {"active": False}, foreign.text
         assert c.post("/auth/revoke", data={"token": token, "client_id": other}).status_code == 200  # RFC 7009 §2.2
+    stolen = c.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"], "client_id": other})
+    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"  # a refresh token works for its client only
     h = {"Authorization": f"Bearer {tok['access_token']}"}
     assert c.get(f"/fhir/Patient/{portal['pid']}", headers=h).status_code == 200  # another client's revoke did nothing
     info = c.post("/auth/introspect", data={"token": tok["refresh_token"], "token_type_hint": "refresh_token", **mine}).json()
