@@ -86,6 +86,33 @@ def test_serve_prints_how_to_get_a_token_that_works(tmp_path):
         server.stop()
 
 
+def test_serve_behind_a_configured_base_prints_a_token_for_it(tmp_path):
+    """With FHIR_SERVER_AUTH_BASE_URL set (a server behind a proxy) the hint names no
+    host:port audience: the token command reads the same configuration and its token works."""
+    env = _env(tmp_path, FHIR_SERVER_AUTH_BASE_URL="https://fhir.example.test/fhir")
+    server = Served(env, _free_port(), tmp_path / "serve.log")
+    try:
+        hint = next(line for line in server.wait_ready().splitlines() if "fhir-server token" in line)
+        assert hint.endswith(".venv/bin/fhir-server token --scope 'system/*.*'"), hint
+        run = subprocess.run([sys.executable, "-m", "fhir_server.cli", "token", "--scope", "system/*.*"], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        r = httpx.get(f"{server.base}/fhir/Patient", params={"_count": 1}, headers={"Authorization": f"Bearer {run.stdout.strip()}"})
+        assert r.status_code == 200, r.text
+    finally:
+        server.stop()
+
+
+def test_token_hint_for_the_listening_address():
+    from fhir_server.cli import token_hint
+    from fhir_server.config import Settings
+
+    plain = Settings(auth_base_url="", public_base_url="")
+    assert token_hint(plain, "127.0.0.1", 8080) == ".venv/bin/fhir-server token --scope 'system/*.*'"  # make serve's default
+    assert token_hint(plain, "0.0.0.0", 9000).endswith("--audience http://127.0.0.1:9000/fhir")
+    assert token_hint(plain, "::1", 9000).endswith("--audience http://[::1]:9000/fhir")
+    assert token_hint(Settings(auth_base_url="", public_base_url="https://fhir.example.org/fhir"), "0.0.0.0", 80).endswith("token --scope 'system/*.*'")
+
+
 def test_serve_with_protection_off_warns(tmp_path):
     env = _env(tmp_path, FHIR_SERVER_AUTH="off")
     server = Served(env, _free_port(), tmp_path / "serve.log")
