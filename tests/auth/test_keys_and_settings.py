@@ -222,3 +222,26 @@ def test_malformed_tokens_at_the_oauth_endpoints_never_500(oauth_client, token, 
                                                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
                                                "client_assertion": token})
     assert r.status_code in (400, 401) and "error" in r.json(), (grant, token, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("update,message", [
+    ({"auth": "false"}, "FHIR_SERVER_AUTH must be on or off"),
+    ({"auth_unknown_person": "crate"}, "FHIR_SERVER_AUTH_UNKNOWN_PERSON must be refuse or create"),
+    ({"auth_issuers_file": [{"issuer": "https://broker.example", "identity_type": "practitioner"}]}, "identity_type must be Patient or Practitioner"),
+    ({"auth_issuers_file": [{"issuer": "https://broker.example", "unknown_person": "Create"}]}, "unknown_person must be refuse or create"),
+    ({"auth_issuers_file": [{"issuer": "https://broker.example", "identity_claims": {"pesel": "urn:oid:9.9.9"}}]}, "no known national identifier system"),
+    ({"auth_issuers_file": [{"issuer": "https://broker.example", "audiance": "x"}]}, "issuer entry 0"),
+])
+def test_a_security_setting_typo_stops_the_start(settings, tmp_path, update, message):
+    """A typo in a security setting must not start a server that behaves otherwise than meant
+    (protection silently on or off, staff logins made into patients, nobody created)."""
+    import json
+
+    from fhir_server.bootstrap import build_app
+
+    if isinstance(update.get("auth_issuers_file"), list):
+        path = tmp_path / "issuers.json"
+        path.write_text(json.dumps(update["auth_issuers_file"]))
+        update = {"auth_issuers_file": str(path)}
+    with pytest.raises(ValueError, match=message):
+        build_app(settings.model_copy(update=update))
