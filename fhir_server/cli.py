@@ -69,6 +69,20 @@ def uvicorn_options(settings) -> dict:
     }
 
 
+def token_hint(settings, host: str, port: int) -> str:
+    """The `fhir-server token` command whose token this server accepts: the audience is the
+    configured FHIR base (FHIR_SERVER_AUTH_BASE_URL / FHIR_SERVER_PUBLIC_BASE_URL, which the
+    token command reads too), else http://HOST:PORT/fhir as a client on this machine calls it."""
+    from .auth.tokens import DEFAULT_BASE
+
+    command = ".venv/bin/fhir-server token --scope 'system/*.*'"
+    if settings.auth_base_url or settings.public_base_url:
+        return command
+    shown = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else f"[{host}]" if ":" in host else host
+    audience = f"http://{shown}:{port}{settings.base_path.rstrip('/')}"
+    return command if audience == DEFAULT_BASE else f"{command} --audience {audience}"
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
@@ -92,7 +106,7 @@ def serve(
     if settings.auth.strip().lower() == "off":
         typer.echo("WARNING: FHIR_SERVER_AUTH=off - every request is allowed without a token (local experiments only)")
     else:
-        typer.echo(f"Every request needs a bearer token. Get one with: .venv/bin/fhir-server token --scope 'system/*.*' --audience http://{host}:{port}{settings.base_path}")
+        typer.echo(f"Every request needs a bearer token. Get one with: {token_hint(settings, host, port)}")
     uvicorn.run(
         "fhir_server.api.app:app_factory",
         factory=True,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -55,11 +54,14 @@ def test_readme_tour_runs_as_written(fresh_server, auth_headers):
     script = tour_commands()
     lines = script.splitlines()
     assert lines[0].startswith("S=http://127.0.0.1:8080"), "the tour starts by naming the server"
-    # Point it at the test server, and make every request fail loudly (and carry the test's credentials).
-    extra = " ".join(f"-H {shlex.quote(f'{k}: {v}')}" for k, v in auth_headers.items())
+    # Point it at the test server and make every request fail loudly. The token is the one the
+    # README's own `fhir-server token` line makes (this process's key and audience are in the
+    # environment the tour inherits, as a user's shell has the server's configuration).
     fn = next(i for i, line in enumerate(lines) if line.startswith("fhir() {"))
+    assert any(line.startswith("TOKEN=$(.venv/bin/fhir-server token ") for line in lines[:fn])
+    assert 'curl -s -H "Authorization: Bearer $TOKEN" "$@"' in lines[fn]
     lines[0] = f"S={fresh_server}"
-    lines.insert(fn + 1, f'fhir() {{ curl -sS --fail-with-body {extra} "$@"; }}')
+    lines[fn] = lines[fn].replace("curl -s ", "curl -sS --fail-with-body ", 1)
     run = subprocess.run(["bash", "-e", "-c", "\n".join(lines)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, f"stdout:\n{run.stdout[-3000:]}\nstderr:\n{run.stderr[-3000:]}"
     assert "MSA|AA|TOUR0001" in run.stdout.replace("\r", "\n")

@@ -21,6 +21,15 @@ def on_database(db, settings) -> None:
     ensure_key(db.engine, settings)
 
 
+def check_settings(settings) -> None:
+    """ValueError for a security setting with a value it cannot have: a typo must stop the
+    start (FHIR_SERVER_AUTH=false would otherwise leave protection on, silently)."""
+    if settings.auth.strip().lower() not in ("on", "off"):
+        raise ValueError(f"FHIR_SERVER_AUTH must be on or off, not {settings.auth!r}")
+    if settings.auth_unknown_person not in ("refuse", "create"):
+        raise ValueError(f"FHIR_SERVER_AUTH_UNKNOWN_PERSON must be refuse or create, not {settings.auth_unknown_person!r}")
+
+
 def protect(app, db, settings) -> None:
     """The resource server's layer, part of every app `create_app` builds: bearer-token
     verification (and CORS when origins are configured) in front of the routes."""
@@ -30,6 +39,7 @@ def protect(app, db, settings) -> None:
     from .ratelimit import make_limiter
     from .verify import TokenVerifier, load_issuers
 
+    check_settings(settings)
     keys = KeyCache(db.engine, settings, min_interval=min(5.0, float(settings.auth_jwks_refetch_seconds)))
     verifier = TokenVerifier(settings, keys, db, load_issuers(settings.auth_issuers_file))
     app.state.auth_keys = keys

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,17 @@ from ..security.scopes import narrow
 from ..storage.schema import auth_clients
 
 AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "private_key_jwt")
+JWKS_TTL = 300  # seconds a fetched client JWKS is used before it is fetched again
+
+# Backend clients' JWKS fetched from their jwks_uri, shared by every Client object of the
+# process: uri -> (monotonic time of the fetch, the JWKS)
+_jwks_cache: dict[str, tuple[float, dict]] = {}
+_jwks_lock = threading.Lock()
+
+
+def _kids(jwks: dict) -> set:
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
+    return {k.get("kid") for k in keys if isinstance(k, dict)} if isinstance(keys, list) else set()
 
 
 def hash_secret(secret: str) -> str:
@@ -36,15 +48,15 @@ def hash_secret(secret: str) -> str:
 
 
 class Client(ClientMixin):
-    def __init__(self, meta: dict):
+    def __init__(self, meta: dict, refetch_seconds: float = 30):
         self.meta = meta
+        self.refetch_seconds = refetch_seconds
         self.client_id: str = meta["client_id"]
         self.redirect_uris: list[str] = list(meta.get("redirect_uris") or [])
         self.scope: str = meta.get("scope") or ""
         self.auth_method: str = meta.get("token_endpoint_auth_method") or ("private_key_jwt" if meta.get("jwks") or meta.get("jwks_uri") else "none")
         default_grants = ["client_credentials"] if self.auth_method == "private_key_jwt" and not self.redirect_uris else ["authorization_code", "refresh_token"]
         self.grant_types: list[str] = list(meta.get("grant_types") or default_grants)
-        self._jwks_cache: tuple[float, dict] | None = None
 
     def get_client_id(self):
         return self.client_id
@@ -71,19 +83,29 @@ class Client(ClientMixin):
     def check_grant_type(self, grant_type):
         return grant_type in self.grant_types
 
-    def public_jwks(self) -> dict:
-        """The client's public keys: inline `jwks`, or `jwks_uri` fetched (cached 5 minutes)."""
+    def public_jwks(self, kid: str | None = None) -> dict:
+        """The client's public keys: inline `jwks`, or `jwks_uri` fetched and cached for
+        JWKS_TTL seconds. An assertion naming a `kid` the cached set lacks (the client
+        rotated its key) fetches again, at most once per `refetch_seconds`
+        (auth_jwks_refetch_seconds). httpx.HTTPError / ValueError when it cannot be fetched."""
         if self.meta.get("jwks"):
             return self.meta["jwks"]
         uri = self.meta.get("jwks_uri")
         if not uri:
             return {"keys": []}
-        if self._jwks_cache and time.monotonic() - self._jwks_cache[0] < 300:
-            return self._jwks_cache[1]
+        now = time.monotonic()
+        with _jwks_lock:
+            cached = _jwks_cache.get(uri)
+        if cached is not None:
+            age = now - cached[0]
+            fresh = age < JWKS_TTL
+            if fresh and (kid is None or kid in _kids(cached[1]) or age < self.refetch_seconds):
+                return cached[1]
         r = httpx.get(uri, timeout=10)
         r.raise_for_status()
         jwks = r.json()
-        self._jwks_cache = (time.monotonic(), jwks)
+        with _jwks_lock:
+            _jwks_cache[uri] = (time.monotonic(), jwks)
         return jwks
 
 
@@ -108,6 +130,7 @@ def validate_metadata(meta: dict) -> dict:
 class ClientRegistry:
     def __init__(self, engine, settings):
         self.engine = engine
+        self.refetch_seconds = float(settings.auth_jwks_refetch_seconds)
         self.configured: dict[str, dict] = {}
         if settings.auth_clients_file:
             for meta in json.loads(Path(settings.auth_clients_file).read_text()):
@@ -120,10 +143,10 @@ class ClientRegistry:
         if not isinstance(client_id, str) or not client_id:
             return None
         if client_id in self.configured:
-            return Client(self.configured[client_id])
+            return Client(self.configured[client_id], self.refetch_seconds)
         with self.engine.connect() as conn:
             row = conn.execute(select(auth_clients.c.metadata).where(auth_clients.c.client_id == client_id)).first()
-        return Client(json.loads(row[0])) if row else None
+        return Client(json.loads(row[0]), self.refetch_seconds) if row else None
 
 
 def add_client(engine, meta: dict) -> None:

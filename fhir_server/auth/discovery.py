@@ -19,6 +19,7 @@ CAPABILITIES = [
     "client-confidential-symmetric",
     "client-confidential-asymmetric",
     "context-standalone-patient",
+    "sso-openid-connect",  # id_token (openid fhirUser) with nonce, signed by the JWKS key; /.well-known/openid-configuration
     "permission-offline",
     "permission-online",
     "permission-patient",

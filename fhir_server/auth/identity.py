@@ -33,12 +33,17 @@ def resolve(db, system: str, value: str, res_type: str = "Patient") -> str | Non
 
 
 def create_patient(db, settings, system: str, value: str, claims: dict) -> str:
-    """Create the Patient of a first eID login from the token's verified claims."""
+    """Create the Patient of a first eID login from the token's verified claims.
+
+    A conditional create on the national identifier (If-None-Exist semantics, under the
+    create's lock): a portal's first requests after the login arrive together, and each
+    may get here before the Patient exists; they all end with the one Patient."""
     from ..rest import interactions as ix
     from ..rest.context import RequestContext
 
     system = canonical_system(system) or system
-    patient: dict = {"resourceType": "Patient", "identifier": [{"system": system, "value": ids.normalise(system, value)}]}
+    normalised = ids.normalise(system, value)
+    patient: dict = {"resourceType": "Patient", "identifier": [{"system": system, "value": normalised}]}
     name = {}
     if claims.get("family_name"):
         name["family"] = str(claims["family_name"])
@@ -54,7 +59,7 @@ def create_patient(db, settings, system: str, value: str, claims: dict) -> str:
         patient["gender"] = sex
     parsed = ix.ParsedResource.from_preserving(patient)
     with db.write() as conn:
-        out = ix.create(conn, RequestContext(base_url=""), "Patient", parsed, if_none_exist=None)
+        out = ix.create(conn, RequestContext(base_url=""), "Patient", parsed, if_none_exist=f"identifier={system}|{normalised}")
     return out.res_id
 
 

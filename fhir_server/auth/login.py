@@ -161,7 +161,7 @@ def attach_login(app, db, settings, verifier, store, complete_authorization) -> 
                 return HTMLResponse(f"<h1>Login failed</h1><p>{_safe(str(exc))}</p>", status_code=400)
             raise
         ep = endpoints(settings, request_base_url(request.scope, settings.base_path.rstrip("/")))
-        req = FormRequest("GET", str(request.url.replace(query=None)), dict(request.headers), {}, params)
+        req = FormRequest("GET", str(request.url.replace(query=None)), request.headers, {}, params)
         return await complete_authorization(ep, req, user)
 
 

@@ -45,7 +45,7 @@ def attach_oauth(app, db, settings, keys, verifier) -> None:
             if ctype == "application/x-www-form-urlencoded":
                 form = {k: str(v) for k, v in (await request.form()).items()}
         args = dict(request.query_params)
-        return FormRequest(request.method, str(request.url), dict(request.headers), form, args)
+        return FormRequest(request.method, str(request.url), request.headers, form, args)
 
     def run(fn, endpoints_: dict, *args):
         def call():
@@ -110,7 +110,7 @@ def attach_oauth(app, db, settings, keys, verifier) -> None:
         form = {k: str(v) for k, v in (await request.form()).items()}
         ep = endpoints(request)
         params = {k: v for k, v in form.items() if not k.startswith("login_")}
-        req = FormRequest("GET", str(request.url.replace(query=None)), dict(request.headers), {}, params)
+        req = FormRequest("GET", str(request.url.replace(query=None)), request.headers, {}, params)
         try:
             user = await run_in_threadpool(user_from_form, db, settings, form)
         except ValueError as exc:

@@ -24,7 +24,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
@@ -40,9 +40,10 @@ SECRET_AUTH = ["client_secret_basic", "client_secret_post"]
 
 
 class FormRequest(OAuth2Request):
-    """An OAuth2Request from already-read form and query data."""
+    """An OAuth2Request from already-read form and query data. `headers` must look names up
+    case-insensitively (the request's own Headers): Authlib asks for "Authorization"."""
 
-    def __init__(self, method: str, uri: str, headers: dict, form: dict, args: dict):
+    def __init__(self, method: str, uri: str, headers, form: dict, args: dict):
         super().__init__(method, uri, headers=headers)
         self._form = form
         self._args = args
@@ -65,6 +66,7 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
     def __init__(self, server: "SmartAuthorizationServer"):
         super().__init__(token_url=None, validate_jti=True, leeway=server.settings.auth_clock_skew)
         self.server = server
+        self._local = threading.local()
 
     def get_audiences(self):
         return [self.server.endpoint("token_endpoint")]
@@ -73,13 +75,19 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         ttl = max(60, int(claims.get("exp", time.time()) - time.time()) + self.leeway)
         return self.server.store.once("jti", f"{claims.get('iss')}\x1f{jti}", str(claims.get("iss")), ttl)
 
-    def resolve_client_public_key(self, client):
+    def resolve_client_public_key(self, client, kid: str | None = None):
+        self._local.client = client  # for a second look in process_assertion_claims (same thread)
         try:
-            return KeySet.import_key_set(client.public_jwks())
+            return KeySet.import_key_set(client.public_jwks(kid))
         except Exception as exc:  # an unreachable or malformed JWKS is the client's failure
             raise InvalidClientError(description=f"the client's keys cannot be used ({type(exc).__name__})") from None
 
     def process_assertion_claims(self, assertion, resolve_key):
+        kid = _assertion_kid(assertion)
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None and kid and isinstance(resolve_key, KeySet) and kid not in {k.kid for k in resolve_key.keys}:
+            resolve_key = self.resolve_client_public_key(client, kid)  # the client may have rotated its key
         try:
             token = jwt.decode(assertion, resolve_key, algorithms=ASSERTION_ALGS)
         except JoseError as exc:
@@ -89,6 +97,15 @@ class PrivateKeyJwt(JWTBearerClientAssertion):
         if not isinstance(exp, (int, float)) or exp > time.time() + MAX_ASSERTION_LIFETIME + self.leeway:
             raise InvalidClientError(description="the client assertion's exp must be at most five minutes ahead")
         return token.claims
+
+
+def _assertion_kid(assertion) -> str | None:
+    try:
+        header = jws.extract_compact(assertion.encode("ascii") if isinstance(assertion, str) else assertion).protected
+    except Exception:  # malformed: jwt.decode below says so
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
 
 
 class S256Required(CodeChallenge):
@@ -104,6 +121,32 @@ class S256Required(CodeChallenge):
         if data.get("code_challenge_method") != "S256":
             raise InvalidRequestError("code_challenge_method must be S256")
         return super().validate_code_challenge(grant, redirect_uri)
+
+
+class IdTokenNonce:
+    """OpenID Connect Core 3.1.3.6: the ID token of an authorization code carries the
+    `nonce` of the authorization request (when it had one) and the `auth_time` of the login.
+    A grant extension: runs after the token response is made, and re-signs the ID token."""
+
+    def __init__(self, server: "SmartAuthorizationServer"):
+        self.server = server
+
+    def __call__(self, grant):
+        grant.register_hook("after_create_token_response", self.process_token)
+
+    def process_token(self, grant, response):
+        _status, token, _headers = response
+        code = getattr(grant.request, "authorization_code", None)
+        if not isinstance(token, dict) or "id_token" not in token or code is None:
+            return
+        claims = jwt.decode(token["id_token"], self.server.keys.get().all).claims  # ours, made just now
+        nonce, auth_time = code.get_nonce(), code.get_auth_time()
+        if nonce:
+            claims["nonce"] = nonce
+        if auth_time:
+            claims["auth_time"] = auth_time
+        key = self.server.keys.get().current
+        token["id_token"] = jwt.encode({"alg": key.alg, "kid": key.kid}, claims, key)
 
 
 class AuthorizationCode(grants.AuthorizationCodeGrant):
@@ -232,7 +275,7 @@ class SmartAuthorizationServer(AuthorizationServer):
         verifier.revoked_check = lambda jti: self.store.exists("revoked", jti)
         self.register_token_generator("default", self._generate)
         self.register_client_auth_method("private_key_jwt", PrivateKeyJwt(self))
-        self.register_grant(AuthorizationCode, [S256Required(required=True)])
+        self.register_grant(AuthorizationCode, [S256Required(required=True), IdTokenNonce(self)])
         self.register_grant(ClientCredentials)
         self.register_grant(RefreshToken)
         self.register_endpoint(Introspection(self))

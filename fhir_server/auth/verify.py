@@ -76,13 +76,41 @@ class ExternalIssuer:
 
 
 def load_issuers(path: str) -> list[ExternalIssuer]:
+    """The trusted external issuers of `auth_issuers_file`; ValueError naming the file, the
+    entry and the fault (a typo must stop the start, not turn staff logins into patients)."""
     if not path:
         return []
     data = json.loads(Path(path).read_text())
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of issuers")
     out = []
-    for item in data:
-        out.append(ExternalIssuer(**{k: v for k, v in item.items() if not k.startswith("_")}))
+    for n, item in enumerate(data):
+        try:
+            if not isinstance(item, dict):
+                raise ValueError("expected an object")
+            issuer = ExternalIssuer(**{k: v for k, v in item.items() if not k.startswith("_")})
+            _check_issuer(issuer)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: issuer entry {n}: {exc}") from None
+        out.append(issuer)
     return out
+
+
+def _check_issuer(issuer: ExternalIssuer) -> None:
+    from ..identifiers.registry import scheme_for_system
+
+    if not isinstance(issuer.issuer, str) or not issuer.issuer.startswith(("https://", "http://")):
+        raise ValueError(f"issuer must be an http(s) URL, not {issuer.issuer!r}")
+    if issuer.identity_type not in ("Patient", "Practitioner"):
+        raise ValueError(f"identity_type must be Patient or Practitioner, not {issuer.identity_type!r}")
+    if issuer.unknown_person not in (None, "refuse", "create"):
+        raise ValueError(f"unknown_person must be refuse or create, not {issuer.unknown_person!r}")
+    mapping = dict(issuer.identity_claims or {})
+    if issuer.national_id_claim or issuer.national_id_system:
+        mapping[str(issuer.national_id_claim)] = issuer.national_id_system
+    for claim, system in mapping.items():
+        if not isinstance(system, str) or scheme_for_system(system) is None:
+            raise ValueError(f"the claim {claim!r} names {system!r}, which is no known national identifier system")
 
 
 class TokenVerifier:
@@ -185,7 +213,8 @@ class TokenVerifier:
             jwk = self._external_key(external, header.get("kid"))
             expected_aud = (external.audience or audience).rstrip("/")
         else:
-            raise InvalidToken(f"the issuer {iss!r} is not trusted by this server")
+            raise InvalidToken(f"the issuer {iss!r} is not trusted by this server, whose own issuer (and the audience its tokens "
+                               f"must name) is {audience!r} here: `fhir-server token --audience {audience}`")
         if jwk is None:
             raise InvalidToken(f"no key {header.get('kid')!r} is known for issuer {iss!r}")
         try:

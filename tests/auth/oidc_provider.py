@@ -6,7 +6,8 @@ It plays the eID broker in front of BankID / MitID / Profil Zaufany: OpenID disc
 a JWKS, and a token endpoint (Authlib's resource-owner password grant: username and
 password from USERS_JSON) that issues RS256 JWT access tokens for AUDIENCE carrying the
 person's claims (personnummer, pesel, cpr, names). POST /rotate makes a new signing key
-(the JWKS then holds only the new key), to test key rotation at the resource server.
+(the JWKS then holds only the new key; body "ES256" for a P-256 key, else RS256), to test
+key rotation at the resource server; GET /stats says how often the JWKS was fetched.
 
 It also serves the OpenID Connect authorization code flow (PKCE S256) with ID tokens, for
 the FHIR server's authorize step. There is no login page: POST /next-login with a username
@@ -25,7 +26,7 @@ from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Reque
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7636 import CodeChallenge
 from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -143,8 +144,11 @@ class Provider(AuthorizationServer):
         self.register_token_generator("default", self._token)
 
     @staticmethod
-    def _new_key():
-        return RSAKey.generate_key(2048, private=True, parameters={"kid": uuid.uuid4().hex[:12], "alg": "RS256", "use": "sig"})
+    def _new_key(alg: str = "RS256"):
+        params = {"kid": uuid.uuid4().hex[:12], "alg": alg, "use": "sig"}
+        if alg == "ES256":
+            return ECKey.generate_key("P-256", private=True, parameters=params)
+        return RSAKey.generate_key(2048, private=True, parameters=params)
 
     def query_client(self, client_id):
         return PublicClient(client_id) if client_id in ("portal", "fhir-server") else None
@@ -166,23 +170,25 @@ class Provider(AuthorizationServer):
         claims = {"iss": self.issuer, "aud": self.audience, "sub": user.username, "iat": now, "exp": now + 600, "azp": client.client_id, **user.claims}
         if scope:
             claims["scope"] = scope
-        token = jwt.encode({"alg": "RS256", "kid": self.key.kid}, claims, self.key)
+        alg = self.key.alg
+        token = jwt.encode({"alg": alg, "kid": self.key.kid}, claims, self.key, algorithms=[alg])
         out = {"token_type": "Bearer", "access_token": token, "expires_in": 600}
         if grant_type == "authorization_code":
             id_claims = {"iss": self.issuer, "aud": client.client_id, "sub": user.username, "iat": now, "exp": now + 300,
                          "nonce": self.pending_nonce, **user.claims}
-            out["id_token"] = jwt.encode({"alg": "RS256", "kid": self.key.kid}, id_claims, self.key)
+            out["id_token"] = jwt.encode({"alg": alg, "kid": self.key.kid}, id_claims, self.key, algorithms=[alg])
         return out
 
 
 def make_app(port: int, audience: str, users: dict) -> Starlette:
     issuer = f"http://127.0.0.1:{port}"
     provider = Provider(issuer, audience, users)
+    stats = {"jwks_fetches": 0}
 
     async def discovery(request: Request):
         return JSONResponse({"issuer": issuer, "jwks_uri": f"{issuer}/jwks", "token_endpoint": f"{issuer}/token",
                              "authorization_endpoint": f"{issuer}/authorize", "response_types_supported": ["code"],
-                             "grant_types_supported": ["password", "authorization_code"], "id_token_signing_alg_values_supported": ["RS256"]})
+                             "grant_types_supported": ["password", "authorization_code"], "id_token_signing_alg_values_supported": ["RS256", "ES256"]})
 
     async def authorize(request: Request):
         who = provider.next_login
@@ -199,6 +205,7 @@ def make_app(port: int, audience: str, users: dict) -> Starlette:
         return Response("ok")
 
     async def jwks(request: Request):
+        stats["jwks_fetches"] += 1
         return JSONResponse({"keys": [provider.key.as_dict(private=False)]})
 
     async def token(request: Request):
@@ -206,8 +213,11 @@ def make_app(port: int, audience: str, users: dict) -> Starlette:
         return provider.create_token_response(FormRequest(str(request.url), dict(request.headers), form))
 
     async def rotate(request: Request):
-        provider.key = provider._new_key()
+        provider.key = provider._new_key((await request.body()).decode() or "RS256")
         return Response(provider.key.kid)
+
+    async def get_stats(request: Request):
+        return JSONResponse(stats)
 
     return Starlette(routes=[
         Route("/.well-known/openid-configuration", discovery),
@@ -216,6 +226,7 @@ def make_app(port: int, audience: str, users: dict) -> Starlette:
         Route("/authorize", authorize),
         Route("/next-login", next_login, methods=["POST"]),
         Route("/rotate", rotate, methods=["POST"]),
+        Route("/stats", get_stats),
     ])
 
 

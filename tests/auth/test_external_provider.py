@@ -5,6 +5,7 @@ rotation followed through its JWKS."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
@@ -35,6 +36,9 @@ def people():
     dk_canonical, dk_written = cpr()
     stranger_canonical, stranger_written = personnummer()
     newcomer_written = personnummer()[1]
+    staff_canonical, staff_written = personnummer()
+    pl_newborn = _pesel_2000s(female=True)
+    twin_canonical, twin_written = personnummer()
     return {
         "newcomer": {"stored": None, "claims": {"personnummer": newcomer_written}},  # never created
         "se": {"stored": se_canonical, "claims": {"personnummer": se_written}},
@@ -42,7 +46,22 @@ def people():
         "dk": {"stored": dk_canonical, "claims": {"cpr": dk_written}},
         "stranger": {"stored": None, "claims": {"personnummer": stranger_written, "given_name": "Nils", "family_name": "Nykomling"}},
         "stranger_canonical": stranger_canonical,
+        "staff": {"stored": staff_canonical, "claims": {"personnummer": staff_written}},
+        "pl_newborn": {"stored": None, "claims": {"pesel": pl_newborn, "given_name": "Zofia", "family_name": "Nowak"}},
+        "pl_newborn_canonical": pl_newborn,
+        "twin": {"stored": None, "claims": {"personnummer": twin_written}},
+        "twin_canonical": twin_canonical,
     }
+
+
+def _pesel_2000s(female: bool) -> str:
+    """A valid PESEL of someone born in 2000-2019 (month + 20), its sex digit fixed."""
+    import random
+
+    from stdnum.pl import pesel as _pesel
+
+    body = f"{random.randint(0, 19):02d}{random.randint(1, 12) + 20:02d}{random.randint(1, 28):02d}{random.randint(0, 999):03d}{random.choice('02468' if female else '13579')}"
+    return body + _pesel.calc_check_digit(body)
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +138,9 @@ def test_unknown_person_is_refused(eid_app, provider):
 def test_rotated_provider_key_is_fetched(eid_app, provider):
     c, ids = eid_app
     assert c.get(f"/fhir/Patient/{ids['se']}", headers={"Authorization": f"Bearer {_op_token(provider, 'se')}"}).status_code == 200
-    httpx.post(f"{provider}/rotate")
+    httpx.post(f"{provider}/rotate", content="ES256")  # the provider moves to an ES256 key
     token = _op_token(provider, "se")  # signed with a kid the server has not seen
+    assert '"alg":"ES256"' in base64.urlsafe_b64decode(token.split(".")[0] + "==").decode().replace(" ", "")
     assert c.get(f"/fhir/Patient/{ids['se']}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
@@ -129,7 +149,40 @@ def test_untrusted_provider_is_401(client, anonymous_client, provider):
     assert r.status_code == 401  # the session app trusts no external issuer
 
 
-def test_unknown_person_created_at_first_login(settings, provider, tmp_path_factory, people):
+def _patients_with(c, system, value, headers):
+    found = c.get("/fhir/Patient", params={"identifier": f"{system}|{value}", "_total": "accurate"}, headers=headers).json()
+    return [e["resource"] for e in found.get("entry", [])]
+
+
+def test_issuer_audience_and_claim_mapping_are_configuration(settings, provider, tmp_path_factory, eid_app):
+    """Per issuer: the audience its tokens must name (here one the provider does not use: 401)
+    and the claim mapping, whose system may be any alias of the scheme (the personnummer's OID)."""
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    _, ids = eid_app
+    elsewhere = _issuers_file(tmp_path_factory, provider, audience="https://api.example/fhir")
+    app = build_app(settings.model_copy(update={"auth_issuers_file": elsewhere}))
+    with TestClient(app) as c:
+        r = c.get(f"/fhir/Patient/{ids['se']}", headers={"Authorization": f"Bearer {_op_token(provider, 'se')}"})
+        assert r.status_code == 401 and "aud" in r.json()["issue"][0]["diagnostics"]
+
+    path = tmp_path_factory.mktemp("issuers") / "alias.json"
+    path.write_text(json.dumps([{"issuer": provider, "audience": TEST_AUDIENCE, "scope": "patient/*.rs",
+                                 "identity_claims": {"personnummer": "urn:oid:1.2.752.129.2.1.3.1"}}]))
+    app = build_app(settings.model_copy(update={"auth_issuers_file": str(path)}))
+    with TestClient(app) as c:
+        h = {"Authorization": f"Bearer {_op_token(provider, 'se')}"}
+        assert [e["resource"]["id"] for e in c.get("/fhir/Patient", headers=h).json()["entry"]] == [ids["se"]]
+        r = c.get("/fhir/Patient", headers={"Authorization": f"Bearer {_op_token(provider, 'pl')}"})  # no personnummer claim
+        assert r.status_code == 401 and "personnummer" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_unknown_person_created_at_first_login(settings, provider, tmp_path_factory, people, auth_headers):
+    """`unknown_person: create`: the Patient is made from the verified claims, birth date and
+    sex read from the national number (a Swedish personnummer written YYMMDD-NNNN; a Polish
+    PESEL of someone born in the 2000s: month + 20), once - the next login finds it."""
     from fastapi.testclient import TestClient
 
     from fhir_server.bootstrap import build_app
@@ -141,11 +194,110 @@ def test_unknown_person_created_at_first_login(settings, provider, tmp_path_fact
         found = c.get("/fhir/Patient", headers=h).json()
         assert len(found["entry"]) == 1
         patient = found["entry"][0]["resource"]
-        assert patient["identifier"][0]["value"] == people["stranger_canonical"]
-        assert patient["name"][0]["family"] == "Nykomling"
         canonical = people["stranger_canonical"]
+        assert patient["identifier"][0]["value"] == canonical
+        assert patient["name"][0]["family"] == "Nykomling" and patient["name"][0]["given"] == ["Nils"]
         assert patient["birthDate"] == f"{canonical[:4]}-{canonical[4:6]}-{canonical[6:8]}"
-        assert patient["gender"] in ("male", "female")
+        assert patient["gender"] == ("male" if int(canonical[10]) % 2 else "female")  # the serial's third digit
+
+        again = {"Authorization": f"Bearer {_op_token(provider, 'stranger')}"}  # a later login: the same Patient
+        assert [e["resource"]["id"] for e in c.get("/fhir/Patient", headers=again).json()["entry"]] == [patient["id"]]
+        assert len(_patients_with(c, SE_PNR, canonical, auth_headers)) == 1
+
+        pesel_value = people["pl_newborn_canonical"]
+        h = {"Authorization": f"Bearer {_op_token(provider, 'pl_newborn')}"}
+        entries = c.get("/fhir/Patient", headers=h).json()["entry"]
+        assert len(entries) == 1
+        polish = entries[0]["resource"]
+        assert polish["identifier"][0]["value"] == pesel_value
+        assert polish["birthDate"] == f"20{pesel_value[:2]}-{int(pesel_value[2:4]) - 20:02d}-{pesel_value[4:6]}"
+        assert polish["gender"] == "female" and polish["name"][0]["family"] == "Nowak"
+        assert [p["id"] for p in _patients_with(c, PL_PESEL, pesel_value, auth_headers)] == [polish["id"]]
+
+
+def test_first_login_requests_arriving_together_create_one_patient(settings, provider, tmp_path_factory, people, auth_headers):
+    """A portal fires several requests right after the first login; each misses the token
+    cache and finds no Patient yet. They must all end with the same, single Patient."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    conf = _issuers_file(tmp_path_factory, provider, unknown_person="create")
+    app = build_app(settings.model_copy(update={"auth_issuers_file": conf}))
+    with TestClient(app) as c:
+        tokens = [_op_token(provider, "twin") for _ in range(4)]  # distinct tokens: no cache hit
+        barrier = threading.Barrier(len(tokens))
+        results, errors = [], []
+
+        def login(token):
+            barrier.wait()
+            try:
+                results.append(app.state.auth_verifier.verify(token, TEST_AUDIENCE).patient)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=login, args=(t,)) for t in tokens]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert len(set(results)) == 1 and results[0]
+        twin = people["twin_canonical"]
+        assert [p["id"] for p in _patients_with(c, SE_PNR, twin, auth_headers)] == results[:1]
+
+
+def test_staff_identity_resolves_to_the_practitioner(settings, provider, tmp_path_factory, people, auth_headers, eid_app):
+    """`identity_type: Practitioner`: the national number names a Practitioner; the token
+    becomes a user/ token with fhirUser Practitioner/<id>. Someone who is no Practitioner: 403."""
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    conf = _issuers_file(tmp_path_factory, provider, identity_type="Practitioner", scope="user/*.rs")
+    app = build_app(settings.model_copy(update={"auth_issuers_file": conf}))
+    with TestClient(app) as c:
+        body = {"resourceType": "Practitioner", "identifier": [{"system": SE_PNR, "value": people["staff"]["stored"]}]}
+        practitioner = c.post("/fhir/Practitioner", json=body, headers=auth_headers).json()["id"]
+        h = {"Authorization": f"Bearer {_op_token(provider, 'staff', scope='user/*.rs')}"}
+        assert c.get(f"/fhir/Practitioner/{practitioner}", headers=h).status_code == 200
+        _, ids = eid_app
+        assert c.get(f"/fhir/Patient/{ids['se']}", headers=h).status_code == 200  # staff: the whole type
+        assert c.post("/fhir/Patient", json={"resourceType": "Patient"}, headers=h).status_code == 403  # read-only scope
+        nobody = c.get("/fhir/Patient", headers={"Authorization": f"Bearer {_op_token(provider, 'newcomer', scope='user/*.rs')}"})
+        assert nobody.status_code == 403 and nobody.json()["issue"][0]["code"] == "forbidden"
+
+
+def test_provider_keys_are_refetched_at_most_once_per_interval(settings, provider, tmp_path_factory, eid_app):
+    """An unknown `kid` triggers a JWKS re-fetch, but at most once per
+    auth_jwks_refetch_seconds: a flood of tokens with unknown kids cannot make the server
+    hammer the provider. After the interval the rotated key is fetched and accepted."""
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    window = 6
+    conf = _issuers_file(tmp_path_factory, provider)
+    app = build_app(settings.model_copy(update={"auth_issuers_file": conf, "auth_jwks_refetch_seconds": window}))
+    _, ids = eid_app
+    with TestClient(app) as c:
+        fetches = lambda: httpx.get(f"{provider}/stats").json()["jwks_fetches"]  # noqa: E731
+        before = fetches()
+        started = time.monotonic()
+        assert c.get(f"/fhir/Patient/{ids['se']}", headers={"Authorization": f"Bearer {_op_token(provider, 'se')}"}).status_code == 200
+        assert fetches() == before + 1
+        httpx.post(f"{provider}/rotate", content="RS256")
+        rotated = _op_token(provider, "se")
+        for _ in range(5):
+            r = c.get(f"/fhir/Patient/{ids['se']}", headers={"Authorization": f"Bearer {rotated}"})
+            assert r.status_code == 401 and "no key" in r.json()["issue"][0]["diagnostics"], r.text
+        assert time.monotonic() - started < window, "the machine was too slow for this test's interval"
+        assert fetches() == before + 1  # no re-fetch inside the interval
+        time.sleep(max(0.0, window - (time.monotonic() - started)) + 0.2)
+        assert c.get(f"/fhir/Patient/{ids['se']}", headers={"Authorization": f"Bearer {rotated}"}).status_code == 200
+        assert fetches() == before + 2
 
 
 # ------------------------------------------------------------------ the authorize step logs in at the provider

@@ -109,6 +109,111 @@ def test_backend_es384(live_server, app):
     assert found.status_code == 200
 
 
+class _JwksHost:
+    """A backend client's JWKS URL: a real HTTP server on a loopback port, counting fetches."""
+
+    def __init__(self, jwks: dict):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host = self
+        self.jwks = jwks
+        self.fetches = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                host.fetches += 1
+                body = json.dumps(host.jwks).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_backend_client_keys_from_a_jwks_url(settings):
+    """`fhir-server client add ID --jwks-url URL`: the client's keys are fetched from its URL,
+    cached (a second token does not fetch again), and fetched again when an assertion names a
+    kid the cached set lacks (the client rotated its key); an unknown key stays refused."""
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    key_a = RSAKey.generate_key(2048, private=True, parameters={"kid": f"a-{uuid.uuid4().hex[:6]}", "alg": "RS384"})
+    host = _JwksHost({"keys": [key_a.as_dict(private=False)]})
+    client_id = f"ehr-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "FHIR_SERVER_DATABASE_URL": settings.resolved_database_url()}
+    added = subprocess.run([sys.executable, "-m", "fhir_server.cli", "client", "add", client_id, "--scope", "system/Patient.rs",
+                            "--jwks-url", host.url], env=env, capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0 and "private_key_jwt" in added.stdout, added.stderr
+    app = build_app(settings.model_copy(update={"auth_jwks_refetch_seconds": 0}))
+    try:
+        with TestClient(app, base_url="http://localhost") as c:
+            endpoint = c.get("/fhir/.well-known/smart-configuration").json()["token_endpoint"]
+
+            def token(key):
+                form = {"grant_type": "client_credentials", "scope": "system/Patient.rs",
+                        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        "client_assertion": _assertion(key, "RS384", client_id, endpoint)}
+                return c.post("/auth/token", data=form)
+
+            first = token(key_a)
+            assert first.status_code == 200, first.text
+            assert token(key_a).status_code == 200 and host.fetches == 1  # cached
+            key_b = RSAKey.generate_key(2048, private=True, parameters={"kid": f"b-{uuid.uuid4().hex[:6]}", "alg": "RS384"})
+            host.jwks = {"keys": [key_b.as_dict(private=False)]}  # the client rotates its key
+            rotated = token(key_b)
+            assert rotated.status_code == 200, rotated.text
+            assert host.fetches == 2
+            stranger = RSAKey.generate_key(2048, private=True, parameters={"kid": "stranger", "alg": "RS384"})
+            refused = token(stranger)
+            assert refused.status_code == 400 and refused.json()["error"] == "invalid_client"
+            h = {"Authorization": f"Bearer {rotated.json()['access_token']}"}
+            assert c.get("/fhir/Patient", params={"_count": 1}, headers=h).status_code == 200
+    finally:
+        host.close()
+
+
+def test_clients_registered_in_configuration(settings, tmp_path):
+    """FHIR_SERVER_AUTH_CLIENTS_FILE: a JSON list of clients (RFC 7591 names); a plain
+    `client_secret` there is kept only as its hash. A confidential client gets a token with
+    HTTP Basic authentication; a wrong secret is invalid_client (401, RFC 6749 §5.2)."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from fhir_server.bootstrap import build_app
+
+    path = tmp_path / "clients.json"
+    path.write_text(json.dumps([{"client_id": "lab-feed", "client_secret": "s3cret-value", "token_endpoint_auth_method": "client_secret_basic",
+                                 "grant_types": ["client_credentials"], "scope": "system/Observation.cruds"}]))
+    app = build_app(settings.model_copy(update={"auth_clients_file": str(path)}))
+    with TestClient(app, base_url="http://localhost") as c:
+        assert "client_secret" not in app.state.auth_server.clients.get("lab-feed").meta
+        r = c.post("/auth/token", data={"grant_type": "client_credentials", "scope": "system/Observation.rs system/Patient.rs"},
+                   auth=("lab-feed", "s3cret-value"))
+        assert r.status_code == 200, r.text
+        assert r.json()["scope"] == "system/Observation.rs"  # narrowed to the registration
+        h = {"Authorization": f"Bearer {r.json()['access_token']}"}
+        assert c.get("/fhir/Observation", params={"_count": 1}, headers=h).status_code == 200
+        assert c.get("/fhir/Patient", params={"_count": 1}, headers=h).status_code == 403
+        wrong = c.post("/auth/token", data={"grant_type": "client_credentials"}, auth=("lab-feed", "guess"))
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+
+
 # ------------------------------------------------------------------ SMART app: authorization code + PKCE
 
 
@@ -192,6 +297,59 @@ def test_authorization_code_with_pkce(dev_app, portal):
     assert info["active"] is False
 
 
+def _code_flow(c, portal, **extra) -> dict:
+    verifier, challenge = pkce()
+    r = _login(c, {**_authorize(c, portal, challenge), **extra}, portal["written"])
+    code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+    r = c.post("/auth/token", data={"grant_type": "authorization_code", "code": code, "redirect_uri": "https://portal.example/cb",
+                                    "client_id": portal["client_id"], "code_verifier": verifier})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_introspection_and_revocation_are_for_the_clients_own_tokens(dev_app, portal):
+    """RFC 7662 / RFC 7009: a client learns about and revokes only its own tokens; a refresh
+    token can be introspected and revoked too, and a revoked one no longer refreshes."""
+    from fhir_server.auth.clients import add_client
+
+    app, c = dev_app
+    tok = _code_flow(c, portal)
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    add_client(app.state.db.engine, {"client_id": other, "redirect_uris": ["https://other.example/cb"],
+                                      "token_endpoint_auth_method": "none", "scope": "openid patient/*.rs"})
+    mine = {"client_id": portal["client_id"]}
+    for token in (tok["access_token"], tok["refresh_token"]):
+        foreign = c.post("/auth/introspect", data={"token": token, "client_id": other})
+        assert foreign.status_code == 200 and foreign.json() == {"active": False}, foreign.text
+        assert c.post("/auth/revoke", data={"token": token, "client_id": other}).status_code == 200  # RFC 7009 §2.2
+    stolen = c.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"], "client_id": other})
+    assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"  # a refresh token works for its client only
+    h = {"Authorization": f"Bearer {tok['access_token']}"}
+    assert c.get(f"/fhir/Patient/{portal['pid']}", headers=h).status_code == 200  # another client's revoke did nothing
+    info = c.post("/auth/introspect", data={"token": tok["refresh_token"], "token_type_hint": "refresh_token", **mine}).json()
+    assert info["active"] is True and info["client_id"] == portal["client_id"] and "patient/*.rs" in info["scope"]
+
+    assert c.post("/auth/revoke", data={"token": tok["refresh_token"], "token_type_hint": "refresh_token", **mine}).status_code == 200
+    assert c.post("/auth/introspect", data={"token": tok["refresh_token"], **mine}).json() == {"active": False}
+    r = c.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": tok["refresh_token"], **mine})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+
+
+def test_id_token_names_the_user_and_carries_the_nonce(dev_app, portal):
+    """OpenID Connect Core 3.1.3.6/3.1.3.7: the ID token is signed by the issuer's JWKS key,
+    for the client (aud), with the request's nonce; SMART: fhirUser is the user's absolute URL."""
+    from joserfc.jwk import KeySet
+
+    _, c = dev_app
+    assert "sso-openid-connect" in c.get("/fhir/.well-known/smart-configuration").json()["capabilities"]
+    nonce = uuid.uuid4().hex
+    tok = _code_flow(c, portal, nonce=nonce)
+    claims = jwt.decode(tok["id_token"], KeySet.import_key_set(c.get("/auth/jwks").json())).claims
+    assert claims["iss"] == TEST_AUDIENCE and claims["aud"] == portal["client_id"] and claims["nonce"] == nonce
+    assert claims["fhirUser"] == f"{TEST_AUDIENCE}/Patient/{portal['pid']}" and isinstance(claims["auth_time"], int)
+    assert "nonce" not in jwt.decode(_code_flow(c, portal)["id_token"], KeySet.import_key_set(c.get("/auth/jwks").json())).claims
+
+
 def test_pkce_is_required_and_s256_only(dev_app, portal):
     _, c = dev_app
     r = c.get("/auth/authorize", params=_authorize(c, portal, None))
@@ -241,3 +399,44 @@ def test_cli_token(settings, client, anonymous_client):
     token = out.stdout.strip()
     assert anonymous_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert anonymous_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"}).json()["total"] == 1
+
+
+def _claims(token: str) -> dict:
+    import base64
+    import json
+
+    return json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+
+
+def _cli(*args, database_url: str | None = None):
+    env = {k: v for k, v in os.environ.items() if k != "FHIR_SERVER_DATABASE_URL"}
+    if database_url:
+        env["FHIR_SERVER_DATABASE_URL"] = database_url
+    return subprocess.run([sys.executable, "-m", "fhir_server.cli", "token", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_token_options(settings, client, anonymous_client):
+    """`fhir-server token --national-id SYSTEM|VALUE` (any written form) finds the patient in
+    the database named by `--database-url`; `--ttl` sets the lifetime; `--fhir-user` the user;
+    wrong input is a one-line error and a non-zero exit, never a traceback."""
+    canonical, written = personnummer()
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "identifier": [{"system": SE_PNR, "value": canonical}]}).json()["id"]
+    url = settings.resolved_database_url()
+
+    out = _cli("--scope", "patient/*.rs", "--national-id", f"{SE_PNR}|{written}", "--ttl", "120", "--database-url", url)
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip()
+    claims = _claims(token)
+    assert claims["patient"] == pid and claims["fhirUser"] == f"Patient/{pid}" and claims["exp"] - claims["iat"] == 120
+    h = {"Authorization": f"Bearer {token}"}
+    assert [e["resource"]["id"] for e in anonymous_client.get("/fhir/Patient", headers=h).json()["entry"]] == [pid]
+
+    out = _cli("--scope", "user/*.rs", "--fhir-user", "Practitioner/p-1")
+    assert out.returncode == 0, out.stderr
+    assert _claims(out.stdout.strip())["fhirUser"] == "Practitioner/p-1"
+
+    unknown = _cli("--scope", "patient/*.rs", "--national-id", f"{SE_PNR}|{personnummer()[1]}", "--database-url", url)
+    assert unknown.returncode == 1 and "no Patient has the national identifier" in unknown.stderr and "Traceback" not in unknown.stderr
+    for bad in (["--national-id", "19121212-1212"], ["--national-id", f"{SE_PNR}|not-a-number"], ["--scope", "user/*.rs"]):
+        out = _cli(*bad, "--database-url", url)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == "", (bad, out.stderr)

@@ -4,6 +4,7 @@ at the authorisation seam, compiled into the SQL of every interaction)."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import time
 import uuid
@@ -44,6 +45,7 @@ def _foreign_key_token(**claims) -> str:
     return jwt.encode({"alg": "RS256", "kid": "attacker"}, body, key)
 
 
+@functools.lru_cache(maxsize=1)
 def _bad_tokens() -> dict[str, str]:
     good = make_token()
     head, body, sig = good.split(".")
@@ -52,6 +54,8 @@ def _bad_tokens() -> dict[str, str]:
     return {
         "wrong-audience": make_token(audience="http://elsewhere.example/fhir"),
         "expired": make_token(ttl=-600),
+        "not-yet-valid": make_token(extra={"nbf": int(time.time()) + 3600}),
+        "untrusted-issuer": make_token(extra={"iss": "http://elsewhere.example/fhir"}),
         "bad-signature": f"{head}.{body}.{sig[:-6]}AAAAAA",
         "tampered-claims": f"{head}.{_b64(claims)}.{sig}",
         "alg-none": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{body}.",
@@ -91,7 +95,28 @@ def test_bad_tokens_are_401(anonymous_client, pid, kind, method, path, body):
     assert 'error="invalid_token"' in r.headers["www-authenticate"]
 
 
+def test_a_token_for_another_base_says_which_base_this_is(anonymous_client):
+    """The first thing a new user gets wrong: a token made for http://127.0.0.1:8080/fhir sent
+    to the server under another name. The 401 says which base (audience) this server expects."""
+    token = make_token(audience="http://127.0.0.1:8080/fhir")
+    r = anonymous_client.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    assert f"--audience {TEST_AUDIENCE}" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_clock_skew_is_small(anonymous_client, pid):
+    """exp and nbf get FHIR_SERVER_AUTH_CLOCK_SKEW (60 s) of leeway, no more."""
+    ok = [make_token(ttl=-20), make_token(extra={"nbf": int(time.time()) + 20})]
+    late = [make_token(ttl=-120), make_token(extra={"nbf": int(time.time()) + 120})]
+    for token in ok:
+        assert anonymous_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    for token in late:
+        assert anonymous_client.get(f"/fhir/Patient/{pid}", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
 def test_open_endpoints_need_no_token(anonymous_client):
+    for path in ("/health", "/ready"):
+        assert anonymous_client.get(path).status_code == 200, path
     meta = anonymous_client.get("/fhir/metadata")
     assert meta.status_code == 200
     security = meta.json()["rest"][0]["security"]
@@ -246,9 +271,25 @@ def test_patient_token_writes_only_into_its_compartment(anonymous_client, two_pa
 def test_conditional_operations_only_see_what_the_token_sees(anonymous_client, two_patients):
     p = two_patients
     h = _as(p["ann"], "patient/*.cruds")
+    system = _as(None, "system/*.rs")
+    bob_lab = anonymous_client.get(f"/fhir/Observation/{p['bob_lab']}", headers=system).json()
     r = anonymous_client.delete("/fhir/Observation", params={"_id": p["bob_lab"]}, headers=h)
     assert r.status_code == 204  # no match among what the token sees
-    assert anonymous_client.get(f"/fhir/Observation/{p['bob_lab']}", headers=_as(None, "system/*.rs")).status_code == 200
+    mine = {"resourceType": "Observation", "status": "final", "code": {"text": "cond"}, "subject": {"reference": f"Patient/{p['ann']}"}}
+    # conditional create: Bob's Observation is no match, so nothing of it comes back; a new one is made
+    r = anonymous_client.post("/fhir/Observation", json=mine, headers={**h, "If-None-Exist": f"_id={p['bob_lab']}"})
+    assert r.status_code == 201 and r.json()["id"] != p["bob_lab"]
+    # conditional update and patch: Bob's is not matched, so not changed
+    r = anonymous_client.put("/fhir/Observation", params={"_id": p["bob_lab"]}, json=mine, headers=h)
+    assert r.status_code == 201 and r.json()["id"] != p["bob_lab"]
+    patch = [{"op": "replace", "path": "/status", "value": "amended"}]
+    r = anonymous_client.patch("/fhir/Observation", params={"_id": p["bob_lab"]}, json=patch, headers={**h, "Content-Type": "application/json-patch+json"})
+    assert r.status_code == 404
+    # a conditional reference in a transaction resolves among what the token sees only
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**mine, "hasMember": [{"reference": f"Observation?_id={p['bob_lab']}"}]}, "request": {"method": "POST", "url": "Observation"}}]}
+    assert anonymous_client.post("/fhir", json=bundle, headers=h).status_code == 412
+    assert anonymous_client.get(f"/fhir/Observation/{p['bob_lab']}", headers=system).json() == bob_lab  # untouched
 
 
 def test_export_needs_system_scope_and_the_same_token(anonymous_client, two_patients):
