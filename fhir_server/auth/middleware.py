@@ -13,6 +13,7 @@ HTTP edge and the fast read path pick it up for the authorisation seam.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import orjson
@@ -126,8 +127,6 @@ class BearerAuth:
 
 
 def _cache_key(token: str, audience: str) -> str:
-    import hashlib
-
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest() + "|" + audience.rstrip("/")
 
 

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .authz import AccessRequest, Criteria, Principal, Visibility
 from .scopes import INTERACTION_PERMISSION, Scope, parse_scopes
 
@@ -21,7 +23,13 @@ _WORDS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search
 
 
 def _scopes(principal: Principal) -> tuple[Scope, ...]:
-    return parse_scopes(" ".join(sorted(principal.scopes)))
+    return _parsed(principal.scopes)
+
+
+@lru_cache(maxsize=4096)
+def _parsed(scopes: frozenset[str]) -> tuple[Scope, ...]:
+    """A token's scopes parsed once (every request of the token asks several times)."""
+    return parse_scopes(" ".join(sorted(scopes)))
 
 
 def _usable(principal: Principal, s: Scope) -> bool:
