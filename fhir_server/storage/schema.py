@@ -96,6 +96,9 @@ idx_string = _index_table(
     Column("value_exact", Text, nullable=False),
     indexes=[("value_norm",)],
 )
+# PostgreSQL only (migration 0019): "starts with" as a code-point range in the C collation
+Index("ix_idx_string_value_norm_c", idx_string.c.res_type, idx_string.c.param,
+      idx_string.c.value_norm.collate("C")).ddl_if(dialect="postgresql")
 
 # token: system may be NULL (no system), code may be NULL (e.g. text-only CodeableConcept).
 idx_token = _index_table(
