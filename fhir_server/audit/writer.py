@@ -145,6 +145,8 @@ class AuditWriter:
             overdue = self._staged_since is not None and now - self._staged_since >= staging.INDEX_LAG_SECONDS
             if not (quiet or overdue):
                 return total
+            if self._staged_since is None and not staging.has_staged(self.db):
+                return total  # idle: a read, no write lock taken
             with self._flush_lock:
                 with self.db.write() as conn:
                     n = staging.materialize(conn, staging.BATCH)
