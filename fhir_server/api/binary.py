@@ -22,6 +22,7 @@ import base64
 import uuid
 from typing import Iterator
 
+import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -182,7 +183,7 @@ def _check_security_context(conn, ctx: RequestContext, binary: dict) -> None:
 
         stored = repo.read_current(conn, target_type, target_id)
         if stored is not None and stored.content:
-            doc = jsonio.parse_plain(stored.content)
+            doc = orjson.loads(stored.content)
             cases = case_consent.cases_of(doc)
             if not _visible(conn, ctx, target_type, target_id):
                 raise FhirError.of(404, "not-found", f"Binary/{binary.get('id')} is not known")

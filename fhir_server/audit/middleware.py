@@ -15,15 +15,18 @@ and, on success, the issued token's subject and patient context (never the token
 from __future__ import annotations
 
 import base64
+import logging
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 
 from ..errors import Issue, operation_outcome
 from .balp import AuditFacts
 from .classify import LOGIN_PATHS, classify
 from .context import AuditRecord, close_record, open_record, principal_fields
+from .staging import materialize_all
 
 _CAPTURE_LIMIT = 16 * 1024
 _REFUSED_CHANGES = ("PUT", "PATCH", "DELETE")
@@ -92,8 +95,6 @@ class AuditMiddleware:
             try:
                 self._log(scope, inter, record, status or 500, bytes(captured), bytes(request_body))
             except Exception:  # the access log never turns an answered request into an error
-                import logging
-
                 logging.getLogger("fhir_server.audit").exception("could not queue the AuditEvent of %s %s", method, path)
 
     def _may_read_log(self, path: str, query: bytes) -> bool:
@@ -201,13 +202,7 @@ def _unverified_claims(token: str) -> dict:
 
 async def _index_staged(db) -> None:
     """Staged read events become AuditEvents before the request reads the log (audit.staging)."""
-    from starlette.concurrency import run_in_threadpool
-
-    from .staging import materialize_all
-
     try:
         await run_in_threadpool(materialize_all, db)
     except Exception:  # the database is away: the request itself will say so
-        import logging
-
         logging.getLogger("fhir_server.audit").warning("staged access-log events could not be indexed", exc_info=True)

@@ -14,6 +14,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from sqlalchemy import Connection
 
 from .. import events, ids
@@ -178,7 +179,7 @@ def _security_context(conn: Connection, res_id: str) -> str | None:
     stored = repo.read_current(conn, "Binary", res_id)
     if stored is None or stored.deleted or not stored.content:
         return None
-    ref = ((jsonio.parse_plain(stored.content).get("securityContext") or {}).get("reference"))
+    ref = ((orjson.loads(stored.content).get("securityContext") or {}).get("reference"))
     return ref if isinstance(ref, str) and ref.count("/") == 1 else None
 
 
@@ -289,7 +290,7 @@ def _store(
     with local_base.serving(ctx.base_url):
         index_resource(conn, pk, res_type, parsed.plain)
     if events.has_subscribers(res_type):  # parsing the old version costs; only listeners need it
-        old = jsonio.parse_plain(current.content) if current is not None and current.content else None
+        old = orjson.loads(current.content) if current is not None and current.content else None
         events.emit(conn, events.ResourceChange(res_type, res_id, version_id, method, old, parsed.plain))
     status = 201 if current is None or current.deleted else 200
     return Outcome(
@@ -463,7 +464,7 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
     repo.write_version(conn, current.pk, res_type, res_id, version_id, now, None, "DELETE")
     delete_index(conn, current.pk)
     if events.has_subscribers(res_type):
-        events.emit(conn, events.ResourceChange(res_type, res_id, version_id, "delete", jsonio.parse_plain(current.content), None))
+        events.emit(conn, events.ResourceChange(res_type, res_id, version_id, "delete", orjson.loads(current.content), None))
     out = Outcome(status=200, res_type=res_type, res_id=res_id, version_id=version_id, last_modified=http_date(now))
     out.headers["ETag"] = out.etag
     out.body = jsonio.dumps(operation_outcome([Issue("information", "informational", f"Deleted {res_type}/{res_id}")]))
