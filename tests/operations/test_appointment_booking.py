@@ -114,7 +114,8 @@ def test_stale_hold_gives_way_even_without_the_worker(client, app):
 def test_reschedule_is_one_atomic_step(client):
     pract, sched = make_schedule(client)
     patient = make_patient(client)
-    a, b, c = (make_slot(client, sched["id"], future(days=9)) for _ in range(3))
+    t0 = future(days=9)  # one random start, the slots 20 minutes apart: independent picks could collide
+    a, b, c = (make_slot(client, sched["id"], t0 + timedelta(minutes=20 * i)) for i in range(3))
     q = {"practitioner": f"Practitioner/{pract['id']}", "patient": f"Patient/{patient['id']}"}
     (pa,) = _find(client, start=a["start"], end=a["end"], **q)
     first = client.post("/fhir/Appointment/$book", json=_params(pa), headers=FHIR_JSON).json()["entry"][0]["resource"]
