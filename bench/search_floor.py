@@ -79,12 +79,15 @@ def _pg_proc(db_url: str, stmts, conns: int, duration: float, seed: int, q) -> N
 
 
 def _sqlite_proc(db_url: str, stmts, conns: int, duration: float, seed: int, q) -> None:
+    from fhir_server.storage.async_reads import configure_reader
+
     path = db_url.split(":///", 1)[1]
     lat: list[float] = []
     stop_at = time.perf_counter() + duration
 
     def worker(i: int) -> None:
         c = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        configure_reader(c)  # the server's read connection settings (memory map, page cache)
         rnd = random.Random(seed * 1000 + i)
         while True:
             t0 = time.perf_counter()

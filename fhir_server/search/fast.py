@@ -23,6 +23,7 @@ from sqlalchemy.engine import Dialect
 
 from ..errors import FhirError
 from ..storage.async_reads import PgReader, SqliteReader
+from .shapes import ShapeCache
 from .engine import PreparedSearch, SearchRequest, assemble_search, needs_count, page_of, prepare_search
 
 CACHE_SIZE = 512  # compiled statements kept per dialect (a shape is small; searches have few shapes)
@@ -52,10 +53,17 @@ class CompiledCache:
         self._cache: OrderedDict[Any, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.shapes = ShapeCache()  # searches of a learned shape skip planning (search.shapes)
 
     def render(self, stmt) -> tuple[str, tuple]:
         """(SQL text, positional parameters after the dialect's bind processing).
         NotFast when the statement cannot be run as a plain positional string."""
+        sql, raw, procs = self.parts(stmt)
+        return sql, tuple(p(v) if p is not None else v for v, p in zip(raw, procs))
+
+    def parts(self, stmt) -> tuple[str, tuple, tuple]:
+        """(SQL text, positional parameter values before bind processing, the processor of
+        each or None); NotFast as `render`."""
         key = stmt._generate_cache_key()
         if key is None:
             raise NotFast("statement has no cache key")
@@ -78,7 +86,7 @@ class CompiledCache:
             sql, names, values, procs = state.statement, state.positiontup, state.parameters, state.processors
         else:
             sql, names, procs = compiled.string, compiled.positiontup, compiled._bind_processors
-        return sql, tuple(procs[n](values[n]) if n in procs else values[n] for n in names)
+        return sql, tuple(values[n] for n in names), tuple(procs.get(n) for n in names)
 
 
 _caches: dict[str, CompiledCache] = {}
@@ -101,22 +109,53 @@ async def run_search(reader: SqliteReader | PgReader, req: SearchRequest) -> byt
     """The searchset Bundle for `req` (no _include/_revinclude: `engine` runs
     those), as `engine.execute_search` would give it. FhirError as the planner
     raises it (400 and the like; 503 from the reader); NotFast when the
-    statements need SQLAlchemy's execution."""
+    statements need SQLAlchemy's execution. A search of a learned shape
+    (`search.shapes`) is filled in without planning."""
+    cache = cache_for(reader)
+    hit = cache.shapes.plan(req)
+    if hit is not None:
+        prep, page, count, key_procs, shape = hit
+        if shape.verify_left <= 0 or _verified(cache, req, shape, page, count):
+            return await _execute(reader, prep, page, lambda: count, key_procs)
     prep: PreparedSearch = prepare_search(None, req)
     if prep.plan.includes:
         raise NotFast("includes are run by the engine")
-    cache = cache_for(reader)
-    if prep.page_q is None:
-        return assemble_search(prep, [], False, await _scalar(reader, cache, prep.count_q))
-    sql, params = cache.render(prep.page_q)
-    fetched = await reader.fetch(sql, params)
+    page_parts = cache.parts(prep.page_q) if prep.page_q is not None else None
+    key_procs = _key_processors(prep, cache.dialect) if prep.nkeys else []
+    if hit is None and cache.shapes.learnable(req):
+        count_parts = cache.parts(prep.count_q)
+        cache.shapes.learn(req, prep, page_parts, count_parts, key_procs)
+        count = lambda: _processed(count_parts)  # noqa: E731
+    else:
+        count = lambda: cache.render(prep.count_q)  # noqa: E731  (rendered only when the total is needed)
+    page = _processed(page_parts) if page_parts is not None else None
+    return await _execute(reader, prep, page, count, key_procs)
+
+
+def _processed(parts: tuple[str, tuple, tuple]) -> tuple[str, tuple]:
+    sql, raw, procs = parts
+    return sql, tuple(p(v) if p is not None else v for v, p in zip(raw, procs))
+
+
+def _verified(cache: CompiledCache, req: SearchRequest, shape, page, count) -> bool:
+    """One of a shape's first hits: the engine plans it too; True when both agree."""
+    planned = prepare_search(None, req)
+    expect = (cache.render(planned.page_q) if planned.page_q is not None else None, cache.render(planned.count_q))
+    return cache.shapes.verified(shape, (page, count), expect)
+
+
+async def _execute(reader, prep: PreparedSearch, page: tuple | None, count, key_procs: list) -> bytes:
+    """Run the page statement (sql, params), and the count statement (`count()` gives it)
+    when the Bundle's total needs it; the Bundle's bytes."""
+    if page is None:
+        return assemble_search(prep, [], False, await _scalar(reader, count()))
+    fetched = await reader.fetch(*page)
     if prep.nkeys:
-        keys = _key_processors(prep, cache.dialect)
-        raw = [_Row((*r[:4], *(p(v) if p else v for p, v in zip(keys, r[4:4 + prep.nkeys])))) for r in fetched]
+        raw = [_Row((*r[:4], *(p(v) if p else v for p, v in zip(key_procs, r[4:4 + prep.nkeys])))) for r in fetched]
     else:
         raw = [_Row(r[:4]) for r in fetched]
     rows, more = page_of(prep, raw)
-    total = await _scalar(reader, cache, prep.count_q) if needs_count(prep, more) else None
+    total = await _scalar(reader, count()) if needs_count(prep, more) else None
     return assemble_search(prep, rows, more, total)
 
 
@@ -128,9 +167,8 @@ def _key_processors(prep: PreparedSearch, dialect: Dialect) -> list:
     return [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols]
 
 
-async def _scalar(reader, cache: CompiledCache, stmt) -> int:
-    sql, params = cache.render(stmt)
-    rows = await reader.fetch(sql, params)
+async def _scalar(reader, statement: tuple[str, tuple]) -> int:
+    rows = await reader.fetch(*statement)
     if not rows:
         raise FhirError.of(500, "exception", "count returned no row")
     return int(rows[0][0])

@@ -18,11 +18,21 @@ from datetime import datetime
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from .db import SQLITE_MMAP_BYTES, SQLITE_READER_CACHE_KIB
 from .faults import is_connection_error, unavailable
 from .repository import StoredResource, stored_from_row
 
 APPLICATION_NAME = "fhir_server.reads"  # how these connections show in pg_stat_activity
 _COLUMNS = "pk, res_type, res_id, version_id, last_updated, deleted, content"
+
+
+def configure_reader(conn: sqlite3.Connection) -> None:
+    """The settings of a read connection: busy timeout, memory-mapped reads and a larger
+    page cache (`db.SQLITE_MMAP_BYTES`); also used by bench/search_floor.py, so that the
+    floor reads the database as the server does."""
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+    conn.execute(f"PRAGMA cache_size=-{SQLITE_READER_CACHE_KIB}")
 
 
 class SqliteReader:
@@ -38,7 +48,7 @@ class SqliteReader:
         # check_same_thread=False only because the lifespan may open it on another
         # thread than the one serving requests; all lookups run on the loop thread.
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout=30000")
+        configure_reader(self.conn)
 
     async def close(self) -> None:
         if self.conn is not None:
