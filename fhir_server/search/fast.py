@@ -17,13 +17,14 @@ server-side prepared statement (asyncpg's statement cache).
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.engine import Dialect
 
 from ..errors import FhirError
 from ..storage.async_reads import PgReader, SqliteReader
-from .shapes import ShapeCache
+from .shapes import ShapeCache, answering_once
 from .engine import PreparedSearch, SearchRequest, assemble_search, needs_count, page_of, prepare_search
 
 CACHE_SIZE = 512  # compiled statements kept per dialect (a shape is small; searches have few shapes)
@@ -112,7 +113,9 @@ async def run_search(reader: SqliteReader | PgReader, req: SearchRequest) -> byt
     statements need SQLAlchemy's execution. A search of a learned shape
     (`search.shapes`) is filled in without planning."""
     cache = cache_for(reader)
-    hit = cache.shapes.plan(req)
+    req = replace(req, access=answering_once(req.access))
+    ticket = cache.shapes.ticket(req)
+    hit = cache.shapes.plan(req, ticket) if ticket is not None else None
     if hit is not None:
         prep, page, count, key_procs, shape = hit
         if shape.verify_left <= 0 or _verified(cache, req, shape, page, count):
@@ -122,9 +125,9 @@ async def run_search(reader: SqliteReader | PgReader, req: SearchRequest) -> byt
         raise NotFast("includes are run by the engine")
     page_parts = cache.parts(prep.page_q) if prep.page_q is not None else None
     key_procs = _key_processors(prep, cache.dialect) if prep.nkeys else []
-    if hit is None and cache.shapes.learnable(req):
+    if hit is None and ticket is not None and cache.shapes.learnable(ticket):
         count_parts = cache.parts(prep.count_q)
-        cache.shapes.learn(req, prep, page_parts, count_parts, key_procs)
+        cache.shapes.learn(ticket, prep, page_parts, count_parts, key_procs)
         count = lambda: _processed(count_parts)  # noqa: E731
     else:
         count = lambda: cache.render(prep.count_q)  # noqa: E731  (rendered only when the total is needed)

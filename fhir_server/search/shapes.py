@@ -38,8 +38,8 @@ from ..errors import FhirError
 from . import national, registry
 from .engine import CONTROL_PARAMS, DEFAULT_COUNT, PreparedSearch, SearchRequest, _control, _Plan
 from .prefix import successor
-from .query import LEN_CODE, LEN_SYSTEM, _split_prefix, lookup_param
-from .values import cut, like_escape, normalize, parse_date_range, split_unescaped, unescape
+from .query import LEN_CODE, LEN_ID, LEN_SYSTEM, LEN_URI, _split_prefix, lookup_param
+from .values import cut, like_escape, normalize, parse_date_range, parse_reference, split_unescaped, unescape
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +94,85 @@ def _derive_date(res_type: str, sp, value: str) -> tuple[tuple, dict[str, Any]]:
     return (prefix, low is None, high is None), {"low": low, "high": high}
 
 
-_DERIVE: dict[str, Callable] = {"string": _derive_string, "token": _derive_token, "date": _derive_date}
+def _derive_reference(res_type: str, sp, value: str, base: str) -> tuple[tuple, dict[str, Any]]:
+    if "|" in value or ":" in value or value.startswith("#") or not base:
+        raise _Unfit  # canonical versions, absolute URLs, urn:, contained: the engine's forms
+    if "/" not in value:
+        return ("id",), {"id": cut(value, LEN_ID)}
+    rtype, rid, _ = parse_reference(value)
+    if not (rtype and rid):
+        raise _Unfit
+    # the target type is part of the shape (a constant of its statements), the id a value
+    return ("type/id", rtype), {"id": cut(rid, LEN_ID), "url": cut(f"{base}/{rtype}/{rid}", LEN_URI)}
+
+
+_DERIVE: dict[str, Callable] = {"string": _derive_string, "token": _derive_token, "date": _derive_date,
+                                "reference": _derive_reference}
+
+
+def _derive(res_type: str, name: str, value: str, base: str) -> tuple[str, tuple, dict[str, Any]]:
+    """(parameter code, form, derived values) of one plain `name=value`; _Unfit otherwise."""
+    if ":" in name or "." in name or name.startswith("_") or "," in value or "\\" in value:
+        raise _Unfit
+    sp = lookup_param(res_type, name)
+    derive = _DERIVE.get(sp.type) if sp is not None and sp.expression else None
+    if derive is None:
+        raise _Unfit
+    if sp.type == "reference":
+        form, values = derive(res_type, sp, value, base)
+    else:
+        form, values = derive(res_type, sp, value)
+    return sp.code, (sp.type, *form), values
+
+
+def _access_shape(res_type: str, vis, base: str, derived: list, constants: set) -> tuple:
+    """The key part of the caller's visibility (security.authz.Criteria, as search.access
+    compiles them), its values added to `derived` (at negative indexes) and `constants`."""
+    if vis is None:
+        return ("open",)
+    parts = []
+    for c in vis:
+        part: list = []
+        if c.compartment:
+            if c.compartment[0] != "Patient":
+                raise _Unfit
+            derived.append((-1 - len(derived), {"compartment": c.compartment[1]}))
+            constants.add("Patient")
+            constants.update(registry.patient_compartment().get(res_type, ()))
+            part.append("compartment")
+        for kind, pairs in (("param", c.params), ("exclude", c.exclude)):
+            for name, value in pairs:
+                code, form, values = _derive(res_type, name, value, base)
+                derived.append((-1 - len(derived), values))
+                constants.add(code)
+                if form[1:2] == ("type/id",):
+                    constants.add(form[2])
+                part.append((kind, name, form))
+        for name in c.conditions:
+            if not (name == "case-consent" and res_type != "DocumentReference"):  # elsewhere `true`
+                raise _Unfit
+            part.append(name)
+        parts.append(tuple(part))
+    return ("criteria", *parts)
 
 
 def _shape_of(req: SearchRequest) -> tuple[tuple, list[tuple[int, dict[str, Any]]], set]:
     """(shape key, the derived values of each search parameter, the shape's constants);
     _Unfit when the request is not of a learnable form."""
     res_type = req.res_type
-    if res_type is None or req.compartment or req.lenient or req.access is not None:
+    if res_type is None or req.compartment or req.lenient:
         raise _Unfit
-    key: list = [res_type]
+    base_url = req.base_url.rstrip("/")
     derived: list[tuple[int, dict[str, Any]]] = []
     constants: set = {res_type, 0, 1}  # 0, 1: the offset, and the sort keys' "is missing" flags
+    vis = req.access(res_type, "s") if req.access is not None else None
+    if vis is not None and not vis:
+        raise _Unfit  # nothing visible: the engine answers (an empty Bundle)
+    key: list = [res_type, _access_shape(res_type, vis, base_url, derived, constants)]
     count = DEFAULT_COUNT
     for i, (name, value) in enumerate(req.params):
-        base = name.split(":", 1)[0]
-        if base in CONTROL_PARAMS:
+        head = name.split(":", 1)[0]
+        if head in CONTROL_PARAMS:
             if name not in _ALLOWED_CONTROLS:
                 raise _Unfit
             key.append((name, value))  # result parameters shape the statement: part of the key, values and all
@@ -123,16 +186,12 @@ def _shape_of(req: SearchRequest) -> tuple[tuple, list[tuple[int, dict[str, Any]
             continue
         if value == "":
             continue  # ignored, as by the engine
-        if ":" in name or "." in name or name.startswith("_") or "," in value or "\\" in value:
-            raise _Unfit
-        sp = lookup_param(res_type, name)
-        derive = _DERIVE.get(sp.type) if sp is not None and sp.expression else None
-        if derive is None:
-            raise _Unfit
-        form, values = derive(res_type, sp, value)
-        key.append((name, sp.type, form))
+        code, form, values = _derive(res_type, name, value, base_url)
+        key.append((name, form))
         derived.append((i, values))
-        constants.add(sp.code)
+        constants.add(code)
+        if form[1:2] == ("type/id",):
+            constants.add(form[2])
     if count < 0:
         raise _Unfit
     constants.add(count + 1)
@@ -192,6 +251,15 @@ def _fill(stmt: _Statement, values: dict[int, dict[str, Any]]) -> tuple[str, tup
     return stmt.sql, tuple(out)
 
 
+@dataclass
+class Ticket:
+    """A request's shape key, derived values and constants (`ShapeCache.ticket`)."""
+
+    key: tuple
+    derived: list[tuple[int, dict[str, Any]]]
+    constants: set
+
+
 class ShapeCache:
     """Learned shapes of one dialect (held by `search.fast.CompiledCache`)."""
 
@@ -200,17 +268,23 @@ class ShapeCache:
         self._lock = threading.Lock()
         self.hits = 0
 
-    def plan(self, req: SearchRequest) -> tuple[PreparedSearch, tuple | None, tuple, list, Shape] | None:
-        """For a request of a learned shape: (prepared search without statements, page (sql,
-        params) or None, count (sql, params), sort-key processors, shape); None otherwise."""
+    def ticket(self, req: SearchRequest) -> Ticket | None:
+        """The request's shape, or None when it is not of a learnable form. Evaluates the
+        caller's visibility (`req.access`): give a request whose access answers once
+        (`search.fast` does) so that the engine plans with the same criteria."""
         try:
-            key, derived, _ = _shape_of(req)
+            return Ticket(*_shape_of(req))
         except _Unfit:
             return None
-        shape = self._shapes.get(key)
+
+    def plan(self, req: SearchRequest, ticket: Ticket) -> tuple[PreparedSearch, tuple | None, tuple, list, Shape] | None:
+        """For a request of a learned shape: (prepared search without statements, page (sql,
+        params) or None, count (sql, params), sort-key processors, shape); None otherwise.
+        FhirError for a result parameter the engine would refuse."""
+        shape = self._shapes.get(ticket.key)
         if not isinstance(shape, Shape):
             return None
-        values = dict(derived)
+        values = dict(ticket.derived)
         plan = _Plan()
         for name, value in req.params:
             base = name.split(":", 1)[0]
@@ -225,38 +299,30 @@ class ShapeCache:
         self.hits += 1
         return prep, page, _fill(shape.count, values), shape.key_processors, shape
 
-    def learnable(self, req: SearchRequest) -> bool:
-        """Whether the engine's statements for `req` should be offered to `learn`."""
-        try:
-            key = _shape_of(req)[0]
-        except _Unfit:
-            return False
-        known = self._shapes.get(key)
+    def learnable(self, ticket: Ticket) -> bool:
+        """Whether the engine's statements for the ticket's request should be offered to `learn`."""
+        known = self._shapes.get(ticket.key)
         return known is None or (isinstance(known, int) and known < MAX_LEARN_TRIES)
 
-    def learn(self, req: SearchRequest, prep: PreparedSearch, page_parts, count_parts, key_processors: list) -> None:
-        """Remember the shape of a search the engine planned, when every parameter of its
-        statements is explained (`page_parts`/`count_parts`: SQL, raw values, processors)."""
-        try:
-            key, derived, constants = _shape_of(req)
-        except _Unfit:
-            return
-        known = self._shapes.get(key)
+    def learn(self, ticket: Ticket, prep: PreparedSearch, page_parts, count_parts, key_processors: list) -> None:
+        """Remember the shape of a search the engine planned (`prep`), when every parameter
+        of its statements is explained (`page_parts`/`count_parts`: SQL, raw values, processors)."""
+        known = self._shapes.get(ticket.key)
         if isinstance(known, Shape) or (isinstance(known, int) and known >= MAX_LEARN_TRIES):
             return
         if prep.plan.includes or prep.plan.cursor or prep.plan.warnings or count_parts is None:
             return
-        page = _explain(page_parts, derived, constants) if page_parts is not None else None
-        count = _explain(count_parts, derived, constants)
+        page = _explain(page_parts, ticket.derived, ticket.constants) if page_parts is not None else None
+        count = _explain(count_parts, ticket.derived, ticket.constants)
         ok = count is not None and (page is not None or prep.page_q is None)
         with self._lock:
             if len(self._shapes) >= MAX_SHAPES:
                 self._shapes.clear()  # many one-off shapes: start over rather than grow
             if ok:
                 template = replace(prep, plan=_Plan(), count_q=None)
-                self._shapes[key] = Shape(page, count, template, key_processors)
+                self._shapes[ticket.key] = Shape(page, count, template, key_processors)
             else:
-                self._shapes[key] = (known or 0) + 1
+                self._shapes[ticket.key] = (known or 0) + 1
 
     def verified(self, shape: Shape, fast: tuple, planned: tuple) -> bool:
         """Compare a hit's statements with the engine's; a difference drops the shape."""
@@ -272,3 +338,20 @@ class ShapeCache:
 
     def __len__(self) -> int:
         return sum(1 for v in self._shapes.values() if isinstance(v, Shape))
+
+
+def answering_once(access):
+    """`access` (a request's visibility callable) answering each (type, permission) once
+    for this request: the shape and the engine's statements then rest on the same criteria.
+    Nothing outlives the request."""
+    if access is None:
+        return None
+    seen: dict[tuple[str, str], Any] = {}
+
+    def once(res_type: str, permission: str):
+        k = (res_type, permission)
+        if k not in seen:
+            seen[k] = access(res_type, permission)
+        return seen[k]
+
+    return once
