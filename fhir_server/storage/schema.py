@@ -66,7 +66,7 @@ Index("ix_versions_type_updated", resource_versions.c.res_type, resource_version
 Index("ix_versions_updated", resource_versions.c.last_updated)
 
 
-def _index_table(name: str, *columns: Column, indexes: list[tuple[str, ...]]) -> Table:
+def _index_table(name: str, *columns: Column, indexes: list[tuple[str, ...]], include: tuple[str, ...] = ()) -> Table:
     """A narrow search-index table: one row per (resource, parameter, value)."""
     table = Table(
         name,
@@ -85,7 +85,12 @@ def _index_table(name: str, *columns: Column, indexes: list[tuple[str, ...]]) ->
     )
     Index(f"ix_{name}_res", table.c.res_pk)
     for cols in indexes:
-        Index(f"ix_{name}_{'_'.join(cols)}", table.c.res_type, table.c.param, *(table.c[c] for c in cols))
+        # res_pk last (migration 0020): a search's `pk IN (SELECT res_pk ...)` is answered
+        # from the index alone, without reading a table row per match
+        # (and the `include` columns a search compares besides the key, e.g. a date's other bound)
+        extra = [c for c in include if c not in cols]
+        Index(f"ix_{name}_{'_'.join(cols)}", table.c.res_type, table.c.param, *(table.c[c] for c in (*cols, *extra)),
+              table.c.res_pk)
     return table
 
 
@@ -98,7 +103,7 @@ idx_string = _index_table(
 )
 # PostgreSQL only (migration 0019): "starts with" as a code-point range in the C collation
 Index("ix_idx_string_value_norm_c", idx_string.c.res_type, idx_string.c.param,
-      idx_string.c.value_norm.collate("C")).ddl_if(dialect="postgresql")
+      idx_string.c.value_norm.collate("C"), idx_string.c.res_pk).ddl_if(dialect="postgresql")
 
 # token: system may be NULL (no system), code may be NULL (e.g. text-only CodeableConcept).
 idx_token = _index_table(
@@ -117,6 +122,7 @@ idx_date = _index_table(
     Column("low", DateTime(timezone=True), nullable=True),  # NULL = open start
     Column("high", DateTime(timezone=True), nullable=True),  # NULL = open end
     indexes=[("low",), ("high",)],
+    include=("low", "high"),
 )
 
 # number: a value with its implicit precision range.
