@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
-from sqlalchemy.sql import FromClause, operators
+from sqlalchemy.sql import FromClause, Select, operators
 from sqlalchemy.sql.elements import BinaryExpression, BooleanClauseList
 
 from ..audit.context import note_returned
@@ -37,7 +37,7 @@ from . import custom, ordered, registry
 from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
 from .access import Access, system_condition, type_condition
 from .aliases import alias_of, planning
-from .prefix import NoIndexHint
+from .prefix import InEvery, NoIndexHint
 from .values import to_utc
 
 DEFAULT_COUNT = 20
@@ -136,14 +136,30 @@ def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
             plan.accepted.append((name, value))
     if type_at is not None and any(_narrows_by_pk(c, r) for c in plan.conds[type_at + 1:]):
         plan.conds[type_at] = NoIndexHint(r.c.res_type) == res_type  # let the index rows drive (search.prefix)
+    _combine_matches(plan.conds, r)
     return plan
 
 
 def _narrows_by_pk(cond, r: FromClause) -> bool:
     """Whether `cond` is `pk IN (<index rows>)` (a positive parameter match), alone or in an AND."""
+    if isinstance(cond, InEvery):
+        return cond.column is r.c.pk
     if isinstance(cond, BooleanClauseList) and cond.operator is operators.and_:
         return any(_narrows_by_pk(c, r) for c in cond.clauses)
     return isinstance(cond, BinaryExpression) and cond.operator is operators.in_op and cond.left is r.c.pk
+
+
+def _combine_matches(conds: list, r: FromClause) -> None:
+    """Two or more top-level `pk IN (SELECT ...)` become one `InEvery` in place of the first
+    (search.prefix: an INTERSECT on SQLite, the same AND elsewhere)."""
+    at = [i for i, c in enumerate(conds) if isinstance(c, BinaryExpression) and c.operator is operators.in_op
+          and c.left is r.c.pk and isinstance(getattr(c.right, "element", None), Select)]
+    if len(at) < 2:
+        return
+    combined = InEvery(r.c.pk, [conds[i].right.element for i in at])
+    conds[at[0]] = combined
+    for i in reversed(at[1:]):
+        del conds[i]
 
 
 def _control(plan: _Plan, res_type: str | None, name: str, value: str) -> None:

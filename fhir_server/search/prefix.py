@@ -19,7 +19,7 @@ which the index `ix_idx_string_value_norm_c` (migration 0019) answers.
 
 from __future__ import annotations
 
-from sqlalchemy import String, bindparam
+from sqlalchemy import String, and_, bindparam, intersect
 from sqlalchemy.types import NullType
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
@@ -107,3 +107,33 @@ def _range_c(element: StartsWith, compiler, **kw) -> str:
         return _like(element, compiler, **kw)
     col = compiler.process(element.column, **kw) + ' COLLATE "C"'
     return f"({col} >= {compiler.process(element.low, **kw)} AND {col} < {compiler.process(element.high, **kw)})"
+
+
+class InEvery(ColumnElement):
+    """`column IN (s1) AND column IN (s2) ...`: a search's positive index-row matches.
+    SQLite gets `column IN (s1 INTERSECT s2 ...)`: it materialises every such list anyway,
+    and then probes the resources table only for keys in all of them, instead of reading the
+    row of every key of the first list (at 5,000 Patients family+birthdate read 100 rows to
+    return 3: 0.11 -> 0.07 ms). PostgreSQL, which plans semi-joins from statistics and would
+    compute every set in full for an INTERSECT, keeps the AND."""
+
+    inherit_cache = True
+    type = NullType()  # as StartsWith: no "= 1" around it on SQLite
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("subqueries", InternalTraversal.dp_clauseelement_list),
+    ]
+
+    def __init__(self, column, subqueries):
+        self.column = column
+        self.subqueries = list(subqueries)
+
+
+@compiles(InEvery)
+def _in_each(element: InEvery, compiler, **kw) -> str:
+    return compiler.process(and_(*(element.column.in_(s) for s in element.subqueries)), **kw)
+
+
+@compiles(InEvery, "sqlite")
+def _in_intersection(element: InEvery, compiler, **kw) -> str:
+    return compiler.process(element.column.in_(intersect(*element.subqueries)), **kw)

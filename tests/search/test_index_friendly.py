@@ -86,3 +86,20 @@ def test_sqlite_plan_uses_the_indexes(app, database_url):
     assert "INTEGER PRIMARY KEY" in plan, plan  # driven by the index rows, not every Patient
     assert "value_norm>? AND value_norm<?" in plan, plan
     assert "ix_idx_date_low (res_type=? AND param=? AND low>? AND low<?)" in plan, plan
+    # both parameters' index rows are intersected before any resource row is read, and each
+    # list comes from its index alone (migration 0020: res_pk at the end of the value indexes)
+    assert "INTERSECT" in sql and "COMPOUND QUERY" in plan, plan
+    assert "COVERING INDEX ix_idx_string_value_norm" in plan and "COVERING INDEX ix_idx_date_low" in plan, plan
+
+
+def test_postgresql_keeps_each_match_as_its_own_semi_join(app, database_url):
+    """PostgreSQL plans `pk IN (...) AND pk IN (...)` from statistics; an INTERSECT would make it
+    compute every set in full, so there the combined matches stay an AND."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's form")
+    from fhir_server.search.engine import SearchRequest, prepare_search
+
+    req = SearchRequest("Patient", [("family", "smith"), ("birthdate", "1987-06-15")], "http://x/fhir")
+    with app.state.db.read() as conn:
+        sql = str(prepare_search(conn, req).page_q.compile(conn, compile_kwargs={"literal_binds": True}))
+    assert "INTERSECT" not in sql and sql.count("resources.pk IN (SELECT") == 2, sql
