@@ -15,8 +15,10 @@ its positional parameters are matched against the values the request's parameter
 either such a derived value or a shape constant (the type, a parameter code, the page
 size, the offset), the shape is learned: later searches of the shape derive their
 values and fill them in, with the dialect's bind processing, in a few microseconds.
-A shape whose parameters cannot all be explained (an ambiguous match, a value formed
-another way) is planned by the engine every time; so is everything outside the
+Which derived values coincide (with each other or with a constant) is part of the key,
+so a parameter matching several of them is filled in right whichever it takes.
+A shape whose parameters cannot all be explained (a value formed another way) is
+planned by the engine every time; so is everything outside the
 common forms: modifiers, chains, `_has`, includes, cursors, OR lists, escapes,
 `_id`/`_lastUpdated`/`_tag`..., reference, number, quantity and uri parameters, and
 every request with access criteria (restricted tokens).
@@ -36,7 +38,7 @@ from typing import Any, Callable
 
 from ..errors import FhirError
 from . import national, registry
-from .engine import CONTROL_PARAMS, DEFAULT_COUNT, PreparedSearch, SearchRequest, _control, _Plan
+from .engine import CONTROL_PARAMS, DEFAULT_COUNT, MAX_COUNT, PreparedSearch, SearchRequest, _control, _Plan
 from .prefix import successor
 from .query import LEN_CODE, LEN_ID, LEN_SYSTEM, LEN_URI, _split_prefix, lookup_param
 from .values import cut, like_escape, normalize, parse_date_range, parse_reference, split_unescaped, unescape
@@ -180,7 +182,7 @@ def _shape_of(req: SearchRequest) -> tuple[tuple, list[tuple[int, dict[str, Any]
                 constants.update(item.strip().lstrip("-") for item in value.split(",") if item.strip())
             if name == "_count":
                 try:
-                    count = min(int(value), 1000) if value.isdigit() else -1
+                    count = min(int(value), MAX_COUNT) if value.isascii() and value.isdigit() else -1
                 except ValueError:
                     raise _Unfit from None
             continue
@@ -195,7 +197,21 @@ def _shape_of(req: SearchRequest) -> tuple[tuple, list[tuple[int, dict[str, Any]
     if count < 0:
         raise _Unfit
     constants.add(count + 1)
+    key.append(_coincidences(derived, constants))
     return tuple(key), derived, constants
+
+
+def _coincidences(derived: list[tuple[int, dict[str, Any]]], constants: set) -> tuple:
+    """Which derived values are equal to each other or to a shape constant (a patient token's
+    own id searched as `patient=`, say). Part of the key: within a shape they are then equal in
+    every request, so a statement parameter matching several of them may take any."""
+    by_value: dict[tuple, list[tuple[int, str]]] = {}
+    for i, vals in derived:
+        for name, v in vals.items():
+            by_value.setdefault((type(v), v), []).append((i, name))
+    consts = {(type(c), c) for c in constants}
+    return tuple(sorted((tuple(sorted(slots)), k in consts) for k, slots in by_value.items()
+                        if len(slots) > 1 or k in consts))
 
 
 # ------------------------------------------------------------------ learned shapes
@@ -228,12 +244,10 @@ def _explain(parts, derived: list[tuple[int, dict[str, Any]]], constants: set) -
     sql, raw, procs = parts
     slots: list[tuple] = []
     for value, proc in zip(raw, procs):
-        sources = {(i, name) for i, vals in derived for name, v in vals.items() if _same(v, value)}
-        is_const = any(_same(value, c) for c in constants)
-        if len(sources) == 1 and not is_const:
-            i, name = sources.pop()
-            slots.append(("d", i, name, proc))
-        elif not sources and is_const:
+        sources = sorted((i, name) for i, vals in derived for name, v in vals.items() if _same(v, value))
+        if sources:  # several only when the key says they coincide (`_coincidences`): any will do
+            slots.append(("d", *sources[0], proc))
+        elif any(_same(value, c) for c in constants):
             slots.append(("c", value, proc))
         else:
             return None

@@ -183,3 +183,20 @@ def test_other_searches_go_to_the_app(client, family, spy, query):
     assert spy == []
     r = client.get(f"/fhir/Patient?family={fam}", headers={"Prefer": "handling=lenient"})
     assert r.status_code == 200 and spy == []
+
+
+@pytest.mark.parametrize("query", ["Observation?code=http://loinc.org|8867-4&patient=Patient/{first}", "Observation?subject={first}",
+                                   "Patient?family={fam}&gender=male&_count=2", "Patient?family={fam}&birthdate=ge1981&_sort=-birthdate"])
+def test_learned_shapes_answer_as_the_app(client, family, spy, issue_token, query):
+    """Searches of a shape the fast path has learned (search/shapes.py) - the first one
+    planned, the next two also checked against the planner, the rest filled in - answer
+    exactly as the app, for a system token and for a patient token (compartment criteria)."""
+    fam, ids = family
+    path = "/fhir/" + query.format(fam=fam, first=ids[0])
+    for headers in ({}, {"Authorization": f"Bearer {issue_token('patient/*.rs', patient=ids[0])}"}):
+        answers = [_both(client, path, spy, headers)]
+        cache = next(iter(fast._caches.values()))
+        before = cache.shapes.hits
+        answers += [_both(client, path, spy, headers) for _ in range(4)]
+        assert cache.shapes.hits >= before + 4, "the shape was not learned"
+        assert all(a == answers[0] for a in answers[1:])

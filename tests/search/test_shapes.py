@@ -147,21 +147,26 @@ def test_learned_shapes_fill_in_the_engines_statements(dialect):
     assert len(cache.shapes) > 75
 
 
-def test_values_the_shape_cannot_tell_apart_are_not_learned():
-    """A value equal to a shape constant (here the parameter's own code) could be either:
-    the shape is not learned from it, and later searches are not filled in wrongly."""
+@pytest.mark.parametrize("first, second", [
+    ([("status", "status")], [("status", "final")]),  # a value equal to the parameter's code
+    ([("patient", "Patient/p7")], [("patient", "Patient/p8")]),  # a patient searching for themselves, or not
+    ([("code", "abc|abc")], [("code", "abc|abd")]),  # system and code alike
+])
+def test_coinciding_values_are_part_of_the_shape(first, second):
+    """A statement parameter that equals two sources at once could come from either: which
+    values coincide is part of the key, so a search where they coincide and one where they
+    do not have different shapes, and each is filled in as the engine plans it."""
     cache = CompiledCache(SQLiteDialect_pysqlite())
-    req = SearchRequest("Patient", [("family", "family")], BASE)
-    prep, page, count = _engine(cache, req)
-    _learn(cache, req, prep, page, count)
-    assert len(cache.shapes) == 0
-    other = SearchRequest("Patient", [("family", "nowak")], BASE)
-    assert _hit(cache, other) is None
-    prep, page, count = _engine(cache, other)
-    _learn(cache, other, prep, page, count)
-    assert len(cache.shapes) == 1
-    _, fast_page, _, _, _ = _hit(cache, req)
-    assert fast_page == _processed(_engine(cache, req)[1])
+    vis = [Criteria(compartment=("Patient", "p7"))]
+    for params in (first, second, first, second, first, second):
+        req = SearchRequest("Observation", params, BASE, access=lambda t, p: vis)
+        prep, page, count = _engine(cache, req)
+        hit = _hit(cache, req)
+        if hit is None:
+            assert _learn(cache, req, prep, page, count)
+        else:
+            assert hit[1] == _processed(page) and hit[2] == _processed(count)
+    assert len(cache.shapes) == 2 and cache.shapes.hits == 4
 
 
 @pytest.mark.parametrize("params", [
