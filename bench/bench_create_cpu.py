@@ -163,18 +163,20 @@ def measure(db_url: str, n: int, reps: int, profile: bool, top: int) -> None:
     if bad:
         raise SystemExit(f"warm-up creates answered {bad[:5]}")
 
-    wall, cpu, user, system = [], [], [], []
+    wall, cpu, user, system, pg = [], [], [], [], []
+    postmaster = _postmaster_pid(db)
     block = max(1, n // reps)
     for _ in range(reps):
         bodies = [create_body("m", next(seq)) for _ in range(block)]
         counting[0] = True
-        w0, c0, t0 = time.perf_counter(), time.process_time(), os.times()
+        w0, c0, t0, p0 = time.perf_counter(), time.process_time(), os.times(), postgres_cpu_seconds(postmaster)
         bad = [s for s in driver.post_many("/fhir/Patient", bodies) if s != 201]
         if bad:
             raise SystemExit(f"creates answered {bad[:5]}")
         wall.append((time.perf_counter() - w0) / block * 1e3)
         cpu.append((time.process_time() - c0) / block * 1e3)
         t1 = os.times()
+        pg.append((postgres_cpu_seconds(postmaster) - p0) / block * 1e3)
         user.append((t1.user - t0.user) / block * 1e3)
         system.append((t1.system - t0.system) / block * 1e3)
         counting[0] = False
@@ -183,6 +185,8 @@ def measure(db_url: str, n: int, reps: int, profile: bool, top: int) -> None:
     print(f"  wall ms/create: median {statistics.median(wall):.3f}  mean {statistics.mean(wall):.3f}  min {min(wall):.3f}")
     print(f"  CPU  ms/create: median {statistics.median(cpu):.3f}  mean {statistics.mean(cpu):.3f}  min {min(cpu):.3f}"
           f"  (user {statistics.median(user):.3f}, system {statistics.median(system):.3f})")
+    if postmaster:
+        print(f"  PostgreSQL server CPU ms/create: median {statistics.median(pg):.3f}  min {min(pg):.3f}")
     all_counts = statements + raw_counts
     per = {k: v / total for k, v in sorted(all_counts.items())}
     print(f"  SQL statements/create: {sum(all_counts.values()) / total:.2f}  "
@@ -212,6 +216,37 @@ def measure(db_url: str, n: int, reps: int, profile: bool, top: int) -> None:
             print(f"\n  cProfile over {block} creates, by {key}:")
             print("\n".join("    " + line for line in out.getvalue().splitlines() if line.strip())[:12000])
     db.dispose()
+
+
+def _postmaster_pid(db) -> int | None:
+    """The PostgreSQL server process serving `db` (its backends are its children), if on this machine."""
+    if db.dialect != "postgresql":
+        return None
+    from sqlalchemy import text
+
+    with db.engine.connect() as conn:
+        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    try:
+        return int(open(f"/proc/{backend}/stat").read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def postgres_cpu_seconds(postmaster: int | None) -> float:
+    """CPU (user + system) of the PostgreSQL server `postmaster` and all its processes, from /proc."""
+    if postmaster is None:
+        return 0.0
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(pid) == postmaster or int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _count_driver_waits(counter: collections.Counter, counting: list) -> None:
