@@ -202,10 +202,61 @@ def flush(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         _flush_postgres(conn, [(t, buf[t]) for t in tables])
         return
+    if SQLITE_DRIVER_FLUSH and conn.dialect.name == "sqlite":
+        _flush_sqlite(conn, [(t, buf[t]) for t in tables])
+        return
     for table in tables:
         rows = buf[table]
         for i in range(0, len(rows), 1000):
             conn.execute(table.insert(), rows[i : i + 1000])
+
+
+# SQLite: buffered rows go to the driver's executemany directly, converted by the same
+# bind processors SQLAlchemy's INSERT applies (dates as its text form, booleans as 0/1),
+# which spares SQLAlchemy's per-statement and per-row work (a tenth of a create's CPU).
+# False: through SQLAlchemy (the tests compare the two).
+SQLITE_DRIVER_FLUSH = True
+
+_SQLITE_INSERTS: dict[tuple, tuple | None] = {}
+
+
+def _flush_sqlite(conn: Connection, work: list[tuple]) -> None:
+    """Each (table, rows) of `work` as one executemany per column set, rows in order."""
+    cur = None
+    try:
+        for table, rows in work:
+            by_keys: dict[tuple, list[dict]] = {}
+            for r in rows:
+                by_keys.setdefault(tuple(r), []).append(r)
+            for keys, group in by_keys.items():
+                plan = _sqlite_insert(conn, table, keys)
+                if plan is None:  # a column default SQLAlchemy fills in: its INSERT does it
+                    conn.execute(table.insert(), group)
+                    continue
+                sql, procs = plan
+                values = [tuple(v if p is None or v is None else p(v) for p, v in zip(procs, r.values())) for r in group]
+                if cur is None:
+                    cur = conn.connection.dbapi_connection.cursor()
+                cur.executemany(sql, values)
+    finally:
+        if cur is not None:
+            cur.close()
+
+
+def _sqlite_insert(conn: Connection, table, keys: tuple) -> tuple | None:
+    """(INSERT statement, bind processor per column) for `keys` of `table`; None when a
+    column left out has a default SQLAlchemy would supply (then its INSERT is used)."""
+    key = (table.name, keys)
+    if key in _SQLITE_INSERTS:
+        return _SQLITE_INSERTS[key]
+    plan = None
+    if not any(c.default is not None and c.name not in keys for c in table.columns):
+        dialect = conn.dialect
+        procs = tuple(table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys)
+        sql = f"INSERT INTO {table.name} ({', '.join(keys)}) VALUES ({', '.join('?' for _ in keys)})"
+        plan = (sql, procs)
+    _SQLITE_INSERTS[key] = plan
+    return plan
 
 
 _PK_POOL = "fhir_pk_pool"
