@@ -120,3 +120,29 @@ def test_refusals_roll_back_alike(tmp_path, monkeypatch, driver_flush):
             assert conn.execute(select(resource_versions.c.seq)).all() == []
     finally:
         db.dispose()
+
+
+@pytest.mark.parametrize("driver_flush", [True, False])
+def test_driver_errors_rise_as_sqlalchemy_raises_them(tmp_path, monkeypatch, driver_flush):
+    """Callers that catch SQLAlchemy's IntegrityError (the access log's materializer) still do."""
+    from sqlalchemy.exc import IntegrityError
+
+    monkeypatch.setattr(repo, "SQLITE_DRIVER_FLUSH", driver_flush)
+    db = Database(f"sqlite:///{tmp_path / 'errors.sqlite'}")
+    upgrade(db.engine)
+    when = datetime(2024, 5, 1, tzinfo=timezone.utc)
+    try:
+        with db.engine.connect() as conn:
+            repo.start_buffering(conn)
+            with conn.begin():
+                pk = repo.insert_resource(conn, "Patient", "twice", 1, when, b"{}", "POST")
+                repo.buffer_rows(conn, resource_versions, [{"res_pk": pk, "res_type": "Patient", "res_id": "twice", "version_id": 1,
+                                                            "last_updated": when, "method": "POST", "deleted": False, "content": b"{}"}])
+                with pytest.raises(IntegrityError):
+                    repo.flush(conn)
+                with pytest.raises(IntegrityError):  # the same (type, id) again
+                    repo.insert_resource(conn, "Patient", "twice", 1, when, b"{}", "POST")
+                conn.rollback()
+            repo.discard_buffer(conn)
+    finally:
+        db.dispose()
