@@ -26,6 +26,7 @@ from ..rest.projection import project, validate_summary
 from ..storage.database import Database
 from ..storage.faults import classify, database_exception_types
 from . import binary, http
+from .fast_create import FastCreate
 from .fast_read import FAST_READER, FastReads
 from .fast_search import FastSearch
 from .head import HeadAsGet
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.forwarding = ForwardingPolicy(settings.public_base_url, settings.trusted_proxies)
     app.add_middleware(FastReads, base_path=base)
     app.add_middleware(FastSearch, base_path=base)  # plain type searches on the event loop
+    app.add_middleware(FastCreate, base_path=base, settings=settings, db=db)  # POST [base]/Type without the router
     from ..auth import protect
 
     protect(app, db, settings)  # bearer tokens (and CORS) in front of everything but the open paths
