@@ -71,32 +71,71 @@ def _values(e: dict) -> dict[str, tuple[str, list]]:
     }
 
 
+def _converted(code: str, kind: str, values: list) -> tuple[list[dict], list[tuple]]:
+    """The converter's rows for one parameter's values: as dicts (`rows`) and as tuples of the
+    index table's columns after res_pk and res_type (`row_tuples`); cached, most values repeat
+    from event to event (type, source, roles, ...)."""
+    key = (code, orjson.dumps(values))
+    entry = _cache.get(key)
+    if entry is None:
+        converted = indexer.CONVERTERS[kind]([(v, None) for v in values])
+        if len(converted) > 1:
+            converted = indexer._dedupe(converted)
+        for row in converted:
+            row["param"] = code
+            row["grp"] = None
+        columns = COLUMNS[kind][2:]
+        entry = (converted, [tuple(row.get(c) for c in columns) for row in converted])
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.clear()
+        _cache[key] = entry
+    return entry
+
+
+def _standard() -> frozenset | None:
+    """The AuditEvent parameters when they are the standard set this module knows, else None."""
+    params = registry.search_parameters_for("AuditEvent")
+    return params if KNOWN.issuperset(params) else None
+
+
 def rows(event: dict) -> dict[str, list[dict]] | None:
     """The index rows of one of our AuditEvents, by index type, as `indexer.extract` gives
     them; None when the AuditEvent parameters differ from the standard set."""
-    params = registry.search_parameters_for("AuditEvent")
-    if not KNOWN.issuperset(params):
+    params = _standard()
+    if params is None:
         return None
     out: dict[str, list[dict]] = {k: [] for k in indexer.INDEX_TABLES}
-    cache = _cache
     for code, (kind, values) in _values(event).items():
-        if not values or code not in params:
-            continue
-        key = (code, orjson.dumps(values))  # most values repeat from event to event (type, source, roles, ...)
-        converted = cache.get(key)
-        if converted is None:
-            converted = indexer.CONVERTERS[kind]([(v, None) for v in values])
-            if len(converted) > 1:
-                converted = indexer._dedupe(converted)
-            for row in converted:
-                row["param"] = code
-                row["grp"] = None
-            if len(cache) >= _CACHE_SIZE:
-                cache.clear()
-            cache[key] = converted
-        out[kind].extend(dict(row) for row in converted)  # copies: the writer adds res_pk to each
+        if values and code in params:
+            out[kind].extend(dict(row) for row in _converted(code, kind, values)[0])  # copies: the writer adds res_pk to each
     return out
 
 
+def row_tuples(event: dict) -> dict[str, list[tuple]] | None:
+    """The same rows as `rows`, each a tuple of its table's columns `COLUMNS[kind][2:]` (param,
+    grp, then the values; res_pk and res_type left out): what the batch insert of
+    `audit.store` sends, without building a dict per row. Only the kinds that have rows are
+    keys. None when the AuditEvent parameters differ from the standard set."""
+    params = _standard()
+    if params is None:
+        return None
+    out: dict[str, list[tuple]] = {}
+    for code, (kind, values) in _values(event).items():
+        if values and code in params:
+            tuples = _converted(code, kind, values)[1]
+            if tuples:
+                lst = out.get(kind)
+                if lst is None:
+                    out[kind] = list(tuples)
+                else:
+                    lst.extend(tuples)
+    return out
+
+
+# Each index table's columns in insert order: res_pk, res_type, param, grp, then its values.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    kind: ("res_pk", "res_type", "param", "grp") + tuple(c.name for c in table.columns if c.name not in ("id", "res_pk", "res_type", "param", "grp"))
+    for kind, table in indexer.INDEX_TABLES.items()
+}
 _CACHE_SIZE = 4096
-_cache: dict[tuple, list[dict]] = {}  # rows per (parameter, values); cleared when full
+_cache: dict[tuple, tuple[list[dict], list[tuple]]] = {}  # converted rows per (parameter, values); cleared when full
