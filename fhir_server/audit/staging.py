@@ -61,19 +61,22 @@ def stage(conn: Connection, rows: list[bytes]) -> None:
 
 def store_events(conn: Connection, items: list[tuple[AuditFacts, list[tuple[str, str]]]]) -> None:
     """Build and insert the AuditEvents of `items`, naming the patients each lookup's
-    resources belong to (one indexed query for the whole batch)."""
+    resources belong to (one indexed query for the whole batch). Each event is built as it is
+    stored (a generator): see `insert_events`."""
     lookups = [p for _, lookup in items for p in lookup]
     patients = patients_of_stored(conn, lookups) if lookups else {}
-    events = []
-    for facts, lookup in items:
-        found: list[str] = list(facts.patients)
-        for pair in lookup:
-            for pid in patients.get(pair, ()):
-                if pid not in found:
-                    found.append(pid)
-        facts.patients = found
-        events.append(to_resource(facts))
-    insert_events(conn, events)
+
+    def events():
+        for facts, lookup in items:
+            found: list[str] = list(facts.patients)
+            for pair in lookup:
+                for pid in patients.get(pair, ()):
+                    if pid not in found:
+                        found.append(pid)
+            facts.patients = found
+            yield to_resource(facts)
+
+    insert_events(conn, events(), len(items))
 
 
 def materialize(conn: Connection, limit: int = BATCH, wait: bool = False) -> int:

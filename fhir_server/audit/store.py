@@ -8,6 +8,7 @@ cannot feed itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
 import orjson
@@ -20,8 +21,12 @@ AUDIT_TYPE = "AuditEvent"
 _CHUNK = 400  # (type, id) pairs per lookup: far below the bind-parameter limits
 
 
-def insert_events(conn: Connection, events: list[dict]) -> None:
+def insert_events(conn: Connection, events: Iterable[dict], count: int | None = None) -> None:
     """Store AuditEvent dicts (each with its id) as version 1, with their search index rows.
+    `events` may be a generator (`count` then says how many): each event is serialised and
+    dropped before the next is built, so a batch's dicts die young instead of being promoted
+    through the garbage collector's generations (whose full collections cost a third of the
+    batch's CPU when the batch was built first).
 
     A batch's index rows are built as tuples (`audit.index.row_tuples`) and sent per index
     table in one statement: SQLite an executemany of the driver's own SQL, PostgreSQL a COPY
@@ -32,7 +37,10 @@ def insert_events(conn: Connection, events: list[dict]) -> None:
     from .index import row_tuples
 
     batched: dict[str, list[tuple]] = {}
-    next_pk = _sqlite_next_pk(conn) if len(events) > 1 else None
+    if count is None:
+        events = list(events)
+        count = len(events)
+    next_pk = _sqlite_next_pk(conn) if count > 1 else None
     base_rows: list[tuple] = []  # SQLite batch: (pk, res_id, last_updated, content) per event
     for event in events:
         recorded = _instant(event.get("recorded")) or datetime.now(timezone.utc)
