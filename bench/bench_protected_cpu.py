@@ -363,7 +363,8 @@ def main() -> None:
     print(f"  pickle (process writer's sender)  {len(sample) / max(t_pickle, 1e-9):>9.0f} events/s  {t_pickle / max(1, len(sample)) * 1e6:>7.1f} us/event")
     print(f"  stage (facts -> audit_staged)     {n_staged / t_stage:>9.0f} events/s  {t_stage / n_staged * 1e6:>7.1f} us/event (cpu {c_stage / n_staged * 1e6:.1f})")
     print(f"  materialize (-> AuditEvents)      {n_mat / t_mat:>9.0f} events/s  {t_mat / n_mat * 1e6:>7.1f} us/event (cpu {c_mat / n_mat * 1e6:.1f}, of which in the garbage collector "
-          f"{gc_mat / n_mat * 1e6:.1f}: {gclock.runs[2]} full collections)")
+          f"{gc_mat / n_mat * 1e6:.1f}: generations 0/1/2 {'/'.join(f'{x / n_mat * 1e6:.0f}' for x in gclock.spent)} us in "
+          f"{'/'.join(map(str, gclock.runs))} runs)")
     if prof:
         top(prof, "materialize", args.top)
         for kind in ("read", "search"):

@@ -48,7 +48,7 @@ def generated_facts(n: int, seed: int = 13) -> list[AuditFacts]:
             kind=kind, subtype=subtype, action=action, status=rnd.choice([200, 200, 201, 401, 403, 404, 405, 422, 500]),
             recorded=start + timedelta(seconds=rnd.randrange(10**7), microseconds=rnd.randrange(10**6)),
             detail=rnd.choice(_TEXTS), subject=maybe(rnd.choice(_TEXTS), 0.8), client_id=maybe(rnd.choice(_TEXTS)),
-            fhir_user=maybe(rnd.choice(["Patient/p1", "RelatedPerson/rp1", "Practitioner/9"])), token_id=maybe(f"jti{i}"),
+            fhir_user=maybe(rnd.choice(["Patient/p1", "RelatedPerson/rp1", "Practitioner/9", "https://x.example/fhir/Patient/p3", "http://testserver/fhir/Patient/p2"])), token_id=maybe(f"jti{i}"),
             context_patient=maybe(f"p{rnd.randrange(30)}"), acting_for=maybe(f"Patient/p{rnd.randrange(30)}", 0.2),
             client_address=rnd.choice(["127.0.0.1", "10.0.0.7", "::1", ""]), server_base=rnd.choice(["http://testserver/fhir", "", "https://x.example/fhir"]),
             request_id=rnd.choice(["", f"req-{i}"]), data=data, query=maybe(f"patient=p{i}&_count=10&name=Ä"),
