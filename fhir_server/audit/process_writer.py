@@ -23,7 +23,6 @@ import pickle
 import threading
 from collections import deque
 
-from . import staging
 from .balp import AuditFacts
 from .writer import Pending
 
@@ -132,7 +131,7 @@ class ProcessAuditWriter:
         while self._queue:
             batch.append(self._queue.popleft())
         if batch:
-            self._pipe.send_bytes(encode_batch(batch))
+            self._pipe.send_bytes(pickle.dumps(("events", batch), protocol=pickle.HIGHEST_PROTOCOL))
         return len(batch)
 
     def _reply(self, what: str) -> None:
@@ -141,13 +140,6 @@ class ProcessAuditWriter:
         kind, detail = self._pipe.recv()
         if kind == "error":
             raise RuntimeError(f"the access-log writer process failed to {what}: {detail}")
-
-
-def encode_batch(batch: list[Pending]) -> bytes:
-    """One pipe message for queued events: each already in its staged-row form
-    (`staging.encode`, orjson: a few microseconds), which the child stores as it is. Pickling
-    the facts objects instead cost the server process 12-40 us per event."""
-    return pickle.dumps(("staged", [staging.encode(p.facts, p.lookup) for p in batch]), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _child_main(pipe, database_url: str, flush_seconds: float, parent_pid: int) -> None:
@@ -168,9 +160,9 @@ def _child_main(pipe, database_url: str, flush_seconds: float, parent_pid: int) 
                 kind, payload = pickle.loads(pipe.recv_bytes())
             except (EOFError, OSError):
                 break
-            if kind == "staged":
-                for raw in payload:
-                    writer.submit_staged(raw)
+            if kind == "events":
+                for item in payload:
+                    writer.submit(item.facts, item.lookup)
             elif kind in ("flush", "stop"):
                 try:
                     writer.flush()

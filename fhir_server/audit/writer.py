@@ -45,7 +45,7 @@ class AuditWriter:
         self.max_batch = max_batch or (100 if sqlite else 1000)
         self.pause_between_batches = 0.002 if sqlite else 0.0
         self.max_pending = max_pending
-        self._queue: deque[Pending | bytes] = deque()  # facts, or staged rows already encoded
+        self._queue: deque[Pending] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -60,10 +60,7 @@ class AuditWriter:
 
     def submit(self, facts: AuditFacts, lookup: list[tuple[str, str]] | None = None) -> None:
         """Queue one event (thread-safe, never blocks on I/O)."""
-        self._enqueue(Pending(facts, lookup or []))
-
-    def _enqueue(self, item: "Pending | bytes") -> None:
-        self._queue.append(item)
+        self._queue.append(Pending(facts, lookup or []))
         self._last_submit = time.monotonic()
         if self._thread is None:
             self._start()
@@ -72,11 +69,6 @@ class AuditWriter:
             self.dropped += 1
             if self.dropped % 1000 == 1:
                 log.error("audit queue full (database unreachable?): %d events dropped so far", self.dropped)
-
-    def submit_staged(self, raw: bytes) -> None:
-        """Queue one event already in its staged-row form (`staging.encode`): the process
-        writer's child receives them so from the server process."""
-        self._enqueue(raw)
 
     def pending(self) -> int:
         return len(self._queue)
@@ -117,7 +109,7 @@ class AuditWriter:
         total = 0
         with self._flush_lock:
             while self._queue:
-                batch: list[Pending | bytes] = []
+                batch: list[Pending] = []
                 while self._queue and len(batch) < self.max_batch:
                     batch.append(self._queue.popleft())
                 try:
@@ -167,7 +159,7 @@ class AuditWriter:
                 time.sleep(self.pause_between_batches)
         return total
 
-    def _write_each(self, batch: list["Pending | bytes"]) -> None:
+    def _write_each(self, batch: list[Pending]) -> None:
         for item in batch:
             try:
                 self._write([item])
@@ -175,10 +167,9 @@ class AuditWriter:
                 self.dropped += 1
                 log.error("audit event dropped, the database cannot store it: %s", exc.issues[0].diagnostics if exc.issues else exc)
 
-    def _write(self, batch: list["Pending | bytes"]) -> None:
-        rows = [item if isinstance(item, bytes) else staging.encode(item.facts, item.lookup) for item in batch]
+    def _write(self, batch: list[Pending]) -> None:
         with self.db.write() as conn:
-            staging.stage(conn, rows)
+            staging.stage(conn, [staging.encode(item.facts, item.lookup) for item in batch])
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the thread and write what is left (graceful shutdown)."""
