@@ -30,7 +30,7 @@ from ..errors import FhirError
 from ..storage.repository import flush
 from ..storage.schema import audit_staged
 from .balp import AuditFacts, to_resource
-from .store import insert_events, patients_of_stored
+from .store import insert_events, insert_rows, patients_of_stored
 
 QUIET_SECONDS = 0.25  # no event for this long: the server has time to index the log
 INDEX_LAG_SECONDS = 10.0  # staged rows older than this are indexed even while events keep coming
@@ -54,8 +54,13 @@ def decode(raw: bytes) -> tuple[AuditFacts, list[tuple[str, str]]]:
 
 
 def stage(conn: Connection, rows: list[bytes]) -> None:
-    """Insert encoded events (one multi-row INSERT)."""
-    if rows:
+    """Insert encoded events (one executemany: on SQLite, where the writer is a thread of the
+    server, the driver's own, without SQLAlchemy's per-row parameter handling)."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        insert_rows(conn, audit_staged, ("facts",), [(raw,) for raw in rows])
+    else:
         conn.execute(audit_staged.insert(), [{"facts": raw} for raw in rows])
 
 
@@ -74,7 +79,7 @@ def store_events(conn: Connection, items: list[tuple[AuditFacts, list[tuple[str,
                     if pid not in found:
                         found.append(pid)
             facts.patients = found
-            yield to_resource(facts)
+            yield to_resource(facts, scrubbed=False)  # insert_events cleans it as it serialises it
 
     insert_events(conn, events(), len(items))
 

@@ -14,7 +14,9 @@ from datetime import datetime, timezone
 import orjson
 from sqlalchemy import Connection, func, select, tuple_
 
+from ..model.jsonguard import scrub
 from ..storage import repository as repo
+from .balp import clean_json
 from ..storage.schema import idx_reference, resource_versions, resources
 
 AUDIT_TYPE = "AuditEvent"
@@ -46,7 +48,10 @@ def insert_events(conn: Connection, events: Iterable[dict], count: int | None = 
         recorded = _instant(event.get("recorded")) or datetime.now(timezone.utc)
         event["meta"] = {"versionId": "1", "lastUpdated": event.get("recorded"), **(event.get("meta") or {})}
         ordered = {"resourceType": AUDIT_TYPE, "id": event["id"], "meta": event["meta"], **event}
-        content = orjson.dumps(ordered)
+        content = clean_json(ordered)
+        if content is None:  # a refused request may carry a NUL or a lone surrogate: stored as U+FFFD
+            ordered = scrub(ordered)
+            content = orjson.dumps(ordered)
         if next_pk is None:  # PostgreSQL: insert_resource buffers with pre-allocated keys already
             pk = repo.insert_resource(conn, AUDIT_TYPE, event["id"], 1, recorded, content, "POST")
         else:  # SQLite: one executemany per table for the batch instead of one round trip per event
@@ -73,9 +78,9 @@ def insert_events(conn: Connection, events: Iterable[dict], count: int | None = 
 def _insert_base_rows(conn: Connection, rows: list[tuple]) -> None:
     """SQLite: the resources and resource_versions rows of new AuditEvents (version 1)."""
     repo.flush(conn)  # rows buffered earlier in this transaction go first, in their order
-    _executemany(conn, resources, ("pk", "res_type", "res_id", "version_id", "last_updated", "deleted", "content"),
+    insert_rows(conn, resources, ("pk", "res_type", "res_id", "version_id", "last_updated", "deleted", "content"),
                  [(pk, AUDIT_TYPE, res_id, 1, at, False, content) for pk, res_id, at, content in rows])
-    _executemany(conn, resource_versions, ("res_pk", "res_type", "res_id", "version_id", "last_updated", "method", "deleted", "content"),
+    insert_rows(conn, resource_versions, ("res_pk", "res_type", "res_id", "version_id", "last_updated", "method", "deleted", "content"),
                  [(pk, AUDIT_TYPE, res_id, 1, at, "POST", False, content) for pk, res_id, at, content in rows])
 
 
@@ -95,14 +100,15 @@ def _insert_index_rows(conn: Connection, batched: dict[str, list[tuple]]) -> Non
         _copy(conn, batched)
         return
     for kind, rows in batched.items():
-        _executemany(conn, INDEX_TABLES[kind], COLUMNS[kind], rows)
+        insert_rows(conn, INDEX_TABLES[kind], COLUMNS[kind], rows)
 
 
 _SQL: dict[tuple, tuple[str, list]] = {}
 
 
-def _executemany(conn: Connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """One executemany of the driver's own INSERT; each value passes the bind processor
+def insert_rows(conn: Connection, table, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Insert `rows` (tuples of `columns`) into `table` with one executemany of the driver's
+    own INSERT, without SQLAlchemy's per-row parameter handling; each value passes the bind processor
     SQLAlchemy's own insert would apply (on SQLite: datetimes to its text form, booleans to
     integers, floats), so the stored values are the same."""
     if not rows:
