@@ -12,19 +12,25 @@ on one database preloaded like bench_protected.py (--patients Patients x --obs O
 each on `open` (FHIR_SERVER_AUTH=off, FHIR_SERVER_AUDIT=off, no token), `noaudit` (patient
 token patient/*.rs with SMART patient context, access log off) and `protected` (the same token,
 access log on). The cases take turns request by request. Per case it prints the median and mean
-wall time per request, CPU time per request (process_time over the run: all threads), the
-ratio protected/open of 1/mean, and the SQL statements per request (SQLAlchemy engines and the
-event-loop reader's driver connection).
+wall time per request, the median and mean CPU time per request (thread_time of the serving
+thread: these paths run on the event loop, so a shared machine's other load does not count),
+the ratio open/this case of that CPU time (the throughput ratio if CPU bound), and the SQL
+statements per request (SQLAlchemy engines and the event-loop reader's driver connection).
 
 The access log's writer is a thread with a flush interval of an hour during the request runs,
 so the request figures hold only what the request path pays (building the facts, the queue
 append); what each event costs later is measured apart over the events the runs queued:
-`stage` (AuditWriter.stage_queued: facts -> audit_staged rows) and `materialize`
-(staging.materialize: staged rows -> AuditEvents with their index rows), in events/s, plus on
-PostgreSQL the pickling the process writer's sender does in the server process.
+`send` (what the process writer's sender thread does per event in the server process on
+PostgreSQL: serialising it for the pipe), `stage` (AuditWriter.stage_queued: facts ->
+audit_staged rows) and `materialize` (staging.materialize: staged rows -> AuditEvents with their
+index rows), in events/s and CPU microseconds per event, with the part spent in the cyclic
+garbage collector (gc.callbacks) by generation.
 
-With --profile it prints cProfile's top functions (by own time and cumulative) for the
-protected read and search, and for materialize.
+--gc-freeze does what `fhir-server serve` does after start-up (api.app.app_factory: gc.freeze):
+without it a full collection walks the whole start-up heap (~0.2 s here), and where one falls
+decides much of a per-event figure. --profile prints cProfile's top functions for materialize
+and the protected read and search, and the own time per function of a protected read minus an
+open one. --skip-requests measures only the per-event figures.
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_protected_cpu.py --n 300 --reps 5
     PYTHONPATH=$PWD .venv/bin/python bench/bench_protected_cpu.py --pg-url postgresql+psycopg://postgres@127.0.0.1:55433/fhir_protect_cpu
