@@ -20,7 +20,7 @@ statements per request (SQLAlchemy engines and the event-loop reader's driver co
 The access log's writer is a thread with a flush interval of an hour during the request runs,
 so the request figures hold only what the request path pays (building the facts, the queue
 append); what each event costs later is measured apart over the events the runs queued:
-`send` (what the process writer's sender thread does per event in the server process on
+`pickle` (what the process writer's sender thread does per event in the server process on
 PostgreSQL: serialising it for the pipe), `stage` (AuditWriter.stage_queued: facts ->
 audit_staged rows) and `materialize` (staging.materialize: staged rows -> AuditEvents with their
 index rows), in events/s and CPU microseconds per event, with the part spent in the cyclic
