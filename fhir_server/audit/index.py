@@ -99,10 +99,17 @@ def _converted(code: str, kind: str, values: list) -> tuple[list[dict], list[tup
     return entry
 
 
-def _standard() -> frozenset | None:
-    """The AuditEvent parameters when they are the standard set this module knows, else None."""
+def _standard() -> dict | None:
+    """The AuditEvent parameters when they are the standard set this module knows, else None
+    (decided again whenever the registry's answer is a new object: custom parameters changed)."""
+    global _checked
     params = registry.search_parameters_for("AuditEvent")
-    return params if KNOWN.issuperset(params) else None
+    if _checked[0] is not params:
+        _checked = (params, params if KNOWN.issuperset(params) else None)
+    return _checked[1]
+
+
+_checked: tuple = (None, None)  # (the registry's parameters, the answer for them)
 
 
 def rows(event: dict) -> dict[str, list[dict]] | None:

@@ -134,3 +134,34 @@ def test_batch_insert_stores_the_same_rows_as_the_generic_path(settings, tmp_pat
                 assert fast[table] == generic[table], table
         finally:
             db.dispose()
+
+
+def test_a_custom_audit_event_parameter_falls_back_to_the_generic_indexer(settings, tmp_path, database_url):
+    """With a custom SearchParameter on AuditEvent the tuple builder steps aside (it knows only
+    the standard set) and each event is indexed by the FHIRPath extractor, the custom one included;
+    when the parameter goes, the fast path is back."""
+    from fhir_server.search import registry
+    from fhir_server.storage.migrate import upgrade
+
+    sp = registry.SearchParam(
+        code="outcome-text", type="string", url="http://example.org/sp/outcome-text", description="",
+        expression="AuditEvent.outcomeDesc", base=("AuditEvent",))
+    event = to_resource(generated_facts(1, seed=3)[0])
+    assert index.row_tuples(event) is not None
+    before = registry._custom
+    with isolated_database_url(database_url, tmp_path / "custom.sqlite", "custom") as url:
+        db = Database(url)
+        try:
+            upgrade(db.engine)
+            registry.set_custom({"AuditEvent": (sp,)})
+            assert index.row_tuples(event) is None
+            with db.write() as conn:
+                insert_events(conn, [copy.deepcopy(event), to_resource(generated_facts(2, seed=4)[1])])
+            with db.read() as conn:
+                table = INDEX_TABLES["string"]
+                texts = [row[0] for row in conn.execute(select(table.c.value_exact).where(table.c.param == "outcome-text"))]
+            assert event["outcomeDesc"] in texts and len(texts) == 2
+        finally:
+            registry.set_custom(before)
+            db.dispose()
+    assert index.row_tuples(event) is not None
