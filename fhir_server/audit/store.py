@@ -16,8 +16,8 @@ from sqlalchemy import Connection, func, select, tuple_
 
 from ..model.jsonguard import scrub
 from ..storage import repository as repo
-from .balp import clean_json
 from ..storage.schema import idx_reference, resource_versions, resources
+from .balp import clean_json
 
 AUDIT_TYPE = "AuditEvent"
 _CHUNK = 400  # (type, id) pairs per lookup: far below the bind-parameter limits
