@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import orjson
 from starlette.requests import Request
 
 from ..errors import FhirError
@@ -113,8 +114,6 @@ def _compartments_only(principal, res_type: str):
 
 
 def _in_any(res_type: str, content: bytes, patients: set[str]) -> bool:
-    import orjson
-
     if res_type != "Patient" and not any(f'Patient/{p}"'.encode() in content for p in patients):
         return False  # no reference to the Patient at all (a relative reference ends with its id)
     try:

@@ -96,8 +96,10 @@ def _coding(system: str, code: str, display: str | None = None) -> dict:
     return {"system": system, "code": code, **({"display": display} if display else {})}
 
 
-def to_resource(f: AuditFacts) -> dict:
-    """The AuditEvent (R4) for `f` as a JSON-ready dict, with a new id."""
+def to_resource(f: AuditFacts, scrubbed: bool = True) -> dict:
+    """The AuditEvent (R4) for `f` as a JSON-ready dict, with a new id. `scrubbed` False
+    leaves characters a FHIR string may not hold in place for a caller that serialises the
+    event and cleans it then (`store.insert_events`: one serialisation instead of two)."""
     system, code, display = _KIND_TYPE[f.kind]
     if f.kind == "login":
         subtype = _coding(DCM, "110122", "Login")
@@ -126,18 +128,23 @@ def to_resource(f: AuditFacts) -> dict:
         event["entity"] = entities
     # a refused request may carry a NUL or a lone surrogate: stored as U+FFFD (checked on the
     # serialised event first; walking every string of every event cost a tenth of a read)
-    return scrub(event) if _needs_scrub(event) else event
+    return scrub(event) if scrubbed and _needs_scrub(event) else event
 
 
 def _needs_scrub(event: dict) -> bool:
-    """Whether a string of `event` holds a character FHIR strings may not hold: orjson refuses
-    lone surrogates and writes control characters as \\u00XX, \\b or \\f (other text is never
-    escaped that way, so a match is at worst a needless scrub)."""
+    """Whether a string of `event` holds a character FHIR strings may not hold."""
+    return clean_json(event) is None
+
+
+def clean_json(event: dict) -> bytes | None:
+    """`event` serialised, or None when a string of it holds a character FHIR strings may not
+    hold: orjson refuses lone surrogates and writes control characters as \\u00XX, \\b or \\f
+    (other text is never escaped that way, so a match is at worst a needless scrub)."""
     try:
         raw = orjson.dumps(event)
     except orjson.JSONEncodeError:
-        return True
-    return b"\\u00" in raw or b"\\b" in raw or b"\\f" in raw
+        return None
+    return None if b"\\u00" in raw or b"\\b" in raw or b"\\f" in raw else raw
 
 
 def _agents(f: AuditFacts) -> list[dict]:

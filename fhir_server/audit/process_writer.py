@@ -149,6 +149,7 @@ def _child_main(pipe, database_url: str, flush_seconds: float, parent_pid: int) 
 
     db = Database(database_url)
     writer = AuditWriter(db, flush_seconds=flush_seconds)
+    _settle()
     try:
         while True:
             if not pipe.poll(1.0):
@@ -173,3 +174,17 @@ def _child_main(pipe, database_url: str, flush_seconds: float, parent_pid: int) 
     finally:
         writer.close()
         db.dispose()
+
+
+def _settle() -> None:
+    """Load what building AuditEvents needs (the AuditEvent search parameters, the indexer),
+    then move everything alive now out of the cyclic garbage collector's view (`gc.freeze`):
+    its full collections, a third of the CPU of indexing a batch, then walk only the batch."""
+    import gc
+
+    from ..search import indexer, registry
+
+    registry.search_parameters_for("AuditEvent")
+    indexer._plan("AuditEvent")
+    gc.collect()
+    gc.freeze()

@@ -30,7 +30,7 @@ from ..errors import FhirError
 from ..storage.repository import flush
 from ..storage.schema import audit_staged
 from .balp import AuditFacts, to_resource
-from .store import insert_events, patients_of_stored
+from .store import insert_events, insert_rows, patients_of_stored
 
 QUIET_SECONDS = 0.25  # no event for this long: the server has time to index the log
 INDEX_LAG_SECONDS = 10.0  # staged rows older than this are indexed even while events keep coming
@@ -54,26 +54,34 @@ def decode(raw: bytes) -> tuple[AuditFacts, list[tuple[str, str]]]:
 
 
 def stage(conn: Connection, rows: list[bytes]) -> None:
-    """Insert encoded events (one multi-row INSERT)."""
-    if rows:
+    """Insert encoded events (one executemany: on SQLite, where the writer is a thread of the
+    server, the driver's own, without SQLAlchemy's per-row parameter handling)."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        insert_rows(conn, audit_staged, ("facts",), [(raw,) for raw in rows])
+    else:
         conn.execute(audit_staged.insert(), [{"facts": raw} for raw in rows])
 
 
 def store_events(conn: Connection, items: list[tuple[AuditFacts, list[tuple[str, str]]]]) -> None:
     """Build and insert the AuditEvents of `items`, naming the patients each lookup's
-    resources belong to (one indexed query for the whole batch)."""
+    resources belong to (one indexed query for the whole batch). Each event is built as it is
+    stored (a generator): see `insert_events`."""
     lookups = [p for _, lookup in items for p in lookup]
     patients = patients_of_stored(conn, lookups) if lookups else {}
-    events = []
-    for facts, lookup in items:
-        found: list[str] = list(facts.patients)
-        for pair in lookup:
-            for pid in patients.get(pair, ()):
-                if pid not in found:
-                    found.append(pid)
-        facts.patients = found
-        events.append(to_resource(facts))
-    insert_events(conn, events)
+
+    def events():
+        for facts, lookup in items:
+            found: list[str] = list(facts.patients)
+            for pair in lookup:
+                for pid in patients.get(pair, ()):
+                    if pid not in found:
+                        found.append(pid)
+            facts.patients = found
+            yield to_resource(facts, scrubbed=False)  # insert_events cleans it as it serialises it
+
+    insert_events(conn, events(), len(items))
 
 
 def materialize(conn: Connection, limit: int = BATCH, wait: bool = False) -> int:

@@ -19,7 +19,9 @@ import logging
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
+from ..api.forwarding import DEFAULT_POLICY
 from ..errors import FhirError, Issue, operation_outcome
 from ..security.authz import Principal
 from .verify import IdentityRefused, InvalidToken
@@ -38,7 +40,7 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-_BASE_HEADERS = (b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix")
+_BASE_HEADERS = frozenset((b"host", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix"))
 _base_urls: dict[tuple, str] = {}  # what request_base_url answered, by everything it reads
 
 
@@ -50,15 +52,13 @@ def request_base_url(scope, base_path: str) -> str:
     Memoised by all it depends on (the policy, scheme, server, peer address and the Host
     and X-Forwarded-* headers): each request with a token needs it before the token's
     cache lookup, and a portal sends the same few combinations all day."""
-    from starlette.requests import Request
-
-    from ..api.forwarding import DEFAULT_POLICY
-
     app = scope.get("app")
     policy = getattr(getattr(app, "state", None), "forwarding", None) or DEFAULT_POLICY
     client = scope.get("client")
-    key = (policy.public_base_url, policy.trusted_proxies, base_path, scope.get("scheme"), tuple(scope.get("server") or ()), client[0] if client else None,
-           tuple(v for k, v in scope["headers"] if k in _BASE_HEADERS))
+    server = scope.get("server")
+    key = (policy.public_base_url, policy.trusted_proxies, base_path, scope.get("scheme"),
+           server if type(server) is tuple else tuple(server or ()), client[0] if client else None,
+           tuple([v for k, v in scope["headers"] if k in _BASE_HEADERS]))
     url = _base_urls.get(key)
     if url is None:
         url = policy.base_url(Request(scope), base_path)

@@ -9,7 +9,8 @@ references; an absolute reference is not resolved here, so callers that must be 
 
 from __future__ import annotations
 
-from . import registry
+from . import indexer, registry
+from .values import LEN_ID, parse_reference
 
 
 _entries: dict[str, tuple] = {}  # res_type -> (the indexer plan they come from, its compartment entries)
@@ -18,9 +19,7 @@ _entries: dict[str, tuple] = {}  # res_type -> (the indexer plan they come from,
 def _compartment_entries(res_type: str) -> list:
     """The indexer's (parameter, evaluator, converter) entries of the type's Patient-compartment
     reference parameters; recomputed when the indexer's plan is (custom parameters changed)."""
-    from .indexer import _plan
-
-    plan = _plan(res_type)
+    plan = indexer._plan(res_type)
     cached = _entries.get(res_type)
     if cached is not None and cached[0] is plan:
         return cached[1]
@@ -32,20 +31,31 @@ def _compartment_entries(res_type: str) -> list:
 
 
 def patients_of(res_type: str, resource: dict | None) -> list[str]:
-    """Patient ids whose compartment holds `resource` (possibly empty), in first-seen order."""
+    """Patient ids whose compartment holds `resource` (possibly empty), in first-seen order.
+
+    A relative `reference` is read directly (`values.parse_reference`, as the reference
+    converter reads it); anything else (absolute, canonical, identifier only) goes through
+    the indexer's converter: tests/search/test_membership.py holds the two to the same answer."""
     if not isinstance(resource, dict):
         return []
     found: list[str] = []
     if res_type == "Patient" and isinstance(resource.get("id"), str):
         found.append(resource["id"])
     for sp, ev, conv in _compartment_entries(res_type):
+        targets: list = []
         try:
-            items = ev(resource, resource)
-            rows = conv(items) if items else []
+            for item in ev(resource, resource) or ():
+                v = item[0]
+                ref = v.get("reference") if isinstance(v, dict) else None
+                if isinstance(ref, str) and ref and "://" not in ref:
+                    t, i, _url = parse_reference(ref)
+                    if t == "Patient" and i:
+                        targets.append(i[:LEN_ID])
+                else:
+                    targets.extend(row.get("target_id") for row in conv([item]) if row.get("target_type") == "Patient")
         except Exception:  # noqa: BLE001 - an odd reference is "not found", never an error
             continue
-        for row in rows:
-            target = row.get("target_id")
-            if row.get("target_type") == "Patient" and target and target not in found:
+        for target in targets:
+            if target and target not in found:
                 found.append(target)
     return found

@@ -102,19 +102,40 @@ class _Acting:
     def check(self, principal: Principal, request: AccessRequest) -> str | None:
         if principal.acting is None or request.operation_access == "authenticated":
             return None  # operations open to any token check the rest themselves
-        from .acting import ActingPolicy
-
-        return ActingPolicy().check(principal, request)
+        return _lazy().ActingPolicy().check(principal, request)
 
     def criteria(self, principal: Principal, res_type: str, permission: str) -> "Visibility":
         if principal.acting is None:
             return None
-        from .acting import ActingPolicy
-
-        return ActingPolicy().criteria(principal, res_type, permission)
+        return _lazy().ActingPolicy().criteria(principal, res_type, permission)
 
 
 _ACTING = _Acting()
+
+
+class _Modules:
+    """The policy modules that import this one (security.smart, .acting, .case_consent),
+    imported on first use; a function-level import on every call cost microseconds per
+    request at the seam."""
+
+    def __init__(self) -> None:
+        from . import smart
+        from .acting import ActingPolicy
+        from .case_consent import staff_criteria
+
+        self.smart = smart
+        self.ActingPolicy = ActingPolicy
+        self.staff_criteria = staff_criteria
+
+
+_modules: _Modules | None = None
+
+
+def _lazy() -> _Modules:
+    global _modules
+    if _modules is None:
+        _modules = _Modules()
+    return _modules
 
 
 class _CaseConsent:
@@ -122,9 +143,7 @@ class _CaseConsent:
     see a DocumentReference of a case only while the patient's case consent is in force."""
 
     def criteria(self, principal: Principal, res_type: str, permission: str) -> "Visibility":
-        from .case_consent import staff_criteria
-
-        return staff_criteria(principal, res_type)
+        return _lazy().staff_criteria(principal, res_type)
 
 
 _CASE_CONSENT = _CaseConsent()
@@ -141,11 +160,9 @@ def unauthenticated(message: str = "This request needs a bearer token") -> FhirE
 
 def authorize(principal: Principal, request: AccessRequest) -> None:
     """Raise 401 for an unauthenticated principal, 403 if the scopes or a policy refuse."""
-    from . import smart
-
     if not principal.authenticated:
         raise unauthenticated()
-    reason = smart.check(principal, request) or _ACTING.check(principal, request)
+    reason = _lazy().smart.check(principal, request) or _ACTING.check(principal, request)
     if reason:
         raise FhirError.of(403, "forbidden", reason)
     for policy in _policies:
@@ -156,9 +173,7 @@ def authorize(principal: Principal, request: AccessRequest) -> None:
 
 def visibility(principal: Principal, res_type: str, permission: str = "s") -> Visibility:
     """Which resources of `res_type` the principal may see (`permission` r or s)."""
-    from . import smart
-
-    vis = smart.visibility(principal, res_type, permission)
+    vis = _lazy().smart.visibility(principal, res_type, permission)
     for policy in (_ACTING, _CASE_CONSENT, *_policies):
         extra = getattr(policy, "criteria", None)
         if extra is None:
