@@ -9,6 +9,9 @@ They are indexed on every write like the specification's and searchable like the
   CarePlan.careTeam. (R4 indexes some of these under other codes, some not at all:
   EpisodeOfCare.team, CarePlan.author, CarePlan.contributor; R4's `care-manager` only
   when it is a Practitioner.)
+- `provision-actor` on Consent: the actors of every provision, nested ones included
+  (R4's `actor` is the root provision's only), down to NESTED_DEPTH levels; so
+  `Patient/$proxies` finds a Consent that names the person only in a nested provision.
 - `security-context` on Binary: Binary.securityContext (R4 defines no Binary parameter),
   so a search of Binary can follow the access rule of the resource it stands for.
 
@@ -21,6 +24,9 @@ from functools import lru_cache
 
 BASE = "http://fhir-server.example/SearchParameter/"
 
+NESTED_DEPTH = 8
+_PROVISION_ACTORS = " | ".join("Consent" + ".provision" * n + ".actor.reference" for n in range(1, NESTED_DEPTH + 1))
+
 _DEFINITIONS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     # res_type -> code -> (FHIRPath expression, target types)
     "Claim": {"case-handler": ("Claim.provider | Claim.enterer | Claim.careTeam.provider",
@@ -30,6 +36,8 @@ _DEFINITIONS: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "Encounter": {"case-handler": ("Encounter.participant.individual", ("Practitioner", "PractitionerRole", "RelatedPerson"))},
     "CarePlan": {"case-handler": ("CarePlan.author | CarePlan.contributor | CarePlan.careTeam",
                                   ("Practitioner", "PractitionerRole", "Organization", "CareTeam", "Patient", "RelatedPerson", "Device"))},
+    "Consent": {"provision-actor": (_PROVISION_ACTORS, ("Patient", "RelatedPerson", "Practitioner", "PractitionerRole",
+                                                       "Organization", "CareTeam", "Device", "Group"))},
     "Binary": {"security-context": ("Binary.securityContext", ())},
 }
 
