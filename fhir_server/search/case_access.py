@@ -7,9 +7,9 @@ EpisodeOfCare, Encounter or CarePlan):
 
 - a Consent of the document's patient (`subject`) in force now permits sharing the case
   (table `case_consent_grants`, kept by security.case_grants) AND shares it with this
-  staff member: when that Consent names staff actors (`actor`: Practitioner,
-  PractitionerRole, Organization, CareTeam), only with those; else with the case's
-  handlers (`handler_condition`);
+  staff member: when that Consent names staff actors (Practitioner, PractitionerRole,
+  Organization, CareTeam; in any of its provisions: search parameters `actor` and
+  `provision-actor`), only with those; else with the case's handlers (`handler_condition`);
 - and no Consent in force denies it.
 
 A Binary is visible under the rule unless its `securityContext` (search parameter
@@ -35,8 +35,10 @@ from ..security.case_grants import CASE_TYPES, in_force
 from ..storage.schema import case_consent_grants, idx_reference, resources
 
 CASE_PARAMS = ("related", "encounter")
+# the Consent's actors: `actor` (R4: the root provision's), `provision-actor` (every provision's,
+# search.server_params)
+ACTOR_PARAMS = ("actor", "provision-actor")
 STAFF_ACTOR_TYPES = ("Practitioner", "PractitionerRole", "Organization", "CareTeam")
-RULE = "case-consent"
 
 
 def staff_of(condition_name: str) -> tuple[str, str] | None:
@@ -76,12 +78,12 @@ def _document_condition(r: FromClause, staff: tuple[str, str] | None) -> ColumnE
     p = grants("permit")
     consent = resources.alias()
     actor = idx_reference.alias()
-    actor_rows = and_(actor.c.res_pk == consent.c.pk, actor.c.res_type == "Consent", actor.c.param == "actor",
+    actor_rows = and_(actor.c.res_pk == consent.c.pk, actor.c.res_type == "Consent", actor.c.param.in_(ACTOR_PARAMS),
                       actor.c.target_type.in_(STAFF_ACTOR_TYPES))
     names_actor = idx_reference.alias()
     to_this_staff = or_(
         exists().where(names_actor.c.res_pk == consent.c.pk, names_actor.c.res_type == "Consent",
-                       names_actor.c.param == "actor", names_staff(names_actor.c.target_type, names_actor.c.target_id, staff)),
+                       names_actor.c.param.in_(ACTOR_PARAMS), names_staff(names_actor.c.target_type, names_actor.c.target_id, staff)),
         and_(not_(exists().where(actor_rows)), handler_condition(case.c.target_type, case.c.target_id, staff)))
     permit = exists().where(
         p.c.case_id == case.c.target_id, p.c.case_type == case.c.target_type, p.c.patient_id.in_(patient_of_doc),

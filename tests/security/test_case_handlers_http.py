@@ -155,3 +155,22 @@ def test_a_token_naming_no_staff_member_sees_no_case_document(client, as_user, a
     assert not _sees(as_user(f"Practitioner/{new_id('prac')}"), pid, doc, binary)
     r = as_user(f"Practitioner/{new_id('prac')}").get("/fhir/Binary", params={"_count": "500"})
     assert binary not in ids(r.json(), "Binary")
+
+
+def test_staff_actors_of_a_nested_provision_limit_the_sharing_too(client, as_user):
+    provider, insurer_staff = new_id("prac"), new_id("prac")
+    insurer = new_id("insurer")
+    put(client, {"resourceType": "PractitionerRole", "id": new_id("role"), "active": True,
+                 "practitioner": {"reference": f"Practitioner/{insurer_staff}"}, "organization": {"reference": f"Organization/{insurer}"}})
+    pid, doc, binary = _case_with_document(client, _claim(provider={"reference": f"Practitioner/{provider}"}))
+    cid = client.get("/fhir/Consent", params={"patient": f"Patient/{pid}"}).json()["entry"][0]["resource"]["id"]
+    ref = client.get(f"/fhir/DocumentReference/{doc}").json()["context"]["related"][0]["reference"]
+    consent(client, pid, {"type": "permit", "period": {"start": "2026-01-01"},
+                          "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "PAT"}]},
+                                     "reference": {"reference": f"Patient/{pid}"}}],
+                          "data": [{"meaning": "related", "reference": {"reference": ref}}],
+                          "provision": [{"type": "permit", "actor": [
+                              {"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                               "reference": {"reference": f"Organization/{insurer}"}}]}]}, cid=cid)
+    assert _sees(as_user(f"Practitioner/{insurer_staff}"), pid, doc, binary)
+    assert not _sees(as_user(f"Practitioner/{provider}"), pid, doc, binary)
