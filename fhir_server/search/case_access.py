@@ -70,7 +70,7 @@ def _document_condition(r: FromClause, staff: tuple[str, str] | None) -> ColumnE
     subject = idx_reference.alias()
     patient_of_doc = select(subject.c.target_id).where(
         subject.c.res_pk == r.c.pk, subject.c.res_type == "DocumentReference", subject.c.param == "subject",
-        subject.c.target_type == "Patient")
+        subject.c.target_type == "Patient").correlate(r)  # explicitly: r is two levels up
 
     def grants(kind: str) -> FromClause:
         return case_consent_grants.alias()
@@ -84,7 +84,7 @@ def _document_condition(r: FromClause, staff: tuple[str, str] | None) -> ColumnE
     to_this_staff = or_(
         exists().where(names_actor.c.res_pk == consent.c.pk, names_actor.c.res_type == "Consent",
                        names_actor.c.param.in_(ACTOR_PARAMS), names_staff(names_actor.c.target_type, names_actor.c.target_id, staff)),
-        and_(not_(exists().where(actor_rows)), handler_condition(case.c.target_type, case.c.target_id, staff)))
+        and_(not_(exists().where(actor_rows)), handler_condition(case, staff)))
     permit = exists().where(
         p.c.case_id == case.c.target_id, p.c.case_type == case.c.target_type, p.c.patient_id.in_(patient_of_doc),
         p.c.kind == "permit", in_force(p, now),
@@ -99,25 +99,27 @@ def _document_condition(r: FromClause, staff: tuple[str, str] | None) -> ColumnE
         case.c.target_type.in_(CASE_TYPES), not_(shared)))
 
 
-def handler_condition(case_type, case_id, staff: tuple[str, str] | None) -> ColumnElement:
+def handler_condition(case: FromClause, staff: tuple[str, str] | None) -> ColumnElement:
     """SQL: the staff member handles the case (case_type, case_id columns): the case resource
     names them (search parameter `case-handler`, search.server_params), or a Task of the case
-    (`focus` or `based-on` the case) has them as `owner`."""
+    (`focus` or `based-on` the case) has them as `owner`. `case`: the alias of the case's
+    reference row (target_type, target_id), correlated explicitly (it is levels up)."""
     if staff is None:
         return false()
+    case_type, case_id = case.c.target_type, case.c.target_id
     case_row = resources.alias()
     named = idx_reference.alias()
     by_case = exists().where(
         case_row.c.res_type == case_type, case_row.c.res_id == case_id, case_row.c.deleted == false(),
         named.c.res_pk == case_row.c.pk, named.c.res_type == case_type, named.c.param == "case-handler",
-        names_staff(named.c.target_type, named.c.target_id, staff))
+        names_staff(named.c.target_type, named.c.target_id, staff)).correlate(case)
     task_of = idx_reference.alias()
     owner = idx_reference.alias()
     by_task = exists().where(
         task_of.c.res_type == "Task", task_of.c.param.in_(("focus", "based-on")),
         task_of.c.target_type == case_type, task_of.c.target_id == case_id,
         owner.c.res_pk == task_of.c.res_pk, owner.c.res_type == "Task", owner.c.param == "owner",
-        names_staff(owner.c.target_type, owner.c.target_id, staff))
+        names_staff(owner.c.target_type, owner.c.target_id, staff)).correlate(case)
     return or_(by_case, by_task)
 
 

@@ -174,3 +174,32 @@ def test_staff_actors_of_a_nested_provision_limit_the_sharing_too(client, as_use
                                "reference": {"reference": f"Organization/{insurer}"}}]}]}, cid=cid)
     assert _sees(as_user(f"Practitioner/{insurer_staff}"), pid, doc, binary)
     assert not _sees(as_user(f"Practitioner/{provider}"), pid, doc, binary)
+
+
+def test_handling_one_case_opens_no_other_case(client, as_user):
+    """The handler rule is evaluated per case: a staff member named by one consented case does
+    not see the documents of another consented case they do not handle."""
+    a, b = new_id("prac"), new_id("prac")
+    p1, doc1, bin1 = _case_with_document(client, _claim(provider={"reference": f"Practitioner/{a}"}))
+    p2, doc2, bin2 = _case_with_document(client, _claim(provider={"reference": f"Practitioner/{b}"}))
+    staff_a = as_user(f"Practitioner/{a}")
+    assert _sees(staff_a, p1, doc1, bin1)
+    assert not _sees(staff_a, p2, doc2, bin2)
+    assert _sees(as_user(f"Practitioner/{b}"), p2, doc2, bin2)
+
+
+def test_another_patients_consent_naming_the_case_shares_nothing(client, as_user):
+    """The consent must be the document's patient's: a Consent of another patient (who has
+    documents too) naming this patient's case does not share it."""
+    a = new_id("prac")
+    p1, doc1, bin1 = _case_with_document(client, _claim(provider={"reference": f"Practitioner/{a}"}))
+    ref = client.get(f"/fhir/DocumentReference/{doc1}").json()["context"]["related"][0]["reference"]
+    cid = client.get("/fhir/Consent", params={"patient": f"Patient/{p1}"}).json()["entry"][0]["resource"]["id"]
+    client.delete(f"/fhir/Consent/{cid}")
+    assert not _sees(as_user(f"Practitioner/{a}"), p1, doc1, bin1)
+    p2, _doc2, _bin2 = _case_with_document(client, _claim(provider={"reference": f"Practitioner/{new_id('prac')}"}))
+    consent(client, p2, {"type": "permit", "period": {"start": "2026-01-01"},
+                         "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "PAT"}]},
+                                    "reference": {"reference": f"Patient/{p2}"}}],
+                         "data": [{"meaning": "related", "reference": {"reference": ref}}]})
+    assert not _sees(as_user(f"Practitioner/{a}"), p1, doc1, bin1)
