@@ -266,10 +266,10 @@ def _condition_keep(conn: Connection, res_type: str, rows: list, names: list[str
     """pks of the batch's rows that satisfy the named access rules (search.access.NAMED_CONDITIONS)."""
     from sqlalchemy import and_, select
 
-    from ..search.access import NAMED_CONDITIONS
+    from ..search.access import named_condition
     from ..storage.schema import resources as r
 
-    cond = and_(*(NAMED_CONDITIONS[n](res_type, r) for n in names))
+    cond = and_(*(named_condition(n, res_type, r) for n in names))
     return {pk for (pk,) in conn.execute(select(r.c.pk).where(r.c.pk.in_([row[0] for row in rows]), cond))}
 
 

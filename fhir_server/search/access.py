@@ -22,14 +22,20 @@ from ..storage.schema import resources
 Access = Callable[[str, str], Visibility]
 
 
-def _case_consent(res_type: str, r: FromClause) -> ColumnElement:
-    from .case_access import case_consent_condition
+def _case_consent(name: str, res_type: str, r: FromClause) -> ColumnElement:
+    from .case_access import case_consent_condition, staff_of
 
-    return case_consent_condition(res_type, r)
+    return case_consent_condition(res_type, r, staff_of(name))
 
 
-# Criteria.conditions: rules compiled here rather than from search parameters
-NAMED_CONDITIONS: dict[str, Callable[[str, FromClause], ColumnElement]] = {"case-consent": _case_consent}
+# Criteria.conditions: rules compiled here rather than from search parameters. A name is
+# "<rule>" or "<rule>:<argument>" ("case-consent:Practitioner/9": the rule for that staff member).
+NAMED_CONDITIONS: dict[str, Callable[[str, str, FromClause], ColumnElement]] = {"case-consent": _case_consent}
+
+
+def named_condition(name: str, res_type: str, r: FromClause) -> ColumnElement:
+    """The SQL of the named rule `name` (see NAMED_CONDITIONS) on alias `r` of `res_type`."""
+    return NAMED_CONDITIONS[name.partition(":")[0]](name, res_type, r)
 
 
 def criteria_condition(res_type: str, vis: Visibility, r: FromClause, base_url: str = "") -> ColumnElement | None:
@@ -53,7 +59,7 @@ def criteria_condition(res_type: str, vis: Visibility, r: FromClause, base_url: 
                 parts.append(not_(param_condition(QueryContext(base_url), res_type, name, value, r)))
             except FhirError:
                 continue  # an exclusion that cannot apply to this type excludes nothing
-        parts.extend(NAMED_CONDITIONS[name](res_type, r) for name in c.conditions)
+        parts.extend(named_condition(name, res_type, r) for name in c.conditions)
         alts.append(and_(*parts) if parts else true())
     return or_(*alts) if alts else false()
 

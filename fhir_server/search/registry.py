@@ -106,6 +106,10 @@ def search_parameters_for(res_type: str) -> dict[str, SearchParam]:
             result[p["code"]] = _make(p, "DomainResource")
     for p in _by_type().get(res_type, ()):
         result[p["code"]] = _make(p, res_type)
+    from .server_params import for_type
+
+    for sp in for_type(res_type):  # the server's own (search.server_params)
+        result.setdefault(sp.code, sp)
     for sp in _custom.get(res_type, ()):
         result.setdefault(sp.code, sp)  # a custom code never shadows an official one
     return result

@@ -151,9 +151,10 @@ def _access_shape(res_type: str, vis, base: str, derived: list, constants: set) 
                     constants.add(form[2])
                 part.append((kind, name, form))
         for name in c.conditions:
-            if not (name == "case-consent" and res_type != "DocumentReference"):  # elsewhere `true`
+            rule = name.partition(":")[0]
+            if not (rule == "case-consent" and res_type not in ("DocumentReference", "Binary")):  # elsewhere `true`
                 raise _Unfit
-            part.append(name)
+            part.append(rule)
         parts.append(tuple(part))
     return ("criteria", *parts)
 

@@ -11,8 +11,10 @@ Who sees a case's documents (`may_see_case_documents`):
 - the patient themselves, and backend (`system/`) clients: always;
 - a proxy acting for the patient (security.acting): as their ActingGrant allows (a guardian
   of a minor, a full proxy, or a proxy for that case), evaluated now;
-- staff (a `user/` token of a Practitioner/PractitionerRole, "the case's handlers"): only
-  while a case consent is in force for every case of the document.
+- staff (a `user/` token of a Practitioner/PractitionerRole): only the case's handlers
+  (search.case_access: named by the case resource, owner of a Task of the case, or, when the
+  consent names staff actors, only those) and only while a case consent is in force for
+  every case of the document.
 
 Staff see neither the DocumentReference nor its content without the case consent, on
 every path (read, search, _include/_revinclude, $everything, history): `staff_criteria`
@@ -66,9 +68,18 @@ def staff_criteria(principal: Principal, res_type: str) -> Visibility:
     """The criteria (AND-ed at the seam) under which staff see `res_type`: for
     DocumentReference, the "case-consent" rule (search.case_access); else no restriction.
     The patient, proxies (their grant's own criteria) and backend clients: none."""
-    if res_type != "DocumentReference" or principal.unrestricted or principal.acting is not None or not _is_staff(principal):
+    if res_type not in ("DocumentReference", "Binary") or principal.unrestricted or principal.acting is not None \
+            or not _is_staff(principal):
         return None
-    return [Criteria(conditions=("case-consent",))]
+    return [Criteria(conditions=(f"case-consent:{staff_member(principal) or ''}",))]
+
+
+def staff_member(principal: Principal) -> str | None:
+    """The staff member a token stands for: its fhirUser ("Practitioner/9",
+    "PractitionerRole/4"; an absolute URL is cut to its last two segments); None for none."""
+    user = principal.fhir_user or ""
+    ref = "/".join(user.rstrip("/").split("/")[-2:])
+    return ref if ref.startswith(("Practitioner/", "PractitionerRole/")) and ref.count("/") == 1 else None
 
 
 def _is_staff(principal: Principal) -> bool:
@@ -92,10 +103,12 @@ def may_see_case_documents(principal: Principal, cases: list[str], conn: Connect
         return all(c in grant.items and c not in grant.denied for c in cases)
     if not _is_staff(principal):
         return True  # the patient themselves (their compartment) or a backend client
-    patient = patient_of(document or {})
-    if conn is None or patient is None:
+    doc_id = (document or {}).get("id")
+    if conn is None or patient_of(document or {}) is None or not isinstance(doc_id, str):
         return False
-    return consented_cases(conn, patient, cases) >= set(cases)
+    from ..search.access import visible  # the same SQL rule the searches apply (search.case_access)
+
+    return visible(conn, "DocumentReference", doc_id, staff_criteria(principal, "DocumentReference"))
 
 
 def mark_waiting(conn: Connection, ctx, res_id: str | None, parsed) -> None:

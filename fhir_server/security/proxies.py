@@ -293,7 +293,8 @@ def resolve(conn: Connection, actor: str, patient_id: str, now: datetime, who: A
 def candidates(conn: Connection, actor: str) -> list[str]:
     """Patient ids `actor` may be acting for: patients of the RelatedPersons that are the
     actor, and patients of Consents whose `actor` (search parameter: the root provision's
-    actors) names the actor by reference or by one of their national identifiers."""
+    actors) or `provision-actor` (every provision's) names the actor by reference or by one
+    of their national identifiers."""
     who = load_actor(conn, actor)
     ids: list[str] = []
 
@@ -315,12 +316,15 @@ def candidates(conn: Connection, actor: str) -> list[str]:
         if _is_actor(rp, who):
             add(((rp.get("patient") or {}).get("reference")))
     refs = [who.ref, *sorted(who.related_persons)]
-    for ref in refs:
-        for consent in _search(conn, "Consent", [("actor", ref)], limit=200):
-            add(((consent.get("patient") or {}).get("reference")))
-    # consents naming the person only by national identifier (any alias of the system, any
-    # written form: the reference index, idx_reference (res_type, param, ident_value))
-    for system, value in sorted(who.ids):
-        for consent in _search(conn, "Consent", [("actor:identifier", f"{system}|{value}")], limit=200):
-            add(((consent.get("patient") or {}).get("reference")))
+    # `actor`: the root provision's actors (R4); `provision-actor`: every provision's, nested
+    # ones included (search.server_params)
+    for param in ("actor", "provision-actor"):
+        for ref in refs:
+            for consent in _search(conn, "Consent", [(param, ref)], limit=200):
+                add(((consent.get("patient") or {}).get("reference")))
+        # consents naming the person only by national identifier (any alias of the system, any
+        # written form: the reference index, idx_reference (res_type, param, ident_value))
+        for system, value in sorted(who.ids):
+            for consent in _search(conn, "Consent", [(f"{param}:identifier", f"{system}|{value}")], limit=200):
+                add(((consent.get("patient") or {}).get("reference")))
     return ids

@@ -39,6 +39,8 @@ def test_case_documents_follow_the_case_consent(app, client, issue_token):
     found = client.get("/fhir/DocumentReference", params={"_tag": f"{TAG_SYSTEM}|waiting-for-consent", "_id": doc["id"]}).json()
     assert found["total"] == 1 if "total" in found else len(found["entry"]) == 1
 
+    put(client, {"resourceType": "PractitionerRole", "id": "role-handler-1", "active": True,  # a caseworker of INSURER
+                 "practitioner": {"reference": "Practitioner/handler-1"}, "organization": {"reference": INSURER}})
     staff_token = issue_token(scope="user/*.rs", fhir_user="Practitioner/handler-1")
     staff = TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {staff_token}", "Accept": "application/pdf"})
     try:

@@ -52,7 +52,10 @@ def case_file(client):
 
 
 @pytest.fixture
-def staff(app, issue_token):
+def staff(app, client, issue_token):
+    """A caseworker of the insurer the case consents name (a PractitionerRole at INSURER)."""
+    put(client, {"resourceType": "PractitionerRole", "id": "role-handler-7", "active": True,
+                 "practitioner": {"reference": "Practitioner/handler-7"}, "organization": {"reference": INSURER}})
     token = issue_token(scope="user/*.rs", fhir_user="Practitioner/handler-7")
     with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
