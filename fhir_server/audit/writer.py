@@ -44,6 +44,11 @@ class AuditWriter:
         # SQLite has one write lock for every writer: short batches, and a pause between them
         self.max_batch = max_batch or (100 if sqlite else 1000)
         self.pause_between_batches = 0.002 if sqlite else 0.0
+        # indexing a backlog: SQLite's waiting writers retry after sleeps of up to 100 ms (its busy
+        # handler), so batches back to back starved them (creates fell to ~10/s while a backlog of
+        # read events was indexed): smaller batches there, and a pause a waiting writer can use
+        self.index_batch = 100 if sqlite else staging.BATCH
+        self.pause_between_index_batches = 0.05 if sqlite else 0.0
         self.max_pending = max_pending
         self._queue: deque[Pending] = deque()
         self._wake = threading.Event()
@@ -149,14 +154,14 @@ class AuditWriter:
                 return total  # idle: a read, no write lock taken
             with self._flush_lock:
                 with self.db.write() as conn:
-                    n = staging.materialize(conn, staging.BATCH)
-                if n < staging.BATCH:
+                    n = staging.materialize(conn, self.index_batch)
+                if n < self.index_batch:
                     self._staged_since = None  # under the lock: rows staged meanwhile keep their mark
             total += n
-            if n < staging.BATCH:
+            if n < self.index_batch:
                 return total
-            if self.pause_between_batches:
-                time.sleep(self.pause_between_batches)
+            if self.pause_between_index_batches:
+                time.sleep(self.pause_between_index_batches)
         return total
 
     def _write_each(self, batch: list[Pending]) -> None:
