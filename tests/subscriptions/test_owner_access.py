@@ -136,7 +136,7 @@ def test_staff_owner_hears_of_case_documents_only_under_the_case_consent(app, cl
     from datetime import date
 
     from tests.security.family import case_claim, consent, new_id, patient, put
-    from tests.security.test_case_documents_http import case_provision
+    from tests.security.test_case_documents_http import INSURER, case_provision
 
     pid, _ = patient(client, "DK", date(1990, 6, 6))
     subject = {"reference": f"Patient/{pid}"}
@@ -144,6 +144,9 @@ def test_staff_owner_hears_of_case_documents_only_under_the_case_consent(app, cl
     for claim in (shared, other):
         case_claim(client, claim, subject)
     consent_id = consent(client, pid, case_provision(shared))
+    # a caseworker of the insurer the consent names: a handler of the shared case (docs/consent.md)
+    put(client, {"resourceType": "PractitionerRole", "id": "role-case-handler-17", "active": True,
+                 "practitioner": {"reference": "Practitioner/case-handler-17"}, "organization": {"reference": INSURER}})
     token = issue_token(scope="user/DocumentReference.rs user/Subscription.cruds", fhir_user="Practitioner/case-handler-17")
     _subscribe_as(app, token, r4_subscription(f"DocumentReference?patient={pid}", receiver.url,
                                               payload="application/fhir+json"), subscriptions_made)
