@@ -32,7 +32,7 @@ count, the script
             as many threads, on a database of its own) -
    with `wrk` (Debian package) or, when wrk is absent, an asyncio + httpx client
    running in separate processes,
-5. after each `read` and `search` run (token and access log on), waits until every request of
+5. after each run against a FHIR server (the access log is on unless --audit off), waits until every request of
    the run is an indexed AuditEvent and counts that wait in the run's req/s (read events are
    indexed later, docs/audit.md; otherwise that work lands in the next run),
 6. repeats the runs --reps times (interleaved, after a warm-up) and prints
@@ -298,7 +298,7 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
 
         for rep in range(args.reps):
             for op, p, tok in ops:  # interleaved so that a noisy phase hits all alike
-                audited = args.audit != "off" and op in ("read", "search")
+                audited = args.audit != "off" and op in ("read", "search", "noauth", "search-noauth")
                 before = logged() if audited else None
                 res = run_op(op, p, tok, args.duration)
                 drained = ""
