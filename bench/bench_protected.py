@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import free_port, recreate_pg_database
+from benchlib import AuditBacklog, free_port, recreate_pg_database
 
 import bench_rest as br
 
@@ -126,32 +126,23 @@ def bench_backend(backend: str, db_url: str, args, client, work: Path, log_dir: 
             for _op, port, paths, tok in ops:
                 client.run("read", port, paths, args.warmup, tok)
         runs: dict[str, list] = {op: [] for op, *_ in ops}
-        from sqlalchemy import create_engine, text
-
-        counter = create_engine(db_url)
-
-        def logged() -> int:
-            with counter.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM resources WHERE res_type = 'AuditEvent'")).scalar_one()
+        backlog = AuditBacklog(db_url)
 
         for rep in range(args.reps):
             for op, port, paths, tok in ops:
-                before = logged() if args.drain and op.endswith("-protected") else None
+                before = backlog.logged() if args.drain and op.endswith("-protected") else None
                 res = client.run("read", port, paths, args.duration, tok)
                 drained = ""
                 if before is not None:
                     # until every request of the run is an indexed AuditEvent: the access log's whole
                     # cost falls inside this run, none spills into the next server's run
-                    t0 = time.perf_counter()
-                    while logged() < before + res.requests and time.perf_counter() - t0 < 300:
-                        time.sleep(0.05)
-                    drain = time.perf_counter() - t0
+                    drain = backlog.wait(before, res.requests)
                     res = br.RunResult(res.requests / (args.duration + drain), res.p50_ms, res.p99_ms, res.errors, res.requests)
                     drained = f"  (+{drain:.1f}s until all {res.requests} AuditEvents were indexed)"
                 runs[op].append(res)
                 err = f"  ERRORS {res.errors}" if res.errors else ""
                 print(f"  rep {rep + 1}/{args.reps} {op:17s} {res.rps:8.0f} req/s  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms{err}{drained}", flush=True)
-        counter.dispose()
+        backlog.dispose()
         time.sleep(2.5)  # let the last AuditEvent batch be written
         count = httpx.get(f"http://127.0.0.1:{pport}/fhir/AuditEvent", params={"_summary": "count"},
                           headers={"Authorization": f"Bearer {system}"}).json().get("total")

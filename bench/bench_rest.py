@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from benchlib import free_port, recreate_pg_database, stop_group
+from benchlib import AuditBacklog, free_port, recreate_pg_database, stop_group
 from rest_common import (
     NAGLE_SUSPECT_MS, NAGLE_WARNINGS, Proc, PythonClient, RunResult, WrkClient, _auth, _client_main, bench_patient,
     family_of, keepalive_probe, preload, server_token, wait_ready,
@@ -288,35 +288,26 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
             for op, p, tok in ops:
                 run_op(op, p, tok, args.warmup)
         rows = {op: Row(backend, workers, op) for op, _, _ in ops}
-        from sqlalchemy import create_engine, text
-
-        counter = create_engine(db_url)
-
-        def logged() -> int:
-            with counter.connect() as conn:
-                return conn.execute(text("SELECT count(*) FROM resources WHERE res_type = 'AuditEvent'")).scalar_one()
+        backlog = AuditBacklog(db_url)
 
         for rep in range(args.reps):
             for op, p, tok in ops:  # interleaved so that a noisy phase hits all alike
                 audited = args.audit != "off" and op in ("read", "search", "noauth", "search-noauth")
-                before = logged() if audited else None
+                before = backlog.logged() if audited else None
                 res = run_op(op, p, tok, args.duration)
                 drained = ""
                 if before is not None:
                     # read events are indexed later (docs/audit.md): wait until every request of the run
                     # is an AuditEvent and count the wait in the run, so that work neither flatters this
                     # figure nor lands in the next run (it made SQLite's creates look like 5-11/s)
-                    t0 = time.perf_counter()
-                    while logged() < before + res.requests and time.perf_counter() - t0 < 300:
-                        time.sleep(0.05)
-                    wait = time.perf_counter() - t0
+                    wait = backlog.wait(before, res.requests)
                     res = RunResult(res.requests / (duration_of(op) + wait), res.p50_ms, res.p99_ms, res.errors, res.requests)
                     drained = f"  (+{wait:.1f}s until its AuditEvents were indexed)"
                 rows[op].runs.append(res)
                 err = f"  ERRORS {res.errors}" if res.errors else ""
                 print(f"  rep {rep + 1}/{args.reps} {op:13s} {res.rps:9.0f} req/s  p50 {res.p50_ms:7.2f} ms"
                       f"  p99 {res.p99_ms:7.2f} ms{err}{drained}", flush=True)
-        counter.dispose()
+        backlog.dispose()
         return list(rows.values())
     finally:
         if bare is not None:

@@ -67,3 +67,32 @@ def server_bearer_headers(db_url: str, base: str, env: dict[str, str] | None = N
         env=env or dict(os.environ), capture_output=True, text=True, check=True,
     )
     return {"Authorization": f"Bearer {out.stdout.strip()}"}
+
+
+class AuditBacklog:
+    """Waits until the access log has indexed a run's read events (they are indexed later,
+    docs/audit.md), so that their cost counts in the run that caused it and not in the next."""
+
+    def __init__(self, db_url: str):
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(db_url)
+
+    def logged(self) -> int:
+        """AuditEvents stored (indexed) so far."""
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM resources WHERE res_type = 'AuditEvent'")).scalar_one()
+
+    def wait(self, before: int, requests: int, limit: float = 300.0) -> float:
+        """Seconds until `before + requests` AuditEvents are stored (at most `limit`)."""
+        import time
+
+        t0 = time.perf_counter()
+        while self.logged() < before + requests and time.perf_counter() - t0 < limit:
+            time.sleep(0.05)
+        return time.perf_counter() - t0
+
+    def dispose(self) -> None:
+        self.engine.dispose()
