@@ -38,17 +38,13 @@ from .query import QueryContext, bad, unsupported, compartment_condition, live, 
 from .access import Access, system_condition, type_condition
 from .aliases import alias_of, planning
 from .prefix import InEvery, NoIndexHint
+from .subsetting import subset_stored
 from .values import to_utc
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 MAX_INCLUDE_ITERATIONS = 4
 IN_CHUNK = 500  # stay far below SQLite's/PostgreSQL's bind-parameter limits
-SUBSETTED = {
-    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-    "code": "SUBSETTED",
-    "display": "Resource encoded in summary mode",
-}
 CONTROL_PARAMS = {"_count", "_sort", "_include", "_revinclude", "_total", "_summary", "_elements", "_cursor",
                   "_totalMethod"}  # _totalMethod: the spelling fhirpy's count() sends
 IGNORED_PARAMS = {"_format", "_pretty"}
@@ -460,7 +456,7 @@ def assemble_search(prep: PreparedSearch, rows: list, more: bool, total: int | N
         budget.take(len(row.content), "The search page")
         entries.append({
             "fullUrl": f"{base}/{row.res_type}/{row.res_id}",
-            "resource": _project(row.content, row.res_type, plan),
+            "resource": subset_stored(row.content, row.res_type, plan.summary, plan.elements),
             "search": {"mode": "match"},
         })
     note_returned([(x.res_type, x.res_id) for x in included])
@@ -490,37 +486,6 @@ def _add_outcome(bundle: dict, plan: _Plan, entries: list | None = None) -> None
         bundle["entry"] = [entry]
     else:
         entries.append(entry)
-
-
-def _project(content: bytes, res_type: str, plan: _Plan):
-    """Embed stored bytes untouched unless _summary/_elements ask for a subset."""
-    if not plan.summary and plan.elements is None:
-        return orjson.Fragment(content)
-    res = orjson.loads(content)
-    keep: set[str] | None
-    if plan.elements is not None:
-        keep = set(plan.elements) | set(registry.mandatory_elements(res_type))
-    elif plan.summary == "true":
-        keep = set(registry.summary_elements(res_type))
-    elif plan.summary == "text":
-        keep = {"text"} | set(registry.mandatory_elements(res_type))
-    else:  # data
-        keep = None
-    out = {}
-    for k, v in res.items():
-        if k in ("resourceType", "id", "meta"):
-            out[k] = v
-        elif keep is None:
-            if k != "text":
-                out[k] = v
-        elif k in keep:
-            out[k] = v
-    meta = dict(out.get("meta") or {})
-    tags = [t for t in meta.get("tag", []) if t.get("code") != "SUBSETTED"]
-    tags.append(dict(SUBSETTED))
-    meta["tag"] = tags
-    out["meta"] = meta
-    return out
 
 
 def _fetch(conn: Connection, wanted: dict[str, set[str]], access: Access | None = None, column: str = "res_id") -> list:

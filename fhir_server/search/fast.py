@@ -59,8 +59,7 @@ class CompiledCache:
     def render(self, stmt) -> tuple[str, tuple]:
         """(SQL text, positional parameters after the dialect's bind processing).
         NotFast when the statement cannot be run as a plain positional string."""
-        sql, raw, procs = self.parts(stmt)
-        return sql, tuple(p(v) if p is not None else v for v, p in zip(raw, procs))
+        return _processed(self.parts(stmt))
 
     def parts(self, stmt) -> tuple[str, tuple, tuple]:
         """(SQL text, positional parameter values before bind processing, the processor of
