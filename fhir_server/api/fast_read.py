@@ -60,8 +60,9 @@ class FastReads:
         if not path.startswith(self.prefix):
             return False
         res_type, sep, res_id = path[len(self.prefix):].partition("/")
-        # Binary reads are content negotiation and streaming (api/binary.py)
-        if not sep or not ix.ID_RE.match(res_id) or not res_type[:1].isupper() or res_type == "Binary":
+        # Binary reads are content negotiation and streaming (api/binary.py); AuditEvents are
+        # read from the access log (audit.log_rest)
+        if not sep or not ix.ID_RE.match(res_id) or not res_type[:1].isupper() or res_type in ("Binary", "AuditEvent"):
             return False
         accept = ""
         for k, v in scope["headers"]:

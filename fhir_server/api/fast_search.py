@@ -69,7 +69,7 @@ class FastSearch:
         if not path.startswith(self.prefix):
             return False
         res_type = path[len(self.prefix):]
-        if not res_type[:1].isupper() or not res_type.isalnum() or res_type == "Binary":
+        if not res_type[:1].isupper() or not res_type.isalnum() or res_type in ("Binary", "AuditEvent"):
             return False
         accept = ""
         for k, v in scope["headers"]:

@@ -57,7 +57,7 @@ def attach(app, db, settings) -> None:
     writer = make_writer(db, settings)
     app.state.audit_writer = writer
     server_base = settings.public_base_url or settings.auth_base_url
-    app.add_middleware(AuditMiddleware, writer=writer, base_path=settings.base_path, server_base=server_base, db=db)
+    app.add_middleware(AuditMiddleware, writer=writer, base_path=settings.base_path, server_base=server_base)
     atexit.register(writer.close)  # a process ending without the app's shutdown still writes what it holds
     inner = app.router.lifespan_context
 

@@ -96,8 +96,9 @@ def _coding(system: str, code: str, display: str | None = None) -> dict:
     return {"system": system, "code": code, **({"display": display} if display else {})}
 
 
-def to_resource(f: AuditFacts, scrubbed: bool = True) -> dict:
-    """The AuditEvent (R4) for `f` as a JSON-ready dict, with a new id. `scrubbed` False
+def to_resource(f: AuditFacts, scrubbed: bool = True, event_id: str | None = None) -> dict:
+    """The AuditEvent (R4) for `f` as a JSON-ready dict, with id `event_id` (default: a new
+    one). `scrubbed` False
     leaves characters a FHIR string may not hold in place for a caller that serialises the
     event and cleans it then (`store.insert_events`: one serialisation instead of two)."""
     system, code, display = _KIND_TYPE[f.kind]
@@ -107,7 +108,7 @@ def to_resource(f: AuditFacts, scrubbed: bool = True) -> dict:
         subtype = _coding(INTERACTION, "operation", "operation")
     else:
         subtype = _coding(INTERACTION, f.subtype, f.subtype)
-    event: dict = {"resourceType": "AuditEvent", "id": new_id()}
+    event: dict = {"resourceType": "AuditEvent", "id": event_id or new_id()}
     if f.kind == "rest" and f.action in _PROFILE and f.outcome == "0":
         name = _PROFILE[f.action]
         event["meta"] = {"profile": [BALP_PROFILE + ("Patient" + name if f.patients else name)]}

@@ -28,6 +28,7 @@ class AuditRecord:
     client_address: str = ""
     acting_for: str | None = None  # X-Acting-For: Patient/ID as the client sent it
     returned: list[tuple[str, str]] = field(default_factory=list)  # (type, id) of each resource returned
+    patients: list[str] = field(default_factory=list)  # Patient ids of AuditEvents returned (the log read)
     writes_audited: int = 0  # AuditEvents already written inside the request's write transaction(s)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the OAuth client id of a token request
 
@@ -59,6 +60,13 @@ def note_returned(pairs) -> None:
     record = _current.get()
     if record is not None:
         record.returned.extend(pairs)
+
+
+def note_patients(ids) -> None:
+    """Note the Patient ids whose AuditEvents a read of the log hands to the client."""
+    record = _current.get()
+    if record is not None:
+        record.patients.extend(ids)
 
 
 def principal_fields(principal) -> dict:

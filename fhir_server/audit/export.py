@@ -1,8 +1,8 @@
 """`fhir-server audit export`: the access log as NDJSON (one AuditEvent per line).
 
-Reads the stored AuditEvents in the order they were recorded, `since` inclusive and
+Reads the logged AuditEvents in the order they were written, `since` inclusive and
 `until` exclusive (UTC instants or dates), streaming in pages of `PAGE` so memory stays
-flat whatever the size of the log. The lines are the stored JSON, byte for byte.
+flat whatever the size of the log. Each line is the event as a read of it answers.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import IO, Iterator
 
 from sqlalchemy import select
 
-from ..storage.schema import resources
-from .store import AUDIT_TYPE
+from ..storage.schema import audit_log
+from .log import render
 
 PAGE = 1000
 
@@ -29,23 +29,19 @@ def parse_bound(text: str | None) -> datetime | None:
 
 
 def iter_events(db, since: datetime | None = None, until: datetime | None = None) -> Iterator[bytes]:
-    from .staging import materialize_all
-
-    materialize_all(db)  # staged read events first: the export holds everything logged so far
-    r = resources.c
+    a = audit_log.c
     last_pk = 0
     while True:
-        q = select(r.pk, r.content).where(r.res_type == AUDIT_TYPE, r.deleted.is_(False), r.pk > last_pk)
+        q = select(a.pk, a.id, a.doc).where(a.pk > last_pk)
         if since is not None:
-            q = q.where(r.last_updated >= since)
+            q = q.where(a.recorded >= since)
         if until is not None:
-            q = q.where(r.last_updated < until)
+            q = q.where(a.recorded < until)
         with db.read() as conn:
-            rows = conn.execute(q.order_by(r.pk).limit(PAGE)).all()
-        for pk, content in rows:
+            rows = conn.execute(q.order_by(a.pk).limit(PAGE)).all()
+        for pk, event_id, doc in rows:
             last_pk = pk
-            if content:
-                yield bytes(content)
+            yield render(event_id, bytes(doc))
         if len(rows) < PAGE:
             return
 

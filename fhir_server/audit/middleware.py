@@ -20,23 +20,20 @@ from datetime import datetime, timezone
 from urllib.parse import parse_qsl
 
 import orjson
-from starlette.concurrency import run_in_threadpool
 
 from ..errors import Issue, operation_outcome
 from .balp import AuditFacts
 from .classify import LOGIN_PATHS, classify
 from .context import AuditRecord, close_record, open_record, principal_fields
-from .staging import materialize_all
 
 _CAPTURE_LIMIT = 16 * 1024
 _REFUSED_CHANGES = ("PUT", "PATCH", "DELETE")
 
 
 class AuditMiddleware:
-    def __init__(self, app, writer, base_path: str, server_base: str = "", db=None):
+    def __init__(self, app, writer, base_path: str, server_base: str = ""):
         self.app = app
         self.writer = writer
-        self.db = db  # for indexing staged events before a request that may read them
         self.base = base_path.rstrip("/")
         self.server_base = server_base.rstrip("/")
         self.audit_prefix = self.base + "/AuditEvent"
@@ -87,8 +84,6 @@ class AuditMiddleware:
                             "headers": [(b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
                 return
-            if self.db is not None and self._may_read_log(path, scope.get("query_string", b"")):
-                await _index_staged(self.db)
             await self.app(scope, receive_and_note if login else receive, send_and_note)
         finally:
             close_record(token)
@@ -96,15 +91,6 @@ class AuditMiddleware:
                 self._log(scope, inter, record, status or 500, bytes(captured), bytes(request_body))
             except Exception:  # the access log never turns an answered request into an error
                 logging.getLogger("fhir_server.audit").exception("could not queue the AuditEvent of %s %s", method, path)
-
-    def _may_read_log(self, path: str, query: bytes) -> bool:
-        """Whether the request may return AuditEvents: it names the type (a search, read,
-        history, `_type`, `_revinclude`), or reads across types (system-level search and
-        history, a batch or transaction, `$export`, `$everything`, `$changes`)."""
-        if "AuditEvent" in path or b"AuditEvent" in query or b"_revinclude" in query:
-            return True
-        rel = path[len(self.base):] if path.startswith(self.base) else path
-        return rel in ("", "/", "/_history", "/_search") or "$export" in rel or "$everything" in rel or "$changes" in rel
 
     def _log(self, scope, inter, record: AuditRecord, status: int, response: bytes, request: bytes) -> None:
         if inter.writes and record.writes_audited and status < 400:
@@ -133,6 +119,8 @@ class AuditMiddleware:
         lookup = [(t, i.split("/", 1)[0]) for t, i in inter.data]
         if record.returned:
             lookup.extend(record.returned)
+        if record.patients:  # events read from the log: the patients they are about
+            facts.patients = list(dict.fromkeys(record.patients))
         self.writer.submit(facts, lookup)
 
 
@@ -198,11 +186,3 @@ def _unverified_claims(token: str) -> dict:
     except (ValueError, orjson.JSONDecodeError):
         return {}
     return claims if isinstance(claims, dict) else {}
-
-
-async def _index_staged(db) -> None:
-    """Staged read events become AuditEvents before the request reads the log (audit.staging)."""
-    try:
-        await run_in_threadpool(materialize_all, db)
-    except Exception:  # the database is away: the request itself will say so
-        logging.getLogger("fhir_server.audit").warning("staged access-log events could not be indexed", exc_info=True)

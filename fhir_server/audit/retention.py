@@ -14,7 +14,7 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 
 from ..jobs import queue
-from .store import delete_before
+from .log import delete_before
 
 KIND = "audit-retention"
 BATCH = 2000

@@ -1,14 +1,13 @@
-"""The buffer behind the access log: read events queued in memory, staged in batches.
+"""The buffer behind the access log: read events queued in memory, written in batches.
 
 A read must not wait for its AuditEvent to be committed, so `AuditWriter.submit` only
-appends to an in-process queue (a deque append: no lock, no I/O). A daemon thread stages
-what has gathered every `flush_seconds` (1 s by default) in one transaction: one row of
-facts per event (`audit.staging`). It turns staged rows into indexed AuditEvents when the
-server is quiet or the rows have waited `staging.INDEX_LAG_SECONDS`; readers of the log
-have that done before they read. `close()` (the app's shutdown) and `flush()` stage and
-index the rest at once. What a crash of the process (kill -9, power loss) can lose is
-therefore the events of the last flush interval; writes are not exposed to that, their
-events commit with them (`audit.writes`).
+appends to an in-process queue (a deque append: no lock, no I/O). A daemon thread writes
+what has gathered every `flush_seconds` (1 s by default) in one transaction: the patients
+the events' resources belong to are looked up in one query, and each event becomes one
+compact row of the log (`audit.log`), searchable from its commit on. `close()` (the app's
+shutdown) and `flush()` write the rest at once. What a crash of the process (kill -9,
+power loss) can lose is therefore the events of the last flush interval; writes are not
+exposed to that, their events commit with them (`audit.writes`).
 
 If the database refuses a batch (it is down, say), the batch goes back to the front of
 the queue and is retried at the next tick; the queue keeps at most `max_pending` events,
@@ -24,8 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from ..errors import FhirError
-from . import staging
+from . import log as audit_log
 from .balp import AuditFacts
+from .store import patients_of_stored
 
 log = logging.getLogger("fhir_server.audit")
 
@@ -44,11 +44,6 @@ class AuditWriter:
         # SQLite has one write lock for every writer: short batches, and a pause between them
         self.max_batch = max_batch or (100 if sqlite else 1000)
         self.pause_between_batches = 0.002 if sqlite else 0.0
-        # indexing a backlog: SQLite's waiting writers retry after sleeps of up to 100 ms (its busy
-        # handler), so batches back to back starved them (creates fell to ~10/s while a backlog of
-        # read events was indexed): smaller batches there, and a pause a waiting writer can use
-        self.index_batch = 100 if sqlite else staging.BATCH
-        self.pause_between_index_batches = 0.05 if sqlite else 0.0
         self.max_pending = max_pending
         self._queue: deque[Pending] = deque()
         self._wake = threading.Event()
@@ -58,15 +53,12 @@ class AuditWriter:
         self._start_lock = threading.Lock()
         self.dropped = 0
         self.written = 0
-        self._last_submit = 0.0  # monotonic time of the latest event
-        self._staged_since: float | None = None  # when rows staged here started waiting to be indexed
 
     # ------------------------------------------------------------ producer side
 
     def submit(self, facts: AuditFacts, lookup: list[tuple[str, str]] | None = None) -> None:
         """Queue one event (thread-safe, never blocks on I/O)."""
         self._queue.append(Pending(facts, lookup or []))
-        self._last_submit = time.monotonic()
         if self._thread is None:
             self._start()
         if len(self._queue) > self.max_pending:
@@ -92,25 +84,13 @@ class AuditWriter:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             try:
-                self.stage_queued()
-                self.catch_up()
+                self.flush()
             except Exception:  # the database is away: the batch is back in the queue; try next tick
                 log.warning("audit flush failed; %d events wait for the next attempt", len(self._queue), exc_info=True)
 
     def flush(self) -> int:
-        """Stage everything queued now and, when this writer has staged rows not indexed yet,
-        index every staged row (this process's and any other's); returns how many events were
-        queued. A writer with nothing staged does no I/O (an exit handler may run after the
-        database is gone)."""
-        total = self.stage_queued()
-        if self._staged_since is not None:
-            with self._flush_lock:
-                staging.materialize_all(self.db)
-                self._staged_since = None
-        return total
-
-    def stage_queued(self) -> int:
-        """Write everything queued now as staged rows (in batches of `max_batch`); returns how many."""
+        """Write everything queued now (in batches of `max_batch`); returns how many events.
+        An empty queue costs no I/O (an exit handler may run after the database is gone)."""
         total = 0
         with self._flush_lock:
             while self._queue:
@@ -130,38 +110,11 @@ class AuditWriter:
                     self._queue.extendleft(reversed(batch))
                     raise
                 total += len(batch)
-                if self._staged_since is None:
-                    self._staged_since = time.monotonic()
                 if self._queue and self.pause_between_batches:
                     # a backlog (a burst of reads) would otherwise hold SQLite's one write lock batch
                     # after batch: Python's locks are not fair, so step aside for waiting writes
                     time.sleep(self.pause_between_batches)
         self.written += total
-        return total
-
-    def catch_up(self) -> int:
-        """Index staged rows while the server is quiet (no event for `staging.QUIET_SECONDS`),
-        or all of them once rows staged here have waited `staging.INDEX_LAG_SECONDS`, so a
-        sustained load cannot grow the backlog for ever; returns how many were indexed."""
-        total = 0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            quiet = now - self._last_submit >= staging.QUIET_SECONDS
-            overdue = self._staged_since is not None and now - self._staged_since >= staging.INDEX_LAG_SECONDS
-            if not (quiet or overdue):
-                return total
-            if self._staged_since is None and not staging.has_staged(self.db):
-                return total  # idle: a read, no write lock taken
-            with self._flush_lock:
-                with self.db.write() as conn:
-                    n = staging.materialize(conn, self.index_batch)
-                if n < self.index_batch:
-                    self._staged_since = None  # under the lock: rows staged meanwhile keep their mark
-            total += n
-            if n < self.index_batch:
-                return total
-            if self.pause_between_index_batches:
-                time.sleep(self.pause_between_index_batches)
         return total
 
     def _write_each(self, batch: list[Pending]) -> None:
@@ -174,7 +127,7 @@ class AuditWriter:
 
     def _write(self, batch: list[Pending]) -> None:
         with self.db.write() as conn:
-            staging.stage(conn, [staging.encode(item.facts, item.lookup) for item in batch])
+            audit_log.insert(conn, entries(conn, batch))
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the thread and write what is left (graceful shutdown)."""
@@ -189,3 +142,22 @@ class AuditWriter:
             self.flush()
         except Exception:
             log.exception("audit events could not be written at shutdown: %d lost", len(self._queue))
+
+
+def entries(conn, batch: list[Pending]) -> list[audit_log.Entry]:
+    """The log rows of `batch`, each naming the patients its looked-up resources belong to
+    (one indexed query for the whole batch)."""
+    lookups = [p for item in batch for p in item.lookup]
+    found = patients_of_stored(conn, lookups) if lookups else {}
+    out = []
+    for item in batch:
+        facts = item.facts
+        if item.lookup:
+            names = list(facts.patients)
+            for pair in item.lookup:
+                for pid in found.get(pair, ()):
+                    if pid not in names:
+                        names.append(pid)
+            facts.patients = names
+        out.append(audit_log.entry_of_facts(facts))
+    return out

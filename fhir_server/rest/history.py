@@ -84,6 +84,10 @@ def history(
     res_id: str | None,
     params: list[tuple[str, str]],
 ) -> bytes:
+    if res_type == "AuditEvent":  # the access log's own store
+        from ..audit.log_rest import history as log_history
+
+        return log_history(conn, ctx, res_id, params)
     if res_type:
         check_type(res_type)
     level = "instance" if res_id else "type" if res_type else "system"

@@ -18,6 +18,7 @@ import orjson
 from sqlalchemy import Connection
 
 from .. import events, ids
+from ..audit.log import AUDIT_TYPE, refuse_change
 from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..model.lexical import is_version_id
@@ -129,12 +130,16 @@ def _query_pairs(query: str) -> list[tuple[str, str]]:
 
 def _find(conn: Connection, ctx: RequestContext, res_type: str, query: str, limit: int = 2) -> list[tuple[int, str]]:
     """Matches of a conditional interaction's criteria among what the caller may see."""
-    from ..search.engine import find_matches
+    from ..search.engine import SearchRequest, find_matches
 
     pairs = _query_pairs(query)
     if not pairs:
         raise FhirError.of(400, "invalid", "A conditional interaction needs search criteria")
     authorize(ctx.principal, AccessRequest("search-type", res_type))
+    if res_type == AUDIT_TYPE:
+        from ..audit.log_search import find
+
+        return find(conn, SearchRequest(res_type, pairs, ctx.base_url, access=ctx.access()), limit)
     return find_matches(conn, res_type, pairs, limit=limit, base_url=ctx.base_url, access=ctx.access())
 
 
@@ -330,12 +335,20 @@ def create(
         if len(matches) > 1:
             raise FhirError.of(412, "multiple-matches", f"If-None-Exist '{if_none_exist}' matched {len(matches)} resources; the criteria must select at most one")
         if matches:
+            if res_type == AUDIT_TYPE:
+                from ..audit.log_rest import read as read_audit_event
+
+                return _finish_write(ctx, read_audit_event(conn, ctx, matches[0][1]), f"A matching AuditEvent exists already (AuditEvent/{matches[0][1]}); nothing created")
             stored = repo.read_current(conn, res_type, matches[0][1])
             authorize(ctx.principal, AccessRequest("read", res_type, stored.res_id))
             out = _outcome_for(stored, 200)
             return _finish_write(ctx, out, f"A matching {res_type} exists already ({res_type}/{stored.res_id}); nothing created")
     new_id = res_id or ids.new_id()
     warnings = _prepare_write(conn, ctx, "create", res_type, new_id, parsed)
+    if res_type == AUDIT_TYPE:  # the access log's own store
+        from ..audit.log_rest import create as create_audit_event
+
+        return _finish_write(ctx, create_audit_event(conn, ctx, new_id, parsed.preserving), f"Created AuditEvent/{new_id}")
     out = _store(conn, ctx, res_type, new_id, parsed, None, "create", warnings)
     _check_written(conn, ctx, out, "c")
     return _finish_write(ctx, out, f"Created {res_type}/{new_id}")
@@ -351,6 +364,7 @@ def update(
 ) -> Outcome:
     """PUT /Type/id: a new version, or update-as-create with the client's id."""
     check_type(res_type)
+    refuse_change(res_type, "update")
     check_id(res_id)
     body_id = parsed.plain.get("id")
     if body_id is None:
@@ -376,6 +390,7 @@ def conditional_update(
 ) -> Outcome:
     """PUT /Type?criteria: 0 matches create, 1 updates, more is 412."""
     check_type(res_type)
+    refuse_change(res_type, "update")
     repo.lock_key(conn, "conditional-create", res_type, _criteria_key(query))
     matches = _find(conn, ctx, res_type, query)
     if len(matches) > 1:
@@ -407,6 +422,7 @@ def patch(
     from .patch import apply_patch
 
     check_type(res_type)
+    refuse_change(res_type, "patch")
     current = repo.read_current(conn, res_type, res_id, for_update=True)
     if current is None:
         raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
@@ -435,6 +451,7 @@ def patch(
 
 def conditional_patch(conn: Connection, ctx: RequestContext, res_type: str, query: str, body: Any, content_type: str, if_match: str | None = None) -> Outcome:
     check_type(res_type)
+    refuse_change(res_type, "patch")
     matches = _find(conn, ctx, res_type, query)
     if not matches:
         raise FhirError.of(404, "not-found", f"Conditional patch '{query}' matched no {res_type}")
@@ -448,6 +465,7 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
     from ..search.indexer import delete_index
 
     check_type(res_type)
+    refuse_change(res_type, "delete")
     authorize(ctx.principal, AccessRequest("delete", res_type, res_id))
     current = repo.read_current(conn, res_type, res_id, for_update=True)
     if current is None:
@@ -473,6 +491,7 @@ def delete(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, if
 
 def conditional_delete(conn: Connection, ctx: RequestContext, res_type: str, query: str) -> Outcome:
     check_type(res_type)
+    refuse_change(res_type, "delete")
     matches = _find(conn, ctx, res_type, query)
     if len(matches) > 1:
         raise FhirError.of(412, "multiple-matches", f"Conditional delete '{query}' matched {len(matches)} resources; only single deletes are supported")
@@ -486,9 +505,13 @@ def conditional_delete(conn: Connection, ctx: RequestContext, res_type: str, que
 
 def search(conn: Connection, ctx: RequestContext, res_type: str | None, params: list[tuple[str, str]], compartment: tuple[str, str] | None = None) -> bytes:
     """Type, system or compartment search: the searchset Bundle as JSON bytes."""
+    from ..audit.log_search import is_log_search, search as search_log
     from ..search.engine import execute_search
 
-    return execute_search(conn, search_request(ctx, res_type, params, compartment))
+    req = search_request(ctx, res_type, params, compartment)
+    if is_log_search(res_type, params):
+        return search_log(conn, req)
+    return execute_search(conn, req)
 
 
 def search_request(ctx: RequestContext, res_type: str | None, params: list[tuple[str, str]], compartment: tuple[str, str] | None = None):
@@ -503,6 +526,10 @@ def search_request(ctx: RequestContext, res_type: str | None, params: list[tuple
 
 
 def read(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> Outcome:
+    if res_type == AUDIT_TYPE:
+        from ..audit.log_rest import read as read_audit_event
+
+        return read_audit_event(conn, ctx, res_id)
     check_read(ctx, res_type, res_id)
     stored = repo.read_current(conn, res_type, res_id)
     if stored is not None and not stored.deleted:
@@ -512,8 +539,9 @@ def read(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> O
 
 def needs_visibility_check(ctx: RequestContext, res_type: str) -> bool:
     """Whether a read of `res_type` must ask the database if the resource is within the
-    caller's reach (a compartment or scope criteria), i.e. cannot use a bare lookup."""
-    return not ctx.principal.unrestricted and visibility(ctx.principal, res_type, "r") is not None
+    caller's reach (a compartment or scope criteria), i.e. cannot use a bare lookup. An
+    AuditEvent is always read through `read` (the access log's own store)."""
+    return res_type == AUDIT_TYPE or not ctx.principal.unrestricted and visibility(ctx.principal, res_type, "r") is not None
 
 
 def check_visible(conn: Connection, ctx: RequestContext, res_type: str, res_id: str) -> None:
@@ -543,6 +571,10 @@ def read_outcome(res_type: str, res_id: str, stored: repo.StoredResource | None)
 
 
 def vread(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, version: str) -> Outcome:
+    if res_type == AUDIT_TYPE:
+        from ..audit.log_rest import vread as vread_audit_event
+
+        return vread_audit_event(conn, ctx, res_id, version)
     check_type(res_type)
     authorize(ctx.principal, AccessRequest("vread", res_type, res_id))
     if not is_version_id(version):

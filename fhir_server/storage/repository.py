@@ -274,7 +274,7 @@ def _sqlite_insert_returning_pk(conn: Connection, row: dict) -> int | None:
 
 def _as_sqlalchemy_error(conn: Connection, sql: str, params, exc: Exception, many: bool) -> Exception:
     """The driver's error wrapped as SQLAlchemy wraps it (IntegrityError, DataError, ...), so
-    callers catching SQLAlchemy's classes (audit.staging) see what its INSERT raised."""
+    callers catching SQLAlchemy's classes (audit.writer) see what its INSERT raised."""
     from sqlalchemy.exc import DBAPIError
 
     return DBAPIError.instance(sql, params, exc, sqlite3.Error, dialect=conn.dialect, ismulti=many)

@@ -306,15 +306,39 @@ case_consent_grants = Table(
 Index("ix_case_consent_grants_case", case_consent_grants.c.case_id, case_consent_grants.c.case_type, case_consent_grants.c.patient_id)
 Index("ix_case_consent_grants_consent", case_consent_grants.c.consent_id)
 
-# The access log's staging area (audit/staging.py): the facts of read events, one row each,
-# stored at once and turned into AuditEvents (with their index rows) when the server has
-# time or before anyone reads the log. Rows leave in the transaction that writes their events.
-audit_staged = Table(
-    "audit_staged",
+# The access log (audit/log.py): one row per AuditEvent with the columns its searches filter
+# on, and the event itself as a compact document (an API event's facts, or the resource an
+# audit source sent), rendered as the AuditEvent when read. An event's references and
+# identifiers (agent.who, entity.what) are rows of audit_log_refs, `roles` saying where each
+# occurs (audit.log.ROLE_*). Storing an event costs a few rows instead of a resource, a
+# version and ~25 search-index rows (docs/audit.md).
+audit_log = Table(
+    "audit_log",
     metadata,
     Column("pk", PK, primary_key=True, autoincrement=True),
-    Column("facts", LargeBinary, nullable=False),  # JSON: audit.balp.AuditFacts and the lookups
+    Column("id", String(64), nullable=False),
+    Column("recorded", DateTime(timezone=True), nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("type_system", String(256), nullable=True),
+    Column("type_code", String(64), nullable=True),
+    Column("subtype_system", String(256), nullable=True),  # the first subtype (more: audit_log_refs)
+    Column("subtype_code", String(64), nullable=True),
+    Column("action", String(1), nullable=True),
+    Column("outcome", String(2), nullable=True),
+    Column("doc", LargeBinary, nullable=False),  # JSON: {"f": AuditFacts} or {"r": AuditEvent}
+    UniqueConstraint("id", name="uq_audit_log_id"),
 )
+Index("ix_audit_log_recorded", audit_log.c.recorded, audit_log.c.pk)
+
+audit_log_refs = Table(
+    "audit_log_refs",
+    metadata,
+    Column("event_pk", PK, primary_key=True),
+    Column("value", String(512), primary_key=True),  # Type/id, or an identifier's value, or system|code
+    Column("roles", Integer, nullable=False),  # bits: audit.log.ROLE_*
+    sqlite_with_rowid=False,
+)
+Index("ix_audit_log_refs_value", audit_log_refs.c.value, audit_log_refs.c.event_pk, audit_log_refs.c.roles)
 
 # Booking (fhir_server/workflows/booking): one row per seat of a Slot that an
 # active Appointment holds. The primary key (slot_id, seat) is the database's

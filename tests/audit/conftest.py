@@ -13,18 +13,37 @@ from sqlalchemy import select
 def audit_events(app):
     """audit_events(request_id) -> the AuditEvents (dicts) whose request id entity is
     `request_id`, after writing what the buffer holds."""
-    from fhir_server.storage.schema import idx_reference, resources
+    from fhir_server.audit.log import ROLE_ENTITY_ID, render
+    from fhir_server.storage.schema import audit_log, audit_log_refs
 
     def find(request_id: str, flush: bool = True) -> list[dict]:
         if flush:
             app.state.audit_writer.flush()
-        r, ref = resources.c, idx_reference.c
-        pks = select(ref.res_pk).where(ref.res_type == "AuditEvent", ref.param == "entity", ref.ident_value == request_id)
+        a, ref = audit_log.c, audit_log_refs.c
+        pks = select(ref.event_pk).where(ref.value == request_id, ref.roles.op("&")(ROLE_ENTITY_ID) != 0)
         with app.state.db.read() as conn:
-            rows = conn.execute(select(r.content).where(r.pk.in_(pks))).all()
-        return [orjson.loads(row[0]) for row in rows]
+            rows = conn.execute(select(a.id, a.doc).where(a.pk.in_(pks)).order_by(a.pk)).all()
+        return [orjson.loads(render(row.id, bytes(row.doc))) for row in rows]
 
     return find
+
+
+def logged_events(db) -> list[dict]:
+    """Every event of the access log in `db`, as a read answers it (small test databases only)."""
+    from fhir_server.audit.log import render
+    from fhir_server.storage.schema import audit_log
+
+    with db.read() as conn:
+        rows = conn.execute(select(audit_log.c.id, audit_log.c.doc).order_by(audit_log.c.pk)).all()
+    return [orjson.loads(render(row.id, bytes(row.doc))) for row in rows]
+
+
+def log_insert(db, events: list) -> None:
+    """Write `events` (AuditFacts) to the log of `db` as the batch writer does."""
+    from fhir_server.audit.log import entry_of_facts, insert
+
+    with db.write() as conn:
+        insert(conn, [entry_of_facts(f) for f in events])
 
 
 def rid() -> dict[str, str]:

@@ -204,11 +204,10 @@ def test_events_are_valid_r4_audit_events(client, audit_events):
 def test_hl7v2_over_mllp_is_logged_with_its_writes(settings, auth_headers):
     import socket
 
-    from sqlalchemy import select
-
     from fhir_server.bootstrap import build_app
     from fhir_server.hl7v2.listener import send_mllp
-    from fhir_server.storage.schema import resources
+
+    from .conftest import logged_events
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -225,8 +224,7 @@ def test_hl7v2_over_mllp_is_logged_with_its_writes(settings, auth_headers):
         assert "MSA|AA|" in send_mllp("127.0.0.1", port, msg)
         pid = client.get("/fhir/Patient", params={"family": family}).json()["entry"][0]["resource"]["id"]
         app.state.audit_writer.flush()
-        with app.state.db.read() as conn:
-            events = [orjson.loads(c) for (c,) in conn.execute(select(resources.c.content).where(resources.c.res_type == "AuditEvent"))]
+        events = logged_events(app.state.db)
     mine = [e for e in events if any(a.get("altId", "").startswith("mllp:") for a in e["agent"])]
     imports = [e for e in mine if e["type"]["code"] == "110107"]
     assert imports and imports[-1]["outcome"] == "0" and "ACK AA" in imports[-1]["outcomeDesc"]

@@ -11,12 +11,9 @@ from sqlalchemy import select
 
 def _count(db, like: str = "") -> int:
     """AuditEvents in `db` whose JSON contains `like` (the small per-test databases only)."""
-    from fhir_server.storage.schema import resources
+    from .conftest import logged_events
 
-    r = resources.c
-    with db.read() as conn:
-        rows = conn.execute(select(r.content).where(r.res_type == "AuditEvent")).all()
-    return sum(1 for (content,) in rows if like.encode() in bytes(content))
+    return sum(1 for e in logged_events(db) if like in json.dumps(e, ensure_ascii=False))
 
 
 def test_buffered_read_events_survive_a_graceful_shutdown(settings, auth_headers, tmp_path):
@@ -36,15 +33,15 @@ def test_buffered_read_events_survive_a_graceful_shutdown(settings, auth_headers
 
 
 def _old_event(days_ago: int) -> dict:
-    from fhir_server.audit.balp import AuditFacts, to_resource
+    from fhir_server.audit.balp import AuditFacts
 
     when = datetime.now(timezone.utc) - timedelta(days=days_ago)
-    return to_resource(AuditFacts("rest", "read", "R", 200, when, subject=f"retention-{days_ago}", data=[("Patient", "x")]))
+    return AuditFacts("rest", "read", "R", 200, when, subject=f"retention-{days_ago}", data=[("Patient", "x")])
 
 
 def test_retention_job_deletes_old_events(settings, tmp_path):
     from fhir_server.audit import retention
-    from fhir_server.audit.store import insert_events
+    from .conftest import log_insert
     from fhir_server.bootstrap import build_app
     from fhir_server.jobs.runner import run_pending
 
@@ -52,8 +49,7 @@ def test_retention_job_deletes_old_events(settings, tmp_path):
                                     "terminology_load": False})
     app = build_app(s)
     db = app.state.db
-    with db.write() as conn:
-        insert_events(conn, [_old_event(400), _old_event(31), _old_event(29), _old_event(0)])
+    log_insert(db, [_old_event(400), _old_event(31), _old_event(29), _old_event(0)])
     job_id = retention.enqueue_due(db, s)
     assert job_id and retention.enqueue_due(db, s) is None  # once per hour, however many workers
     run_pending(db, s, kinds=[retention.KIND])
@@ -68,15 +64,14 @@ def test_retention_job_deletes_old_events(settings, tmp_path):
 def test_audit_export_cli_writes_ndjson(settings, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from fhir_server.audit.store import insert_events
+    from .conftest import log_insert
     from fhir_server.bootstrap import build_app
     from fhir_server.cli import app as cli
 
     url = f"sqlite:///{tmp_path / 'export.sqlite'}"
     s = settings.model_copy(update={"database_url": url, "terminology_load": False})
     app = build_app(s)
-    with app.state.db.write() as conn:
-        insert_events(conn, [_old_event(10), _old_event(5), _old_event(1)])
+    log_insert(app.state.db, [_old_event(10), _old_event(5), _old_event(1)])
     monkeypatch.setenv("FHIR_SERVER_DATABASE_URL", url)
     since = (datetime.now(timezone.utc) - timedelta(days=7)).date().isoformat()
     result = CliRunner().invoke(cli, ["audit", "export", "--since", since])
@@ -87,27 +82,3 @@ def test_audit_export_cli_writes_ndjson(settings, tmp_path, monkeypatch):
     assert all(e["resourceType"] == "AuditEvent" for e in events)
     result = CliRunner().invoke(cli, ["audit", "export", "--until", "not-a-date"])
     assert result.exit_code == 2
-
-
-def test_index_rows_match_the_generic_extractor():
-    """The AuditEvent fast indexer gives exactly the rows FHIRPath extraction gives."""
-    from fhir_server.audit import index
-    from fhir_server.audit.balp import AuditFacts, to_resource
-    from fhir_server.search.indexer import extract
-
-    def norm(by_kind):
-        return {k: sorted(tuple(sorted((a, str(b)) for a, b in r.items())) for r in v) for k, v in by_kind.items()}
-
-    now = datetime.now(timezone.utc)
-    variants = [
-        AuditFacts("rest", "read", "R", 200, now, subject="s", client_id="c", fhir_user="Patient/1", token_id="j",
-                   client_address="127.0.0.1", server_base="http://x/fhir", request_id="abc", data=[("Observation", "o1")],
-                   patients=["p1", "p2"], query="code=x", acting_for="Patient/9"),
-        AuditFacts("login", "login", "E", 401, now, detail="bad", client_address="10.0.0.1"),
-        AuditFacts("rest", "$everything", "E", 200, now, subject="Ä Öberg", data=[("Patient", "p1")], patients=["p1"]),
-        AuditFacts("hl7v2", "create", "C", 422, now, subject="mllp:1.2.3.4:5"),
-    ]
-    for f in variants:
-        event = to_resource(f)
-        for _ in range(2):  # the second time from the value cache
-            assert norm(index.rows(event)) == norm(extract("AuditEvent", event)), f

@@ -16,12 +16,9 @@ from sqlalchemy import select
 
 
 def _events(db, marker: str) -> list[dict]:
-    from fhir_server.storage.schema import resources
+    from .conftest import logged_events
 
-    r = resources.c
-    with db.read() as conn:
-        rows = conn.execute(select(r.content).where(r.res_type == "AuditEvent")).all()
-    return [orjson.loads(c) for (c,) in rows if marker.encode() in bytes(c)]
+    return [e for e in logged_events(db) if marker in orjson.dumps(e).decode()]
 
 
 def _settings(settings, database_url, tmp_path, **extra):

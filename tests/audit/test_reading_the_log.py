@@ -93,12 +93,12 @@ def test_search_parameters_find_events(client):
 def test_reading_the_log_is_audited_once(app, client):
     from sqlalchemy import func, select
 
-    from fhir_server.storage.schema import resources
+    from fhir_server.storage.schema import audit_log
 
     def count():
         app.state.audit_writer.flush()
         with app.state.db.read() as conn:
-            return conn.execute(select(func.count()).where(resources.c.res_type == "AuditEvent")).scalar_one()
+            return conn.execute(select(func.count()).select_from(audit_log)).scalar_one()
 
     before = count()
     client.get("/fhir/AuditEvent", params={"_count": 50})

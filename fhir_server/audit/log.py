@@ -1,0 +1,228 @@
+"""The access log's store: one compact row per AuditEvent, rendered as the AuditEvent when read.
+
+A row of `audit_log` holds what searches filter on (recorded, type, subtype, action, outcome)
+and a compact document: for an event this server logged, its facts (`{"f": AuditFacts}`,
+about 400 bytes), from which `render` builds the BALP AuditEvent (`balp.to_resource`) each
+time it is read; for an event an audit source sent (`POST [base]/AuditEvent`), the resource
+as received (`{"r": ...}`). The references and identifiers of its agents and entities are
+rows of `audit_log_refs`, one per value, with bits saying where the value occurs (ROLE_*).
+
+Why not ordinary resources: a stored resource is a resource row, a version row and ~25
+search-index rows; building and writing them cost more CPU than the read being logged
+(docs/audit.md has the figures). An event here is one row and about five small ones, and it
+is searchable as soon as it is written: there is no second, indexing step.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import Iterable
+
+import orjson
+from sqlalchemy import Connection, func, select, text
+
+from ..errors import FhirError
+from ..ids import new_id
+from ..storage.schema import audit_log, audit_log_refs
+from .balp import AuditFacts, clean_json, to_resource
+
+AUDIT_TYPE = "AuditEvent"
+
+ROLE_ENTITY = 1  # entity.what.reference (versionless Type/id)
+ROLE_AGENT = 2  # agent.who.reference
+ROLE_ENTITY_ID = 4  # entity.what.identifier.value (the BALP X-Request-Id entity)
+ROLE_AGENT_ID = 8  # agent.who.identifier.value (a token subject without fhirUser, an OAuth client_id)
+ROLE_ALTID = 16  # agent.altId
+ROLE_SUBTYPE = 32  # a subtype after the first, as system|code
+
+MAIN_COLUMNS = ("pk", "id", "recorded", "last_updated", "type_system", "type_code", "subtype_system",
+                "subtype_code", "action", "outcome", "doc")
+REF_COLUMNS = ("event_pk", "value", "roles")
+_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_VALUE_MAX = 512
+
+
+class Entry:
+    """One event ready to insert: its main-row values (without pk) and its reference rows."""
+
+    __slots__ = ("main", "refs")
+
+    def __init__(self, main: tuple, refs: dict[str, int]):
+        self.main = main
+        self.refs = refs
+
+
+def refuse_change(res_type: str, method: str) -> None:
+    """405 for an update, patch or delete of an AuditEvent (any route)."""
+    if res_type == AUDIT_TYPE:
+        raise FhirError.of(405, "not-supported", f"AuditEvents cannot be changed or deleted ({method} refused): "
+                           "the access log is append-only")
+
+
+def _clean(value: str) -> str:
+    value = value[:_VALUE_MAX]
+    return _BAD.sub("\ufffd", value) if _BAD.search(value) else value
+
+
+def _add(refs: dict[str, int], value: str | None, role: int) -> None:
+    if value:
+        value = _clean(value)
+        refs[value] = refs.get(value, 0) | role
+
+
+def _versionless(ref: str) -> str:
+    head, sep, _ = ref.partition("/_history/")
+    return head
+
+
+def entry_of_facts(facts: AuditFacts, event_id: str | None = None) -> Entry:
+    """The row of an event this server logged (`facts.patients` already resolved)."""
+    from .balp import _KIND_TYPE, DCM, INTERACTION
+
+    system, code, _ = _KIND_TYPE[facts.kind]
+    if facts.kind == "login":
+        sub_system, sub_code = DCM, "110122"
+    else:
+        sub_system, sub_code = INTERACTION, "operation" if facts.subtype.startswith("$") else facts.subtype
+    refs: dict[str, int] = {}
+    for pid in facts.patients:
+        _add(refs, f"Patient/{pid}", ROLE_ENTITY)
+    for res_type, res_id in facts.data:
+        _add(refs, f"{res_type}/{_versionless(res_id)}", ROLE_ENTITY)
+    _add(refs, facts.request_id, ROLE_ENTITY_ID)
+    _add(refs, facts.fhir_user, ROLE_AGENT)
+    behalf = facts.acting_for or (f"Patient/{facts.context_patient}" if facts.context_patient else None)
+    if behalf and behalf != facts.fhir_user:
+        _add(refs, behalf, ROLE_AGENT)
+    if facts.subject:
+        _add(refs, facts.subject, ROLE_ALTID | (0 if facts.fhir_user else ROLE_AGENT_ID))
+    _add(refs, facts.client_id, ROLE_AGENT_ID)
+    recorded = facts.recorded
+    doc = _facts_doc(facts)
+    main = (event_id or new_id(), recorded, recorded, system, code, sub_system, sub_code, facts.action,
+            facts.outcome, doc)
+    return Entry(main, refs)
+
+
+def _facts_doc(facts: AuditFacts) -> bytes:
+    doc = {"f": asdict(facts)}
+    raw = clean_json(doc)
+    if raw is None:  # a refused request may carry a NUL or a lone surrogate: kept as U+FFFD
+        from ..model.jsonguard import scrub
+
+        raw = orjson.dumps(scrub(doc))
+    return raw
+
+
+def entry_of_resource(resource: dict, last_updated: datetime) -> Entry:
+    """The row of an AuditEvent an audit source sent (already validated; `id` and `meta` set)."""
+    refs: dict[str, int] = {}
+    for agent in resource.get("agent") or ():
+        who = agent.get("who") or {}
+        _add(refs, who.get("reference") and _versionless(who["reference"]), ROLE_AGENT)
+        _add(refs, (who.get("identifier") or {}).get("value"), ROLE_AGENT_ID)
+        _add(refs, agent.get("altId"), ROLE_ALTID)
+    for entity in resource.get("entity") or ():
+        what = entity.get("what") or {}
+        _add(refs, what.get("reference") and _versionless(what["reference"]), ROLE_ENTITY)
+        _add(refs, (what.get("identifier") or {}).get("value"), ROLE_ENTITY_ID)
+    ev_type = resource.get("type") or {}
+    subtypes = resource.get("subtype") or [{}]
+    for extra in subtypes[1:]:
+        _add(refs, f"{extra.get('system', '')}|{extra.get('code', '')}", ROLE_SUBTYPE)
+    recorded = _instant(resource.get("recorded")) or last_updated
+    main = (resource["id"], recorded, last_updated, ev_type.get("system"), ev_type.get("code"),
+            subtypes[0].get("system"), subtypes[0].get("code"), resource.get("action"), resource.get("outcome"),
+            orjson.dumps({"r": resource}))
+    return Entry(main, refs)
+
+
+def _instant(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def insert(conn: Connection, entries: list[Entry]) -> None:
+    """Insert events inside `conn`'s transaction: both tables, one statement each (SQLite:
+    the driver's executemany; PostgreSQL: keys from the sequence, then COPY)."""
+    if not entries:
+        return
+    pks = _new_keys(conn, len(entries))
+    mains = [(pk, *e.main) for pk, e in zip(pks, entries)]
+    refs = [(pk, value, roles) for pk, e in zip(pks, entries) for value, roles in e.refs.items()]
+    if conn.dialect.name == "postgresql":
+        _copy(conn, mains, refs)
+        return
+    from .store import insert_rows
+
+    insert_rows(conn, audit_log, MAIN_COLUMNS, mains)
+    insert_rows(conn, audit_log_refs, REF_COLUMNS, refs)
+
+
+def _new_keys(conn: Connection, n: int) -> list[int]:
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(text("SELECT nextval(pg_get_serial_sequence('audit_log', 'pk')) FROM generate_series(1, :n)"),
+                            {"n": n}).all()
+        return [r[0] for r in rows]
+    # SQLite: inside a write transaction (BEGIN IMMEDIATE holds the one write lock)
+    start = (conn.execute(select(func.max(audit_log.c.pk))).scalar() or 0) + 1
+    return list(range(start, start + n))
+
+
+def _copy(conn: Connection, mains: list[tuple], refs: list[tuple]) -> None:
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    raw = conn.connection.dbapi_connection
+    try:
+        with raw.cursor() as cur:
+            for table, cols, rows in ((audit_log, MAIN_COLUMNS, mains), (audit_log_refs, REF_COLUMNS, refs)):
+                with cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
+                    for r in rows:
+                        copy.write_row(r)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance("COPY (access log)", None, exc, psycopg.Error) from exc
+
+
+# ---------------------------------------------------------------------------- reading
+
+def render(event_id: str, doc: bytes) -> bytes:
+    """The AuditEvent (R4 JSON bytes) of a stored row."""
+    data = orjson.loads(doc)
+    if "r" in data:
+        return orjson.dumps(data["r"])
+    f = data["f"]
+    f["recorded"] = datetime.fromisoformat(f["recorded"])
+    f["data"] = [tuple(pair) for pair in f.get("data") or ()]
+    event = to_resource(AuditFacts(**f), event_id=event_id)
+    recorded = event["recorded"]
+    meta = {"versionId": "1", "lastUpdated": recorded, **(event.get("meta") or {})}
+    return orjson.dumps({"resourceType": AUDIT_TYPE, "id": event_id, "meta": meta, **event})
+
+
+def read(conn: Connection, event_id: str) -> tuple[int, datetime, bytes] | None:
+    """(pk, last_updated, AuditEvent bytes) of the event `event_id`, or None."""
+    a = audit_log.c
+    row = conn.execute(select(a.pk, a.last_updated, a.doc).where(a.id == event_id)).first()
+    if row is None:
+        return None
+    return row.pk, row.last_updated, render(event_id, bytes(row.doc))
+
+
+def delete_before(conn: Connection, cutoff: datetime, limit: int) -> int:
+    """Remove up to `limit` events recorded before `cutoff` (retention); returns how many."""
+    a = audit_log.c
+    pks = [r[0] for r in conn.execute(select(a.pk).where(a.recorded < cutoff).order_by(a.pk).limit(limit))]
+    if not pks:
+        return 0
+    conn.execute(audit_log_refs.delete().where(audit_log_refs.c.event_pk.in_(pks)))
+    conn.execute(audit_log.delete().where(a.pk.in_(pks)))
+    return len(pks)
+
