@@ -130,8 +130,9 @@ def entry_of_resource(resource: dict, last_updated: datetime) -> Entry:
         _add(refs, (what.get("identifier") or {}).get("value"), ROLE_ENTITY_ID)
     ev_type = resource.get("type") or {}
     subtypes = resource.get("subtype") or [{}]
-    for extra in subtypes[1:]:
+    for extra in subtypes[1:]:  # searched as system|code or as the code alone
         _add(refs, f"{extra.get('system', '')}|{extra.get('code', '')}", ROLE_SUBTYPE)
+        _add(refs, extra.get("code"), ROLE_SUBTYPE)
     recorded = _instant(resource.get("recorded")) or last_updated
     main = (resource["id"], recorded, last_updated, ev_type.get("system"), ev_type.get("code"),
             subtypes[0].get("system"), subtypes[0].get("code"), resource.get("action"), resource.get("outcome"),

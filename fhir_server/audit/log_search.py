@@ -225,10 +225,8 @@ def _token(code: str, value: str) -> ColumnElement:
             cond = system_col == system
         else:
             cond = and_(system_col == system, code_col == c)
-    if code == "subtype":
-        extra = value if "|" in value else None
-        if extra and not extra.endswith("|") and not extra.startswith("|"):
-            cond = or_(cond, _refs_with([extra], ROLE_SUBTYPE))
+    if code == "subtype" and not value.endswith("|") and not value.startswith("|"):
+        cond = or_(cond, _refs_with([value], ROLE_SUBTYPE))  # a subtype after the first
     return cond
 
 

@@ -1,7 +1,7 @@
 """SQLite: buffered rows sent to the driver's executemany (repository._flush_sqlite) must
 land exactly as SQLAlchemy's INSERT puts them - every table, column and stored form
 (dates as text, booleans as 0/1, bytes) - for resources, their versions, every kind of
-search-index row and AuditEvents."""
+search-index row (the access log's rows: tests/audit/test_log_search.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select
 
-from fhir_server.audit.balp import AuditFacts, to_resource
-from fhir_server.audit.store import insert_events
 from fhir_server.search.indexer import index_resource
 from fhir_server.storage import repository as repo
 from fhir_server.storage.database import Database
@@ -52,12 +50,6 @@ def _write_all(path, docs: list[dict], driver_flush: bool, monkeypatch) -> dict[
                     if i % 3 == 0:  # a second version, and a deletion
                         repo.write_version(conn, pk, res_type, res_id, 2, when + timedelta(hours=1),
                                            None if i % 2 else content, "DELETE" if i % 2 else "PUT")
-                facts = AuditFacts(kind="rest", subtype="create", action="C", status=201, recorded=start + timedelta(minutes=chunk),
-                                   client_address="127.0.0.1", server_base="http://testserver/fhir", request_id=f"req-{chunk}",
-                                   data=[("Patient", f"r{chunk}/_history/1")], patients=[f"r{chunk}"], subject="s", client_id="c")
-                event = to_resource(facts)
-                event["id"] = f"audit-{chunk}"
-                insert_events(conn, [event])
         out = {}
         with db.read() as conn:
             for table in TABLES:
