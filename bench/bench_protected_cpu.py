@@ -21,14 +21,14 @@ The access log's writer is a thread with a flush interval of an hour during the 
 so the request figures hold only what the request path pays (building the facts, the queue
 append); what each event costs later is measured apart over the events the runs queued:
 `pickle` (what the process writer's sender thread does per event in the server process on
-PostgreSQL: serialising it for the pipe), `stage` (AuditWriter.stage_queued: facts ->
-audit_staged rows) and `materialize` (staging.materialize: staged rows -> AuditEvents with their
-index rows), in events/s and CPU microseconds per event, with the part spent in the cyclic
-garbage collector (gc.callbacks) by generation.
+PostgreSQL: serialising it for the pipe) and `write` (AuditWriter.flush: the patients looked
+up, each event one row of the log with its reference rows, audit.log), in events/s and CPU
+microseconds per event, with the part spent in the cyclic garbage collector (gc.callbacks)
+by generation.
 
 --gc-freeze does what `fhir-server serve` does after start-up (api.app.app_factory: gc.freeze):
 without it a full collection walks the whole start-up heap (~0.2 s here), and where one falls
-decides much of a per-event figure. --profile prints cProfile's top functions for materialize
+decides much of a per-event figure. --profile prints cProfile's top functions for the write
 and the protected read and search, and the own time per function of a protected read minus an
 open one. --skip-requests measures only the per-event figures.
 
@@ -223,7 +223,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--patients", type=int, default=50)
     ap.add_argument("--obs", type=int, default=40)
-    ap.add_argument("--events", type=int, default=2000, help="read events staged and materialized for the per-event figures")
+    ap.add_argument("--events", type=int, default=2000, help="read events written to the log for the per-event figures")
     ap.add_argument("--pg-url", default=None)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=30)
@@ -238,7 +238,6 @@ def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    from fhir_server.audit import staging
     from fhir_server.auth.keys import load_pem
     from fhir_server.auth.tokens import issue_access_token
     from fhir_server.bootstrap import build_app
@@ -346,33 +345,23 @@ def main() -> None:
     t_pickle = time.perf_counter() - t
     w = AuditWriter(db, flush_seconds=3600)
     w._queue.extend(Pending(p.facts, list(p.lookup)) for p in sample)
-    c0, t = time.process_time(), time.perf_counter()
-    n_staged = w.stage_queued()
-    t_stage, c_stage = time.perf_counter() - t, time.process_time() - c0
     prof = cProfile.Profile() if args.profile else None
     gclock = GcClock()
     c0, t = time.process_time(), time.perf_counter()
-    n_mat = 0
     if prof:
         prof.enable()
-    while True:
-        with db.write() as conn:
-            n = staging.materialize(conn, staging.BATCH)
-        n_mat += n
-        if n < staging.BATCH:
-            break
+    n_written = w.flush()
     if prof:
         prof.disable()
-    t_mat, c_mat = time.perf_counter() - t, time.process_time() - c0
-    gc_mat = gclock.total()
+    t_write, c_write = time.perf_counter() - t, time.process_time() - c0
+    gc_write = gclock.total()
     print(f"per event over {len(sample)} (half reads, half searches; {len(blob) / max(1, len(sample)):.0f} pickled bytes each):")
     print(f"  pickle (process writer's sender)  {len(sample) / max(t_pickle, 1e-9):>9.0f} events/s  {t_pickle / max(1, len(sample)) * 1e6:>7.1f} us/event")
-    print(f"  stage (facts -> audit_staged)     {n_staged / t_stage:>9.0f} events/s  {t_stage / n_staged * 1e6:>7.1f} us/event (cpu {c_stage / n_staged * 1e6:.1f})")
-    print(f"  materialize (-> AuditEvents)      {n_mat / t_mat:>9.0f} events/s  {t_mat / n_mat * 1e6:>7.1f} us/event (cpu {c_mat / n_mat * 1e6:.1f}, of which in the garbage collector "
-          f"{gc_mat / n_mat * 1e6:.1f}: generations 0/1/2 {'/'.join(f'{x / n_mat * 1e6:.0f}' for x in gclock.spent)} us in "
+    print(f"  write (facts -> the log's rows)   {n_written / t_write:>9.0f} events/s  {t_write / n_written * 1e6:>7.1f} us/event (cpu {c_write / n_written * 1e6:.1f}, of which in the garbage collector "
+          f"{gc_write / n_written * 1e6:.1f}: generations 0/1/2 {'/'.join(f'{x / n_written * 1e6:.0f}' for x in gclock.spent)} us in "
           f"{'/'.join(map(str, gclock.runs))} runs)")
     if prof:
-        top(prof, "materialize", args.top)
+        top(prof, "write", args.top)
         for kind in ("read", "search"):
             p = cProfile.Profile()
             p.enable()

@@ -70,8 +70,9 @@ def server_bearer_headers(db_url: str, base: str, env: dict[str, str] | None = N
 
 
 class AuditBacklog:
-    """Waits until the access log has indexed a run's read events (they are indexed later,
-    docs/audit.md), so that their cost counts in the run that caused it and not in the next."""
+    """Waits until the access log holds a run's read events (they are written in batches up
+    to a second later, docs/audit.md), so that their cost counts in the run that caused it
+    and not in the next."""
 
     def __init__(self, db_url: str):
         from sqlalchemy import create_engine
@@ -79,11 +80,11 @@ class AuditBacklog:
         self.engine = create_engine(db_url)
 
     def logged(self) -> int:
-        """AuditEvents stored (indexed) so far."""
+        """AuditEvents in the log so far."""
         from sqlalchemy import text
 
         with self.engine.connect() as conn:
-            return conn.execute(text("SELECT count(*) FROM resources WHERE res_type = 'AuditEvent'")).scalar_one()
+            return conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one()
 
     def wait(self, before: int, requests: int, limit: float = 300.0) -> float:
         """Seconds until `before + requests` AuditEvents are stored (at most `limit`)."""

@@ -1,4 +1,4 @@
-"""Random identifiers for the hot paths (resource and Bundle ids, request ids).
+"""Identifiers for the hot paths (resource and Bundle ids, request ids, AuditEvent ids).
 
 `str(uuid.uuid4())` builds a UUID object through Python-level validation; at thousands of
 requests a second that showed as several percent of a read's CPU (each protected read
@@ -20,3 +20,19 @@ def new_id() -> str:
 def new_hex() -> str:
     """128 random bits as 32 lower-case hex digits (as uuid.uuid4().hex, without the version bits)."""
     return os.urandom(16).hex()
+
+
+def new_time_ordered_id() -> str:
+    """A version-7 UUID as text (RFC 9562 section 5.7: 48 bits of Unix milliseconds, then
+    random bits), a valid FHIR id. Ids made later sort later, so an index of them grows at
+    its right edge instead of touching a random page per insert (the access log's events)."""
+    import time
+
+    ms = time.time_ns() // 1_000_000
+    h = f"{ms & 0xFFFFFFFFFFFF:012x}" + os.urandom(10).hex()
+    return f"{h[:8]}-{h[8:12]}-7{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+def new_time_ordered_hex() -> str:
+    """`new_time_ordered_id` as 32 hex digits (request ids: the access log indexes them)."""
+    return new_time_ordered_id().replace("-", "")

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import Settings
 from ..errors import FhirError
-from ..ids import new_hex
+from ..ids import new_time_ordered_hex
 from ..model import jsonio
 from ..rest import history as history_mod
 from ..rest import interactions as ix
@@ -389,7 +389,7 @@ class RequestIdMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None) or new_hex()
+        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None) or new_time_ordered_hex()
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode("latin-1"))
 

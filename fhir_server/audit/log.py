@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy import Connection, func, select, text
 
 from ..errors import FhirError
-from ..ids import new_id
+from ..ids import new_time_ordered_id
 from ..storage.schema import audit_log, audit_log_refs
 from .balp import AuditFacts, clean_json, to_resource
 
@@ -101,18 +101,19 @@ def entry_of_facts(facts: AuditFacts, event_id: str | None = None) -> Entry:
     _add(refs, facts.client_id, ROLE_AGENT_ID)
     recorded = facts.recorded
     doc = _facts_doc(facts)
-    main = (event_id or new_id(), recorded, recorded, system, code, sub_system, sub_code, facts.action,
+    main = (event_id or new_time_ordered_id(), recorded, recorded, system, code, sub_system, sub_code, facts.action,
             facts.outcome, doc)
     return Entry(main, refs)
 
 
 def _facts_doc(facts: AuditFacts) -> bytes:
-    doc = {"f": asdict(facts)}
-    raw = clean_json(doc)
+    """The facts as JSON (orjson writes the dataclass itself: dataclasses.asdict deep-copies
+    and cost seven times the rest of the event)."""
+    raw = clean_json({"f": facts})
     if raw is None:  # a refused request may carry a NUL or a lone surrogate: kept as U+FFFD
         from ..model.jsonguard import scrub
 
-        raw = orjson.dumps(scrub(doc))
+        raw = orjson.dumps(scrub({"f": asdict(facts)}))
     return raw
 
 

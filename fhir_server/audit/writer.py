@@ -42,7 +42,7 @@ class AuditWriter:
         self.flush_seconds = flush_seconds
         sqlite = getattr(db, "dialect", "") == "sqlite"
         # SQLite has one write lock for every writer: short batches, and a pause between them
-        self.max_batch = max_batch or (100 if sqlite else 1000)
+        self.max_batch = max_batch or (500 if sqlite else 1000)
         self.pause_between_batches = 0.002 if sqlite else 0.0
         self.max_pending = max_pending
         self._queue: deque[Pending] = deque()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import Issue
-from ..ids import new_hex
+from ..ids import new_time_ordered_hex
 from ..security.authz import Principal, visibility
 
 
@@ -16,7 +16,7 @@ class RequestContext:
 
     base_url: str  # e.g. http://127.0.0.1:8080/fhir, honouring X-Forwarded-*
     principal: Principal = field(default_factory=Principal.internal)
-    request_id: str = field(default_factory=new_hex)
+    request_id: str = field(default_factory=new_time_ordered_hex)
     prefer_return: str | None = None  # minimal | representation | OperationOutcome
     lenient: bool = False  # Prefer: handling=lenient
 
