@@ -115,6 +115,21 @@ def _outcome(issues: list[Issue]) -> Outcome:
     return Outcome(status=200, body=jsonio.dumps(operation_outcome(issues)))
 
 
+def _stored_content(conn, res_type: str, res_id: str) -> bytes:
+    """The stored resource's JSON (an AuditEvent from the access log); 404 when there is none."""
+    if res_type == "AuditEvent":
+        from ..audit.log import read
+
+        found = read(conn, res_id)
+        content = found[2] if found else None
+    else:
+        current = repo.read_current(conn, res_type, res_id)
+        content = current.content if current is not None and not current.deleted else None
+    if content is None:
+        raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
+    return content
+
+
 @operation("validate", ("type", "instance"), types=tuple(sorted(resource_types())), definition=DEFINITION)
 def validate(call: OperationCall) -> Outcome:
     res_type = call.res_type
@@ -127,9 +142,7 @@ def validate(call: OperationCall) -> Outcome:
         if mode == "delete":
             if not call.res_id:
                 raise FhirError.of(400, "required", "mode=delete validates an existing resource: call it on [type]/[id]/$validate")
-            current = repo.read_current(conn, res_type, call.res_id)
-            if current is None or current.deleted:
-                raise FhirError.of(404, "not-found", f"{res_type}/{call.res_id} is not known")
+            _stored_content(conn, res_type, call.res_id)
             issues: list[Issue] = _append_only(res_type)
             n = _references_to(conn, res_type, call.res_id)
             if n:
@@ -140,10 +153,7 @@ def validate(call: OperationCall) -> Outcome:
         if resource is None:
             if not call.res_id:
                 raise FhirError.of(400, "required", "$validate needs a resource: POST it, or a Parameters with 'resource'")
-            current = repo.read_current(conn, res_type, call.res_id)
-            if current is None or current.deleted:
-                raise FhirError.of(404, "not-found", f"{res_type}/{call.res_id} is not known")
-            resource = jsonio.parse_plain(current.content)
+            resource = jsonio.parse_plain(_stored_content(conn, res_type, call.res_id))
         if resource.get("resourceType") != res_type:
             raise FhirError.of(400, "invalid", f"The resource is a {resource.get('resourceType')}, not a {res_type}",
                                "resourceType")
