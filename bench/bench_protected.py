@@ -17,10 +17,10 @@ script
    compartment and writes an AuditEvent,
 4. interleaves --reps repetitions after a warm-up and prints the medians of req/s, p50 and p99,
    and the protected/open ratio per request kind; finally how many AuditEvents were written.
-   After each protected run it waits until every request of the run is an indexed AuditEvent and
-   counts that time in the run (req/s = requests / (duration + wait)): the access log indexes read
-   events later (docs/audit.md), and without this its work would fall into the next server's run,
-   flattering the protected figure and depressing the other (`--no-drain` measures the old way).
+   After each protected run it waits until every request of the run is an event in the access
+   log and counts that time in the run (req/s = requests / (duration + wait)): read events are
+   written in batches up to a second later (docs/audit.md), and without this their writing would
+   fall into the next server's run (`--no-drain` leaves it out).
 
     .venv/bin/python bench/bench_protected.py --duration 10 --reps 3 \
         --pg-url postgresql+psycopg://postgres@127.0.0.1:55432/fhir_issue13b_bench
@@ -134,11 +134,11 @@ def bench_backend(backend: str, db_url: str, args, client, work: Path, log_dir: 
                 res = client.run("read", port, paths, args.duration, tok)
                 drained = ""
                 if before is not None:
-                    # until every request of the run is an indexed AuditEvent: the access log's whole
+                    # until every request of the run is in the access log: the access log's whole
                     # cost falls inside this run, none spills into the next server's run
                     drain = backlog.wait(before, res.requests)
                     res = br.RunResult(res.requests / (args.duration + drain), res.p50_ms, res.p99_ms, res.errors, res.requests)
-                    drained = f"  (+{drain:.1f}s until all {res.requests} AuditEvents were indexed)"
+                    drained = f"  (+{drain:.1f}s until all {res.requests} AuditEvents were in the log)"
                 runs[op].append(res)
                 err = f"  ERRORS {res.errors}" if res.errors else ""
                 print(f"  rep {rep + 1}/{args.reps} {op:17s} {res.rps:8.0f} req/s  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms{err}{drained}", flush=True)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--split", action="store_true", help="also measure protection without the access log (token + policy alone)")
     ap.add_argument("--no-drain", dest="drain", action="store_false",
-                    help="do not wait, after each protected run, until its AuditEvents are indexed (by default that "
+                    help="do not wait, after each protected run, until its AuditEvents are in the log (by default that "
                          "time counts in the run's req/s, so deferred indexing cannot flatter it or slow the next run)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-protected-"))

@@ -33,8 +33,8 @@ count, the script
    with `wrk` (Debian package) or, when wrk is absent, an asyncio + httpx client
    running in separate processes,
 5. after each run against a FHIR server (the access log is on unless --audit off), waits until every request of
-   the run is an indexed AuditEvent and counts that wait in the run's req/s (read events are
-   indexed later, docs/audit.md; otherwise that work lands in the next run),
+   the run is an event in the access log and counts that wait in the run's req/s (read events are
+   written in batches up to a second later, docs/audit.md; otherwise that work lands in the next run),
 6. repeats the runs --reps times (interleaved, after a warm-up) and prints
    the medians of req/s, p50 and p99 latency, the read/bare ratio, the
    authenticated/unauthenticated ratios, search/floor and create/create-floor
@@ -297,12 +297,12 @@ def bench_one(backend: str, db_url: str, workers: int, args, client, work: Path,
                 res = run_op(op, p, tok, args.duration)
                 drained = ""
                 if before is not None:
-                    # read events are indexed later (docs/audit.md): wait until every request of the run
+                    # read events are written up to a second later (docs/audit.md): wait until every request of the run
                     # is an AuditEvent and count the wait in the run, so that work neither flatters this
                     # figure nor lands in the next run (it made SQLite's creates look like 5-11/s)
                     wait = backlog.wait(before, res.requests)
                     res = RunResult(res.requests / (duration_of(op) + wait), res.p50_ms, res.p99_ms, res.errors, res.requests)
-                    drained = f"  (+{wait:.1f}s until its AuditEvents were indexed)"
+                    drained = f"  (+{wait:.1f}s until its AuditEvents were in the log)"
                 rows[op].runs.append(res)
                 err = f"  ERRORS {res.errors}" if res.errors else ""
                 print(f"  rep {rep + 1}/{args.reps} {op:13s} {res.rps:9.0f} req/s  p50 {res.p50_ms:7.2f} ms"

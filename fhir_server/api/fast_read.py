@@ -20,6 +20,7 @@ from typing import Protocol
 import orjson
 from starlette.requests import Request
 
+from ..audit.context import note_patients_of
 from ..errors import FhirError
 from ..rest import interactions as ix
 from ..rest.context import RequestContext
@@ -88,7 +89,7 @@ class FastReads:
             return True
         if stored is None or stored.deleted or stored.content is None:
             return False
-        if compartments is not None and not _in_any(res_type, stored.content, compartments):
+        if compartments is not None and not _in_any(res_type, res_id, stored.content, compartments):
             return False  # not visibly within reach: the app answers (404, as for an unknown id)
         await http.send_fhir_body(send, stored.content, media, [
             (b"etag", f'W/"{stored.version_id}"'.encode()),
@@ -114,11 +115,13 @@ def _compartments_only(principal, res_type: str):
     return ids or False
 
 
-def _in_any(res_type: str, content: bytes, patients: set[str]) -> bool:
+def _in_any(res_type: str, res_id: str, content: bytes, patients: set[str]) -> bool:
     if res_type != "Patient" and not any(f'Patient/{p}"'.encode() in content for p in patients):
         return False  # no reference to the Patient at all (a relative reference ends with its id)
     try:
         doc = orjson.loads(content)
     except orjson.JSONDecodeError:
         return False
-    return any(p in patients for p in patients_of(res_type, doc))
+    found = patients_of(res_type, doc)
+    note_patients_of(res_type, res_id, found)  # the access log need not look them up again
+    return any(p in patients for p in found)

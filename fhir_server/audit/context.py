@@ -29,6 +29,7 @@ class AuditRecord:
     acting_for: str | None = None  # X-Acting-For: Patient/ID as the client sent it
     returned: list[tuple[str, str]] = field(default_factory=list)  # (type, id) of each resource returned
     patients: list[str] = field(default_factory=list)  # Patient ids of AuditEvents returned (the log read)
+    known: dict | None = None  # (type, id) -> its Patient ids, where the request worked them out already
     writes_audited: int = 0  # AuditEvents already written inside the request's write transaction(s)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the OAuth client id of a token request
 
@@ -60,6 +61,16 @@ def note_returned(pairs) -> None:
     record = _current.get()
     if record is not None:
         record.returned.extend(pairs)
+
+
+def note_patients_of(res_type: str, res_id: str, patient_ids: list[str]) -> None:
+    """Note the Patient ids a resource returned belongs to, as the request found them from the
+    resource itself (search.membership.patients_of: the same answer as the writer's lookup)."""
+    record = _current.get()
+    if record is not None:
+        if record.known is None:
+            record.known = {}
+        record.known[(res_type, res_id)] = patient_ids
 
 
 def note_patients(ids) -> None:

@@ -119,6 +119,15 @@ class AuditMiddleware:
         lookup = [(t, i.split("/", 1)[0]) for t, i in inter.data]
         if record.returned:
             lookup.extend(record.returned)
+        if record.known:  # patients the request found already (a compartment check): no lookup for them
+            unknown = []
+            for pair in lookup:
+                found = record.known.get(pair)
+                if found is None:
+                    unknown.append(pair)
+                else:
+                    facts.patients.extend(p for p in found if p not in facts.patients)
+            lookup = unknown
         if record.patients:  # events read from the log: the patients they are about
             facts.patients = list(dict.fromkeys(record.patients))
         self.writer.submit(facts, lookup)

@@ -53,6 +53,28 @@ def test_read_of_clinical_data_names_its_patient(client, audit_events):
     assert {x["what"]["reference"] for x in e["entity"] if x.get("role", {}).get("code") == "4"} == {f"Observation/{oid}"}
 
 
+def test_a_patients_read_names_every_patient_of_the_resource_without_a_lookup(app, client, issue_token, audit_events, monkeypatch):
+    """The compartment check of a patient's read found the resource's patients already; the
+    event names all of them (not only the reader) and the writer looks nothing up."""
+    from fastapi.testclient import TestClient
+
+    from fhir_server.audit import writer
+
+    me, other = _patient(client), _patient(client)
+    oid = client.post("/fhir/Observation", json={
+        "resourceType": "Observation", "status": "final", "code": {"text": "shared"},
+        "subject": {"reference": f"Patient/{me}"}, "performer": [{"reference": f"Patient/{other}"}]}).json()["id"]
+    looked_up = []
+    real = writer.patients_of_stored
+    monkeypatch.setattr(writer, "patients_of_stored", lambda conn, pairs: looked_up.extend(pairs) or real(conn, pairs))
+    h = rid()
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {issue_token('patient/*.rs', patient=me)}"}) as c:
+        assert c.get(f"/fhir/Observation/{oid}", headers=h).status_code == 200
+    e = _one(audit_events(h["X-Request-Id"]))
+    assert patients(e) == {f"Patient/{me}", f"Patient/{other}"}
+    assert ("Observation", oid) not in looked_up
+
+
 def test_search_is_one_event_naming_each_returned_patient(client, audit_events):
     code = uuid.uuid4().hex
     p1, p2, p3 = _patient(client), _patient(client), _patient(client)
