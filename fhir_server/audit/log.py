@@ -152,15 +152,20 @@ def _instant(value: str | None) -> datetime | None:
 
 
 def insert(conn: Connection, entries: list[Entry]) -> None:
-    """Insert events inside `conn`'s transaction: both tables, one statement each (SQLite:
-    the driver's executemany; PostgreSQL: keys from the sequence, then COPY)."""
+    """Insert events inside `conn`'s transaction. SQLite: both tables at once, one executemany
+    each. PostgreSQL: keys from a block of sequence values the connection holds, the rows into
+    the write buffer (storage.repository: sent with the transaction's other rows in one
+    statement at commit, or by COPY when there are many: the batch writer's)."""
     if not entries:
         return
     pks = _new_keys(conn, len(entries))
     mains = [(pk, *e.main) for pk, e in zip(pks, entries)]
     refs = [(pk, value, roles) for pk, e in zip(pks, entries) for value, roles in e.refs.items()]
     if conn.dialect.name == "postgresql":
-        _copy(conn, mains, refs)
+        from ..storage.repository import buffer_rows
+
+        buffer_rows(conn, audit_log, [dict(zip(MAIN_COLUMNS, r)) for r in mains])
+        buffer_rows(conn, audit_log_refs, [dict(zip(REF_COLUMNS, r)) for r in refs])
         return
     from .store import insert_rows
 
@@ -168,29 +173,21 @@ def insert(conn: Connection, entries: list[Entry]) -> None:
     insert_rows(conn, audit_log_refs, REF_COLUMNS, refs)
 
 
+_PK_POOL = "fhir_audit_pk_pool"
+_PK_BLOCK = 500
+
+
 def _new_keys(conn: Connection, n: int) -> list[int]:
-    if conn.dialect.name == "postgresql":
-        rows = conn.execute(text("SELECT nextval(pg_get_serial_sequence('audit_log', 'pk')) FROM generate_series(1, :n)"),
-                            {"n": n}).all()
-        return [r[0] for r in rows]
+    if conn.dialect.name == "postgresql":  # gaps are harmless: keys need only be unique and increasing
+        pool = conn.info.setdefault(_PK_POOL, [])
+        if len(pool) < n:
+            values = conn.execute(text("SELECT nextval(pg_get_serial_sequence('audit_log', 'pk')) FROM generate_series(1, :n)"),
+                                  {"n": max(n - len(pool), _PK_BLOCK)}).scalars().all()
+            pool[:0] = sorted(values, reverse=True)  # popped from the end: the smallest first
+        return [pool.pop() for _ in range(n)]
     # SQLite: inside a write transaction (BEGIN IMMEDIATE holds the one write lock)
     start = (conn.execute(select(func.max(audit_log.c.pk))).scalar() or 0) + 1
     return list(range(start, start + n))
-
-
-def _copy(conn: Connection, mains: list[tuple], refs: list[tuple]) -> None:
-    import psycopg
-    from sqlalchemy.exc import DBAPIError
-
-    raw = conn.connection.dbapi_connection
-    try:
-        with raw.cursor() as cur:
-            for table, cols, rows in ((audit_log, MAIN_COLUMNS, mains), (audit_log_refs, REF_COLUMNS, refs)):
-                with cur.copy(f"COPY {table.name} ({', '.join(cols)}) FROM STDIN") as copy:
-                    for r in rows:
-                        copy.write_row(r)
-    except psycopg.Error as exc:
-        raise DBAPIError.instance("COPY (access log)", None, exc, psycopg.Error) from exc
 
 
 # ---------------------------------------------------------------------------- reading
