@@ -224,6 +224,8 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=50)
     ap.add_argument("--obs", type=int, default=40)
     ap.add_argument("--events", type=int, default=2000, help="read events written to the log for the per-event figures")
+    ap.add_argument("--event-kind", choices=["both", "read", "search"], default="both",
+                    help="which events the per-event figures write (default: half reads, half searches)")
     ap.add_argument("--pg-url", default=None)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=30)
@@ -338,7 +340,14 @@ def main() -> None:
     print(f"\nqueued AuditEvents from the runs: {len(queued)}")
     from fhir_server.audit.writer import AuditWriter, Pending
 
-    sample = [p for p in queued if p.facts.subtype == "read"][: args.events // 2] + [p for p in queued if p.facts.subtype == "search-type"][: args.events // 2]
+    reads_q = [p for p in queued if p.facts.subtype == "read"]
+    searches_q = [p for p in queued if p.facts.subtype == "search-type"]
+    if args.event_kind == "read":
+        sample = reads_q[: args.events]
+    elif args.event_kind == "search":
+        sample = searches_q[: args.events]
+    else:
+        sample = reads_q[: args.events // 2] + searches_q[: args.events // 2]
     writer._queue.clear()
     t = time.perf_counter()
     blob = pickle.dumps(("events", sample), protocol=pickle.HIGHEST_PROTOCOL)

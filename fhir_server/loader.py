@@ -73,7 +73,13 @@ def _load_resource(conn, ctx: RequestContext, resource: dict) -> int:
     rtype = parsed.plain.get("resourceType")
     if not isinstance(rtype, str):
         raise FhirError.of(400, "invalid", "resourceType missing")
-    if parsed.plain.get("id"):
+    if rtype == "AuditEvent" and isinstance(parsed.plain.get("id"), str):
+        # the access log is append-only (no update): an event is added once under its own id
+        from .audit.log import read as read_event
+
+        if read_event(conn, parsed.plain["id"]) is None:
+            ix.create(conn, ctx, rtype, parsed, res_id=parsed.plain["id"])
+    elif parsed.plain.get("id"):
         ix.update(conn, ctx, rtype, parsed.plain["id"], parsed)
     else:
         ix.create(conn, ctx, rtype, parsed)

@@ -91,3 +91,34 @@ def test_load_ndjson_and_single_resource_resumable(tmp_path, fresh_db_url):
     assert results[str(single)].resources == 1
     assert _counts(fresh_db_url) == {"Observation": 450, "Patient": 1}
     assert all(r.skipped for r in load_paths(settings, [str(tmp_path)]))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "fhir-r4-examples").exists(), reason="../shared/data/fhir-r4-examples is absent")
+def test_load_puts_audit_events_into_the_access_log_once(tmp_path, fresh_db_url):
+    """AuditEvents are append-only: the loader adds each official example once, under its id,
+    to the access log (not as an ordinary resource); a second load of the file changes nothing."""
+    from fhir_server.audit.log import read
+    from fhir_server.config import Settings
+    from fhir_server.loader import load_paths
+    from fhir_server.storage.database import Database
+    from fhir_server.storage.migrate import upgrade
+    from fhir_server.storage.schema import audit_log
+
+    db = Database(fresh_db_url)
+    upgrade(db.engine)
+    examples = sorted((SHARED_DATA / "fhir-r4-examples").glob("*audit*event*.json"))
+    assert len(examples) >= 5
+    nd = tmp_path / "events.ndjson"
+    docs = [json.loads(p.read_text()) for p in examples]
+    nd.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    settings = Settings(database_url=fresh_db_url, run_background_jobs=False)
+    for _ in range(2):  # a trailing newline changes the file: the second load reads it again instead of skipping it
+        results = load_paths(settings, [str(nd)])
+        assert not results[0].failures, results[0].failures
+        nd.write_text(nd.read_text() + "\n")
+    with db.read() as conn:
+        assert conn.execute(select(func.count()).select_from(audit_log)).scalar_one() == len(docs)
+        for d in docs:
+            assert json.loads(read(conn, d["id"])[2])["agent"] == d["agent"]
+    assert "AuditEvent" not in _counts(fresh_db_url)
+    db.dispose()

@@ -41,6 +41,9 @@ def make_writer(db, settings):
         mode = "thread" if sqlite else "process"
     if mode == "process" and not in_memory:
         return ProcessAuditWriter(url.render_as_string(hide_password=False), flush_seconds=flush_seconds)
+    import os, sys
+    if os.environ.get("XX_SWITCH"):
+        sys.setswitchinterval(float(os.environ["XX_SWITCH"]))
     return AuditWriter(db, flush_seconds=flush_seconds)
 
 

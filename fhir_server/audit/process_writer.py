@@ -1,8 +1,8 @@
 """The access log's batch writer in a process of its own (`FHIR_SERVER_AUDIT_WRITER=process`).
 
-Turning a read's facts into a BALP AuditEvent and storing it with its ~25 search-index rows
-costs about as much CPU as serving the read itself. In the server's process that work holds
-the GIL the event loop needs, so a thread writer halves read throughput. Here the server
+Writing a read's event (the patients' lookup, its log rows: audit.log) costs a fraction of
+serving the read, but in the server's process that work holds the GIL the event loop needs,
+and it adds up under load. Here the server
 process only appends the facts to a deque; a sender thread pickles what has gathered (one
 message per batch) into a pipe, and a child process (spawned, not forked: the server has
 threads and an event loop) runs the same `AuditWriter` on its own core.
