@@ -1,0 +1,243 @@
+"""The ways to AuditEvents other than their own searches, answered from the access log
+(audit.log_links): `_revinclude=AuditEvent:...` on other types' searches, `$everything`
+with `_type=AuditEvent`, bulk `$export` of AuditEvent, and the CapabilityStatement."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import delete, select, text
+
+from fhir_server.audit.balp import AuditFacts
+
+from .conftest import log_insert
+
+
+def _facts(tag: str, *, data=(), patients=(), fhir_user=None, acting_for=None, action="R", subtype="read",
+           recorded=None) -> AuditFacts:
+    return AuditFacts("rest", subtype, action, 200, recorded or datetime.now(timezone.utc), subject=f"s-{tag}",
+                      client_id=f"c-{tag}", fhir_user=fhir_user, request_id=f"r-{uuid.uuid4().hex}", data=list(data),
+                      patients=list(patients), acting_for=acting_for)
+
+
+def _entries(bundle: dict, mode: str) -> list[dict]:
+    return [e["resource"] for e in bundle.get("entry", []) if e["search"]["mode"] == mode]
+
+
+def _events_by_tag(client, tag: str) -> list[str]:
+    bundle = client.get("/fhir/AuditEvent", params={"altid": f"s-{tag}", "_count": 1000}).json()
+    return [e["resource"]["id"] for e in bundle.get("entry", [])]
+
+
+@pytest.fixture
+def people(client):
+    """A patient, a practitioner, an observation of the patient, and events about them:
+    [0] entity the patient, [1] agent the practitioner acting for the patient, [2] entity the
+    observation only, [3] another patient."""
+    tag = uuid.uuid4().hex[:8]
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": tag}]}).json()["id"]
+    other = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+    prid = client.post("/fhir/Practitioner", json={"resourceType": "Practitioner"}).json()["id"]
+    oid = client.post("/fhir/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                                  "subject": {"reference": f"Patient/{pid}"}}).json()["id"]
+    base = datetime.now(timezone.utc) - timedelta(minutes=5)
+    events = [
+        _facts(tag, data=[("Patient", pid)], patients=[pid], recorded=base),
+        _facts(tag, fhir_user=f"Practitioner/{prid}", acting_for=f"Patient/{pid}", recorded=base + timedelta(seconds=1)),
+        _facts(tag, data=[("Observation", oid)], recorded=base + timedelta(seconds=2)),
+        _facts(tag, data=[("Patient", other)], patients=[other], recorded=base + timedelta(seconds=3)),
+    ]
+    log_insert(client.app.state.db, events)
+    ids = _events_by_tag(client, tag)
+    assert len(ids) == 4
+    return {"tag": tag, "patient": pid, "other": other, "practitioner": prid, "observation": oid, "events": ids}
+
+
+# ------------------------------------------------------------------ _revinclude
+
+
+def test_revinclude_entity_agent_and_patient_come_from_the_log(client, people):
+    pid, ev = people["patient"], people["events"]
+
+    def included(res_type, rid, rev):
+        r = client.get(f"/fhir/{res_type}", params={"_id": rid, "_revinclude": rev})
+        assert r.status_code == 200, r.text
+        assert [m["id"] for m in _entries(r.json(), "match")] == [rid]
+        return {e["id"] for e in _entries(r.json(), "include") if e["resourceType"] == "AuditEvent"}
+
+    assert {ev[0]} <= included("Patient", pid, "AuditEvent:entity")
+    assert ev[1] not in included("Patient", pid, "AuditEvent:entity")  # named as an agent only
+    assert {ev[1]} <= included("Patient", pid, "AuditEvent:agent")
+    assert ev[0] not in included("Patient", pid, "AuditEvent:agent")
+    both = included("Patient", pid, "AuditEvent:patient")
+    assert {ev[0], ev[1]} <= both and ev[2] not in both and ev[3] not in both
+    assert included("Practitioner", people["practitioner"], "AuditEvent:agent") == {ev[1]}
+    assert included("Practitioner", people["practitioner"], "AuditEvent:patient") == set()  # not a Patient
+    assert {ev[2]} <= included("Observation", people["observation"], "AuditEvent:entity")  # and its create
+    assert included("Observation", people["observation"], "AuditEvent:entity:Patient") == set()
+    assert {ev[0], ev[1]} <= included("Patient", pid, "AuditEvent:*")
+    # the events as a read of them answers
+    bundle = client.get("/fhir/Observation", params={"_id": people["observation"], "_revinclude": "AuditEvent:entity"}).json()
+    event = next(e for e in bundle["entry"] if e["resource"]["id"] == ev[2])
+    assert event["resource"] == client.get(f"/fhir/AuditEvent/{ev[2]}").json()
+    assert event["fullUrl"].endswith(f"/AuditEvent/{ev[2]}")
+
+
+def test_revinclude_with_iterate_follows_the_events_references(client, people):
+    r = client.get("/fhir/Observation", params=[("_id", people["observation"]), ("_revinclude", "AuditEvent:entity"),
+                                                 ("_revinclude:iterate", "AuditEvent:agent"),
+                                                 ("_include:iterate", "AuditEvent:agent")])
+    assert r.status_code == 200, r.text
+    got = {(e["resourceType"], e["id"]) for e in _entries(r.json(), "include")}
+    assert ("AuditEvent", people["events"][2]) in got
+    # the event of the observation names no practitioner: nothing else follows from it
+    assert ("Practitioner", people["practitioner"]) not in got
+    r = client.get("/fhir/Patient", params=[("_id", people["patient"]), ("_revinclude", "AuditEvent:agent"),
+                                             ("_include:iterate", "AuditEvent:agent:Practitioner")])
+    got = {(e["resourceType"], e["id"]) for e in _entries(r.json(), "include")}
+    assert {("AuditEvent", people["events"][1]), ("Practitioner", people["practitioner"])} <= got
+
+
+def test_revinclude_shows_a_patient_only_the_events_they_may_see(app, issue_token, people):
+    token = issue_token("patient/*.rs", patient=people["patient"])
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        r = c.get("/fhir/Observation", params={"_id": people["observation"], "_revinclude": "AuditEvent:entity"})
+        assert r.status_code == 200, r.text
+        assert [m["id"] for m in _entries(r.json(), "match")] == [people["observation"]]
+        # the event names the observation, but not the patient: outside the patient's view of the log
+        got = _entries(r.json(), "include")
+        assert people["events"][2] not in {e["id"] for e in got}
+        assert all(f"Patient/{people['patient']}" in json.dumps(e) for e in got)  # the observation's create
+        r = c.get("/fhir/Patient", params={"_id": people["patient"], "_revinclude": "AuditEvent:patient"})
+        got = {e["id"] for e in _entries(r.json(), "include")}
+        assert {people["events"][0], people["events"][1]} <= got and people["events"][3] not in got
+    token = issue_token("user/Patient.rs user/Observation.rs", fhir_user=f"Practitioner/{people['practitioner']}")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        r = c.get("/fhir/Patient", params={"_id": people["patient"], "_revinclude": "AuditEvent:patient"})
+        assert r.status_code == 200 and _entries(r.json(), "include") == []  # no scope on AuditEvent
+
+
+def test_revinclude_parameters_the_log_does_not_keep_are_refused(client, people):
+    r = client.get("/fhir/Patient", params={"_id": people["patient"], "_revinclude": "AuditEvent:source"})
+    assert r.status_code == 400 and "OperationOutcome" in r.text
+    r = client.get("/fhir/Patient", params={"_id": people["patient"], "_revinclude": "AuditEvent:source"},
+                   headers={"Prefer": "handling=lenient"})
+    assert r.status_code == 200
+    r = client.get("/fhir/Patient", params={"_id": people["patient"], "_revinclude": "AuditEvent:nope"})
+    assert r.status_code == 400
+
+
+def test_log_keys_never_reach_the_reference_index(tmp_path):
+    """An included event's key is the log's: `_include:iterate=*` must not take it for the
+    resource with the same pk and include what that resource references."""
+    from fhir_server.storage.schema import audit_log, audit_log_refs, resources
+    from tests.operations.test_export import Server
+
+    s = Server(tmp_path)
+    try:
+        practitioner = s.create({"resourceType": "Practitioner", "name": [{"family": "Unrelated"}]})
+        pid = s.patient()
+        obs = s.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                        "subject": {"reference": f"Patient/{pid}"}, "performer": [{"reference": f"Practitioner/{practitioner}"}]})
+        s.app.state.audit_writer.flush()
+        with s.db.write() as conn:
+            k = conn.execute(select(resources.c.pk).where(resources.c.res_id == obs)).scalar_one()
+            conn.execute(delete(audit_log_refs))
+            conn.execute(delete(audit_log))
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT setval(pg_get_serial_sequence('audit_log', 'pk'), :k)"), {"k": k - 1})
+        log_insert(s.db, [_facts("filler")] * (0 if s.db.engine.dialect.name == "postgresql" else k - 1))
+        log_insert(s.db, [_facts("target", data=[("Patient", pid)], patients=[pid])])
+        with s.db.read() as conn:
+            assert conn.execute(select(audit_log.c.pk).order_by(audit_log.c.pk.desc())).first()[0] == k
+        r = s.client.get("/fhir/Patient", params=[("_id", pid), ("_revinclude", "AuditEvent:entity"), ("_include:iterate", "*")])
+        assert r.status_code == 200, r.text
+        got = {(e["resourceType"], e["id"]) for e in _entries(r.json(), "include")}
+        assert any(t == "AuditEvent" for t, _ in got)
+        assert ("Practitioner", practitioner) not in got
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------ $everything
+
+
+def _everything(c, pid: str, **params) -> tuple[list[dict], list[dict]]:
+    """Every page of $everything: (the bundles, the match entries' resources)."""
+    bundles, found = [], []
+    r = c.get(f"/fhir/Patient/{pid}/$everything", params=params)
+    while True:
+        assert r.status_code == 200, r.text
+        bundles.append(r.json())
+        found += _entries(r.json(), "match")
+        nxt = [link["url"] for link in r.json()["link"] if link["relation"] == "next"]
+        if not nxt:
+            return bundles, found
+        r = c.get(nxt[0])
+
+
+def test_everything_with_type_auditevent_pages_through_the_log(client, people):
+    pid, ev = people["patient"], people["events"]
+    more = [_facts(people["tag"], data=[("Patient", pid)], patients=[pid]) for _ in range(5)]
+    log_insert(client.app.state.db, more)
+    for count in (2, 3, 50):
+        bundles, found = _everything(client, pid, _type="AuditEvent,Observation,Patient", _count=count)
+        keys = [(e["resourceType"], e["id"]) for e in found]
+        assert len(keys) == len(set(keys))  # nothing twice across the pages
+        assert all(len(_entries(b, "match")) <= count for b in bundles)
+        events = [e for e in found if e["resourceType"] == "AuditEvent"]
+        assert {ev[0], ev[1]} <= {e["id"] for e in events} and ev[2] not in {e["id"] for e in events}
+        assert ev[3] not in {e["id"] for e in events}
+        assert all(f"Patient/{pid}" in json.dumps(e) for e in events)
+        assert ("Observation", people["observation"]) in keys and ("Patient", pid) in keys
+        assert len([e for e in events if f"s-{people['tag']}" in json.dumps(e)]) == 7
+        assert bundles[0]["total"] >= len(keys)
+    # without _type, the log is not part of the record
+    _, found = _everything(client, pid)
+    assert all(e["resourceType"] != "AuditEvent" for e in found)
+    # _since is on lastUpdated; _count=0 gives the total only
+    _, found = _everything(client, pid, _type="AuditEvent", _since="2000-01-01T00:00:00Z")
+    assert {ev[0], ev[1]} <= {e["id"] for e in found}
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    _, found = _everything(client, pid, _type="AuditEvent", _since=later)
+    assert found == []
+    r = client.get(f"/fhir/Patient/{pid}/$everything", params={"_type": "AuditEvent", "_count": 0})
+    assert r.json()["total"] >= 7 and "entry" not in r.json()
+    for bad in ("e", "ex1", "e-1", "x"):
+        r = client.get(f"/fhir/Patient/{pid}/$everything", params={"_type": "AuditEvent", "_cursor": bad})
+        assert r.status_code == 400, (bad, r.text)
+
+
+def test_everything_respects_the_callers_view_of_the_log(app, issue_token, people):
+    pid = people["patient"]
+    token = issue_token("user/Patient.rs user/Observation.rs", fhir_user=f"Practitioner/{people['practitioner']}")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        _, found = _everything(c, pid, _type="AuditEvent,Observation")
+        assert found and all(e["resourceType"] != "AuditEvent" for e in found)
+    token = issue_token("patient/*.rs", patient=pid)
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        _, found = _everything(c, pid, _type="AuditEvent")
+        assert {people["events"][0], people["events"][1]} <= {e["id"] for e in found}
+
+
+# ------------------------------------------------------------------ CapabilityStatement
+
+
+def test_capability_statement_describes_what_the_log_serves(client):
+    from fhir_server.audit.log_search import SUPPORTED
+
+    cs = client.get("/fhir/metadata").json()
+    entry = next(r for r in cs["rest"][0]["resource"] if r["type"] == "AuditEvent")
+    assert [i["code"] for i in entry["interaction"]] == ["read", "vread", "history-instance", "history-type",
+                                                         "search-type", "create"]
+    assert {p["name"] for p in entry["searchParam"]} == {s for s in SUPPORTED if ":" not in s}
+    assert all(p["type"] and p.get("definition") for p in entry["searchParam"] if not p["name"].startswith("_"))
+    assert sorted(entry["searchInclude"]) == ["AuditEvent:agent", "AuditEvent:entity", "AuditEvent:patient"]
+    assert not entry.get("searchRevInclude") and entry["conditionalDelete"] == "not-supported"
+    assert not entry["updateCreate"] and not entry["conditionalUpdate"]
+    patient = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
+    assert {"update", "delete"} <= {i["code"] for i in patient["interaction"]}
