@@ -241,3 +241,157 @@ def test_capability_statement_describes_what_the_log_serves(client):
     assert not entry["updateCreate"] and not entry["conditionalUpdate"]
     patient = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
     assert {"update", "delete"} <= {i["code"] for i in patient["interaction"]}
+
+
+# ------------------------------------------------------------------ $export
+
+
+@pytest.fixture
+def exporter(tmp_path):
+    """An app on a database of its own (exports cover all of it), two patients and events:
+    naming A (3), naming B (2), naming nobody (1), an audit source's event naming A."""
+    from tests.operations.test_export import Server
+
+    s = Server(tmp_path)
+    a, b = s.patient("A"), s.patient("B")
+    old = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    log_insert(s.db, [_facts("ea", data=[("Patient", a)], patients=[a], recorded=old + timedelta(days=i)) for i in range(3)]
+               + [_facts("eb", data=[("Patient", b)], patients=[b], action="C", subtype="create") for _ in range(2)]
+               + [_facts("none")])
+    source = {"resourceType": "AuditEvent", "recorded": "2026-01-01T10:00:00Z", "action": "E", "outcome": "0",
+              "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110100"},
+              "agent": [{"requestor": True, "who": {"reference": f"Patient/{a}"}}],
+              "source": {"observer": {"display": "another system"}}}
+    s.create(source)
+    s.group = s.create({"resourceType": "Group", "type": "person", "actual": True, "member": [{"entity": {"reference": f"Patient/{a}"}}]})
+    s.a, s.b = a, b
+    yield s
+    s.close()
+
+
+def _export(s, path="/fhir/$export", **kw) -> tuple[dict, list[dict]]:
+    """Run an export to its end: (the manifest, its AuditEvent lines)."""
+    status = s.kick_off(path, **kw)
+    s.app.state.audit_writer.flush()  # events of requests before the kick-off: in the log before the job reads it
+    manifest = s.finish(status)
+    return manifest, s.download(manifest).get("AuditEvent", [])
+
+
+def _logged_until(s, at: str, naming: set[str] | None = None) -> dict[str, dict]:
+    """The log's events last updated at or before `at` (those naming one of `naming`), as read."""
+    from fhir_server.audit.log import render
+    from fhir_server.storage.schema import audit_log
+
+    tx = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    with s.db.read() as conn:
+        rows = conn.execute(select(audit_log.c.id, audit_log.c.doc).where(audit_log.c.last_updated <= tx)).all()
+    events = {r.id: json.loads(render(r.id, bytes(r.doc))) for r in rows}
+    if naming is not None:
+        refs = {f"Patient/{p}" for p in naming}
+        events = {k: e for k, e in events.items()
+                  if refs & ({x.get("what", {}).get("reference") for x in e.get("entity", [])}
+                             | {x.get("who", {}).get("reference") for x in e.get("agent", [])})}
+    return events
+
+
+def _tags(lines: list[dict]) -> list[str]:
+    return sorted(a["altId"][2:] for e in lines for a in e.get("agent", []) if a.get("altId", "").startswith("s-"))
+
+
+def test_system_export_writes_the_log(exporter):
+    s = exporter
+    for params in ({}, {"_type": "AuditEvent,Patient"}):
+        manifest, lines = _export(s, params=params)
+        expected = _logged_until(s, manifest["transactionTime"])
+        assert len(lines) == len({e["id"] for e in lines})  # each event once
+        assert {e["id"]: e for e in lines} == expected  # every event up to the kick-off, as a read answers it
+        assert _tags(lines).count("ea") == 3 and _tags(lines).count("none") == 1
+        assert [o["count"] for o in manifest["output"] if o["type"] == "AuditEvent"] == [len(lines)]
+    manifest, lines = _export(s, params={"_type": "Patient"})
+    assert lines == [] and all(o["type"] == "Patient" for o in manifest["output"])
+
+
+def test_patient_and_group_exports_take_the_events_naming_their_patients(exporter, monkeypatch):
+    s = exporter
+    manifest, lines = _export(s, "/fhir/Patient/$export", params={"_type": "AuditEvent"})
+    assert {e["id"]: e for e in lines} == _logged_until(s, manifest["transactionTime"], {s.a, s.b})
+    assert "none" not in _tags(lines) and _tags(lines).count("eb") == 2
+    for big in (False, True):
+        if big:  # more patients than matched in SQL: matched per batch
+            monkeypatch.setattr("fhir_server.operations.export_job.SQL_PATIENT_LIST_MAX", 0)
+        manifest, lines = _export(s, f"/fhir/Group/{s.group}/$export", params={"_type": "AuditEvent"})
+        expected = _logged_until(s, manifest["transactionTime"], {s.a})
+        assert {e["id"]: e for e in lines} == expected and len(expected) >= 5  # 3 + the source's + writes about A
+        assert "eb" not in _tags(lines)
+        assert any(e["agent"][0]["who"].get("reference") == f"Patient/{s.a}" for e in lines)  # the audit source's
+    manifest, lines = _export(s, "/fhir/Patient/$export", params={"_type": "AuditEvent", "patient": f"Patient/{s.b}"})
+    assert {e["id"]: e for e in lines} == _logged_until(s, manifest["transactionTime"], {s.b})
+
+
+def test_export_since_and_type_filter_on_the_log(exporter):
+    s = exporter
+    manifest, lines = _export(s, params={"_type": "AuditEvent", "_since": "2025-01-01T00:00:00Z"})
+    assert lines and "ea" not in _tags(lines) and "none" in _tags(lines)
+    manifest, lines = _export(s, params=[("_type", "AuditEvent"), ("_typeFilter", "AuditEvent?action=C&subtype=create")])
+    assert lines and all(e["action"] == "C" for e in lines) and _tags(lines).count("eb") == 2
+    r = s.client.get("/fhir/$export", params={"_type": "AuditEvent", "_typeFilter": "AuditEvent?site=x"},
+                     headers={"Prefer": "respond-async"})
+    assert r.status_code == 400 and "site" in r.text
+    r = s.client.get("/fhir/$export", params={"_type": "AuditEvent", "_typeFilter": "AuditEvent?date=notadate"},
+                     headers={"Prefer": "respond-async"})
+    assert r.status_code == 400
+
+
+def test_export_of_the_log_resumes_after_a_crash_without_duplicates(exporter, monkeypatch):
+    from fhir_server.jobs import queue
+    from fhir_server.jobs.runner import run_pending
+    from fhir_server.operations import export_job
+
+    s = exporter
+    monkeypatch.setattr(export_job, "BATCH_SIZE", 2)
+    monkeypatch.setattr(export_job, "CHECKPOINT_SECONDS", 0)
+    status = s.kick_off(params={"_type": "AuditEvent"})
+    s.app.state.audit_writer.flush()
+    job = queue.claim(s.db, ["export"], "worker-1", lease_seconds=60)
+    ctx = queue.JobContext(s.db, s.settings, job, "worker-1", 60)
+    real, calls = ctx.checkpoint, []
+
+    def dying_checkpoint(cursor, progress=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("worker died")
+        real(cursor, progress)
+
+    ctx.checkpoint = dying_checkpoint
+    with pytest.raises(RuntimeError):
+        export_job.run_export(ctx)
+    with s.db.read() as conn:
+        saved = queue.get(conn, job.id)
+    assert saved.cursor["total"] == 4 and saved.cursor["after"][0] == "log"
+    with s.db.write() as conn:
+        from sqlalchemy import update
+
+        from fhir_server.storage.schema import jobs
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(lease_until=datetime.now(timezone.utc) - timedelta(seconds=1)))
+    assert run_pending(s.db, s.settings, owner="worker-2") == 1
+    manifest = s.finish(status)
+    lines = s.download(manifest)["AuditEvent"]
+    assert sorted(e["id"] for e in lines) == sorted(_logged_until(s, manifest["transactionTime"]))
+
+
+def test_a_patient_exports_only_the_events_naming_them(exporter):
+    from tests.conftest import make_token
+
+    s = exporter
+    token = make_token("patient/*.rs", patient=s.a)
+    with TestClient(s.app, headers={"Authorization": f"Bearer {token}"}) as c:
+        r = c.get("/fhir/Patient/$export", params={"_type": "AuditEvent"}, headers={"Prefer": "respond-async"})
+        assert r.status_code == 202, r.text
+        s.app.state.audit_writer.flush()
+        from fhir_server.jobs.runner import run_pending
+
+        run_pending(s.db, s.settings)
+        manifest = c.get(r.headers["content-location"]).json()
+        lines = [json.loads(x) for item in manifest["output"] for x in c.get(item["url"]).content.splitlines()]
+    assert {e["id"]: e for e in lines} == _logged_until(s, manifest["transactionTime"], {s.a})
+    assert "eb" not in _tags(lines) and "none" not in _tags(lines)
