@@ -15,7 +15,8 @@ only for paging within the log (never to look anything up in `idx_reference`).
 - `everything_*`: the events naming the patient (role `patient`), for `$everything` when
   its `_type` names AuditEvent.
 - `export_batch`: one keyset batch of the events an `$export` job writes.
-- `capability_entry`: the AuditEvent entry of the CapabilityStatement, as the log serves it.
+- `capability_entry`: the AuditEvent entry of the CapabilityStatement, as the log serves it;
+- `stored_event`: an event for an operation on its instance (`AuditEvent/ID/$validate`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..rest import limits
 from ..storage.schema import audit_log, audit_log_refs
 from .context import note_patients
 from .log import AUDIT_TYPE, ROLE_AGENT, ROLE_ENTITY, render
-from .log_search import SUPPORTED, _patients, _refs_with, param_condition, visibility_condition
+from .log_search import SUPPORTED, _patients, _refs_with, param_condition, visibility_condition, visible
 
 Row = namedtuple("Row", "pk res_type res_id content")
 _A = audit_log.c
@@ -107,6 +108,23 @@ def forward(conn: Connection, param: str | None, target: str | None, pks: list[i
             if res_id and "/" not in res_id and (target is None or res_type == target) and is_resource_type(res_type):
                 wanted.setdefault(res_type, set()).add(res_id)
     return wanted
+
+
+def stored_event(conn: Connection, ctx, event_id: str) -> bytes | None:
+    """The event `event_id` as a read answers it, or None when it is unknown or outside
+    the caller's view of the log (`ctx`: rest.context.RequestContext); for operations on
+    an AuditEvent instance (`AuditEvent/ID/$validate`)."""
+    row = conn.execute(select(_A.pk, _A.doc).where(_A.id == event_id)).first()
+    if row is None or not visible(conn, ctx.access(), ctx.base_url, row.pk):
+        return None
+    return render(event_id, bytes(row.doc))
+
+
+def event_visible(conn: Connection, ctx, event_id: str) -> bool:
+    """Whether the event `event_id` exists and lies within the caller's view of the log
+    (rest.interactions' check before an operation on an AuditEvent instance)."""
+    row = conn.execute(select(_A.pk).where(_A.id == event_id)).first()
+    return row is not None and visible(conn, ctx.access(), ctx.base_url, row.pk)
 
 
 # ------------------------------------------------------------------ $everything

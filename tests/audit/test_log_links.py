@@ -395,3 +395,19 @@ def test_a_patient_exports_only_the_events_naming_them(exporter):
         lines = [json.loads(x) for item in manifest["output"] for x in c.get(item["url"]).content.splitlines()]
     assert {e["id"]: e for e in lines} == _logged_until(s, manifest["transactionTime"], {s.a})
     assert "eb" not in _tags(lines) and "none" not in _tags(lines)
+
+
+# ------------------------------------------------------------------ $validate on an event
+
+
+def test_validate_an_event_instance_from_the_log(app, client, issue_token, people):
+    ev = people["events"]
+    r = client.get(f"/fhir/AuditEvent/{ev[2]}/$validate")
+    assert r.status_code == 200 and r.json()["resourceType"] == "OperationOutcome", r.text
+    r = client.post(f"/fhir/AuditEvent/{ev[2]}/$validate?mode=delete")
+    assert r.status_code == 200 and any(i["code"] == "not-supported" for i in r.json()["issue"])
+    assert client.get("/fhir/AuditEvent/no-such-event/$validate").status_code == 404
+    token = issue_token("patient/*.rs", patient=people["patient"])
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        assert c.get(f"/fhir/AuditEvent/{ev[0]}/$validate").status_code == 200
+        assert c.get(f"/fhir/AuditEvent/{ev[2]}/$validate").status_code == 404  # not about them
