@@ -12,6 +12,7 @@ only for paging within the log (never to look anything up in `idx_reference`).
   as far as the caller may see AuditEvents; and `_include:iterate` from those events to
   what they reference (audit.log_search includes the same for a search of the log).
   `_revinclude=*` leaves the log out: it is not part of the record (as `$everything`).
+- `has_ids`: `_has:AuditEvent:patient|agent|entity:<parameter>=...` on another type's search.
 - `everything_*`: the events naming the patient (role `patient`), for `$everything` when
   its `_type` names AuditEvent.
 - `export_batch`: one keyset batch of the events an `$export` job writes.
@@ -29,6 +30,7 @@ from sqlalchemy import Connection, ColumnElement, and_, false, func, or_, select
 
 from ..errors import FhirError
 from ..rest import limits
+from ..search.query import unsupported
 from ..storage.schema import audit_log, audit_log_refs
 from .context import note_patients
 from .log import AUDIT_TYPE, ROLE_AGENT, ROLE_ENTITY, render
@@ -125,6 +127,30 @@ def event_visible(conn: Connection, ctx, event_id: str) -> bool:
     (rest.interactions' check before an operation on an AuditEvent instance)."""
     row = conn.execute(select(_A.pk).where(_A.id == event_id)).first()
     return row is not None and visible(conn, ctx.access(), ctx.base_url, row.pk)
+
+
+# ------------------------------------------------------------------ _has
+
+
+def has_ids(ctx, res_type: str, ref_code: str, param: str, value: str, name: str):
+    """`[res_type]?_has:AuditEvent:<ref_code>:<param>=<value>` (R4 search.html#has): a
+    SELECT of the ids of `res_type` resources that events matching `param=value` name
+    through `ref_code` (patient, agent, entity), among the events the caller may search
+    (`ctx`: search.query.QueryContext); 403 when it may search none."""
+    if ref_code not in ROLES:
+        raise unsupported(f"'{name}': _has through AuditEvent takes patient, agent or entity (the access log)", name)
+    conds = [param_condition(param, value, ctx.base_url)]
+    if ctx.access is not None:
+        if ctx.access(AUDIT_TYPE, "s") == []:
+            raise FhirError.of(403, "forbidden", f"{name} passes through AuditEvent, which the token may not search", name)
+        allowed = visibility_condition(ctx.access, ctx.base_url)
+        if allowed is not None:
+            conds.append(allowed)
+    prefix = f"{res_type}/"
+    if ref_code == "patient" and res_type != "Patient":
+        conds.append(false())
+    return select(func.substr(_R.value, len(prefix) + 1)).where(
+        _R.event_pk.in_(select(_A.pk).where(*conds)), _R.value.like(prefix + "%"), _R.roles.op("&")(ROLES[ref_code]) != 0)
 
 
 # ------------------------------------------------------------------ $everything

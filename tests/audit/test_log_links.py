@@ -411,3 +411,34 @@ def test_validate_an_event_instance_from_the_log(app, client, issue_token, peopl
     with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
         assert c.get(f"/fhir/AuditEvent/{ev[0]}/$validate").status_code == 200
         assert c.get(f"/fhir/AuditEvent/{ev[2]}/$validate").status_code == 404  # not about them
+
+
+# ------------------------------------------------------------------ _has
+
+
+def test_has_through_auditevent_matches_from_the_log(app, client, issue_token, people):
+    alt = f"s-{people['tag']}"
+
+    def ids(c, res_type, name, value=alt, status=200):
+        r = c.get(f"/fhir/{res_type}", params={name: value, "_count": 100})
+        assert r.status_code == status, r.text
+        return {m["id"] for m in _entries(r.json(), "match")} if status == 200 else None
+
+    assert ids(client, "Patient", "_has:AuditEvent:entity:altid") == {people["patient"], people["other"]}
+    assert ids(client, "Patient", "_has:AuditEvent:agent:altid") == {people["patient"]}  # acting for them
+    assert ids(client, "Patient", "_has:AuditEvent:patient:altid") == {people["patient"], people["other"]}
+    assert ids(client, "Practitioner", "_has:AuditEvent:agent:altid") == {people["practitioner"]}
+    assert ids(client, "Practitioner", "_has:AuditEvent:patient:altid") == set()
+    assert ids(client, "Observation", "_has:AuditEvent:entity:altid") == {people["observation"]}
+    assert ids(client, "Observation", "_has:AuditEvent:entity:action", "C") >= {people["observation"]}  # its create
+    assert ids(client, "Patient", "_has:AuditEvent:entity:altid", "s-no-such") == set()
+    ids(client, "Patient", "_has:AuditEvent:source:altid", status=400)
+    ids(client, "Patient", "_has:AuditEvent:entity:site", "x", status=400)
+    ids(client, "Patient", "_has:AuditEvent:entity:date", "notadate", status=400)
+    token = issue_token("patient/*.rs", patient=people["patient"])
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        assert ids(c, "Observation", "_has:AuditEvent:entity:altid") == set()  # that event does not name them
+        assert ids(c, "Patient", "_has:AuditEvent:entity:altid") == {people["patient"]}
+    token = issue_token("user/Patient.rs", fhir_user=f"Practitioner/{people['practitioner']}")
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        ids(c, "Patient", "_has:AuditEvent:entity:altid", status=403)
