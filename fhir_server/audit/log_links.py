@@ -9,8 +9,9 @@ only for paging within the log (never to look anything up in `idx_reference`).
 - `includes`: `_revinclude=AuditEvent:patient|entity|agent[:Type]` on any other type's
   search (R4 search.html#revinclude): the events whose agent.who (`agent`), entity.what
   (`entity`), or either naming a Patient (`patient`) references a resource of the page,
-  as far as the caller may see AuditEvents; and `_include:iterate` from those events to
-  what they reference (audit.log_search includes the same for a search of the log).
+  as far as the caller may see AuditEvents; `_include:iterate` from those events to what
+  they reference (audit.log_search includes the same for a search of the log); and a
+  forward include whose target is an AuditEvent (`Provenance:target`), by `fetch`.
   `_revinclude=*` leaves the log out: it is not part of the record (as `$everything`).
 - `has_ids`: `_has:AuditEvent:patient|agent|entity:<parameter>=...` on another type's search.
 - `everything_*`: the events naming the patient (role `patient`), for `$everything` when
@@ -93,6 +94,23 @@ def reverse(conn: Connection, param: str | None, target: str | None, frontier: I
             rows.append(Row(pk, AUDIT_TYPE, event_id, content))
     if rows:
         note_patients(_patients(conn, [r.pk for r in rows]))  # the log read names whose events these were
+    return rows
+
+
+def fetch(conn: Connection, ids: Iterable[str], access, base_url: str) -> list[Row]:
+    """The events `ids` the caller may see (a forward include whose target is an
+    AuditEvent: `Provenance?_include=Provenance:target`), in the order they were written."""
+    ids = sorted(ids)
+    if not ids:
+        return []
+    allowed = visibility_condition(access, base_url)
+    extra = [] if allowed is None else [allowed]
+    rows: list[Row] = []
+    for chunk in _chunks(ids):
+        q = select(_A.pk, _A.id, _A.doc).where(_A.id.in_(chunk), *extra).order_by(_A.pk)
+        rows += [Row(pk, AUDIT_TYPE, event_id, render(event_id, bytes(doc))) for pk, event_id, doc in conn.execute(q)]
+    if rows:
+        note_patients(_patients(conn, [r.pk for r in rows]))
     return rows
 
 

@@ -559,6 +559,7 @@ def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, 
                         if spec.src_type:
                             conds.append(ref.c.res_type == spec.src_type)
                         rev_pks.update(conn.execute(select(ref.c.res_pk).where(*conds)).scalars())
+        logged += log_links.fetch(conn, wanted.pop(log_links.AUDIT_TYPE, ()), access, base_url)
         new = _fetch(conn, wanted, access)
         rev_by_type: dict[str, set[int]] = {}
         for chunk in _chunks(sorted(rev_pks)):

@@ -442,3 +442,25 @@ def test_has_through_auditevent_matches_from_the_log(app, client, issue_token, p
     token = issue_token("user/Patient.rs", fhir_user=f"Practitioner/{people['practitioner']}")
     with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
         ids(c, "Patient", "_has:AuditEvent:entity:altid", status=403)
+
+
+def test_include_of_an_auditevent_target_comes_from_the_log(app, client, issue_token, people):
+    ev = people["events"]
+    prov = client.post("/fhir/Provenance", json={
+        "resourceType": "Provenance", "recorded": "2026-01-01T10:00:00Z",
+        "target": [{"reference": f"AuditEvent/{ev[0]}"}, {"reference": f"AuditEvent/{ev[2]}"}, {"reference": f"Patient/{people['patient']}"}],
+        "agent": [{"who": {"reference": f"Practitioner/{people['practitioner']}"}}]})
+    assert prov.status_code == 201, prov.text
+    pid = prov.json()["id"]
+    r = client.get("/fhir/Provenance", params={"_id": pid, "_include": "Provenance:target"})
+    got = {(e["resourceType"], e["id"]) for e in _entries(r.json(), "include")}
+    assert got == {("AuditEvent", ev[0]), ("AuditEvent", ev[2]), ("Patient", people["patient"])}
+    r = client.get("/fhir/Provenance", params={"_id": pid, "_include": "Provenance:target:AuditEvent"})
+    assert {e["id"] for e in _entries(r.json(), "include")} == {ev[0], ev[2]}
+    token = issue_token("patient/*.rs", patient=people["patient"])
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        r = c.get("/fhir/Provenance", params={"_id": pid, "_include": "Provenance:target"})
+        assert r.status_code == 200, r.text
+        got = {(e["resourceType"], e["id"]) for e in _entries(r.json(), "include")}
+        assert ("AuditEvent", ev[2]) not in got  # not about them
+        assert [m["id"] for m in _entries(r.json(), "match")] == [pid] and ("AuditEvent", ev[0]) in got
