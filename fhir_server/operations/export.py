@@ -115,7 +115,7 @@ def _check_type_filter(conn: Connection, res_type: str, query: list[tuple[str, s
     if res_type == "AuditEvent":  # the access log's own parameters (audit.log_links)
         from ..audit.log_links import check_export_filter
 
-        return check_export_filter(query)
+        return check_export_filter(conn, query)
     try:
         from ..search.engine import find_matches
     except ImportError:  # search engine not installed: filters cannot be honoured
