@@ -81,20 +81,26 @@ def reverse(conn: Connection, param: str | None, target: str | None, frontier: I
         return []
     allowed = visibility_condition(access, base_url)
     extra = [] if allowed is None else [allowed]
-    pks: set[int] = set()
-    for chunk in _chunks(refs):
-        q = select(_R.event_pk).where(_R.value.in_(chunk), _R.roles.op("&")(roles) != 0)
-        pks.update(conn.execute(q).scalars())
-    rows: list[Row] = []
+    rows: dict[int, Row] = {}
     budget = limits.ResponseBudget()
-    for chunk in _chunks(sorted(pks)):
-        for pk, event_id, doc in conn.execute(select(_A.pk, _A.id, _A.doc).where(_A.pk.in_(chunk), *extra).order_by(_A.pk)):
-            content = render(event_id, bytes(doc))
-            budget.take(len(content), "The search page with its included AuditEvents")
-            rows.append(Row(pk, AUDIT_TYPE, event_id, content))
-    if rows:
-        note_patients(_patients(conn, [r.pk for r in rows]))  # the log read names whose events these were
-    return rows
+    for chunk in _chunks(refs):
+        naming = select(_R.event_pk).where(_R.value.in_(chunk), _R.roles.op("&")(roles) != 0)
+        last = 0
+        while True:  # in pages of keys: a long log past the size limit stops at 413, not in memory
+            q = select(_A.pk, _A.id, _A.doc).where(_A.pk.in_(naming), _A.pk > last, *extra).order_by(_A.pk).limit(_CHUNK)
+            page = conn.execute(q).all()
+            for pk, event_id, doc in page:
+                if pk not in rows:
+                    content = render(event_id, bytes(doc))
+                    budget.take(len(content), "The search page with its included AuditEvents")
+                    rows[pk] = Row(pk, AUDIT_TYPE, event_id, content)
+            if len(page) < _CHUNK:
+                break
+            last = page[-1].pk
+    out = [rows[pk] for pk in sorted(rows)]
+    if out:
+        note_patients(_patients(conn, [r.pk for r in out]))  # the log read names whose events these were
+    return out
 
 
 def fetch(conn: Connection, ids: Iterable[str], access, base_url: str) -> list[Row]:

@@ -87,6 +87,18 @@ def test_revinclude_entity_agent_and_patient_come_from_the_log(client, people):
     assert event["fullUrl"].endswith(f"/AuditEvent/{ev[2]}")
 
 
+def test_revinclude_of_many_events_pages_through_the_log_and_stops_at_the_size_limit(client, monkeypatch):
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+    log_insert(client.app.state.db, [_facts("many", data=[("Patient", pid)], patients=[pid]) for _ in range(1203)])
+    r = client.get("/fhir/Patient", params={"_id": pid, "_revinclude": "AuditEvent:patient"})
+    assert r.status_code == 200, r.text
+    ids = [e["id"] for e in _entries(r.json(), "include")]
+    assert len(ids) == len(set(ids)) and len(ids) >= 1204  # and the patient's create
+    monkeypatch.setattr("fhir_server.rest.limits.MAX_RESPONSE_BYTES", 200_000)
+    r = client.get("/fhir/Patient", params={"_id": pid, "_revinclude": "AuditEvent:patient"})
+    assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
+
+
 def test_revinclude_with_iterate_follows_the_events_references(client, people):
     r = client.get("/fhir/Observation", params=[("_id", people["observation"]), ("_revinclude", "AuditEvent:entity"),
                                                  ("_revinclude:iterate", "AuditEvent:agent"),
