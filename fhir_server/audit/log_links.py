@@ -44,6 +44,12 @@ ROLES = {"patient": ROLE_ENTITY | ROLE_AGENT, "agent": ROLE_AGENT, "entity": ROL
 _CHUNK = 500
 
 
+def _typed(prefix: str) -> ColumnElement:
+    """Reference values starting with `prefix` ("Type/"): LIKE for an index where one
+    serves, and the exact, case-sensitive prefix (SQLite's LIKE ignores case)."""
+    return and_(_R.value.like(prefix + "%"), func.substr(_R.value, 1, len(prefix)) == prefix)
+
+
 def _chunks(seq: list, n: int = _CHUNK):
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
@@ -165,7 +171,8 @@ def has_ids(ctx, res_type: str, ref_code: str, param: str, value: str, name: str
         raise unsupported(f"'{name}': _has through AuditEvent takes patient, agent or entity (the access log)", name)
     conds = [param_condition(param, value, ctx.base_url)]
     if ctx.access is not None:
-        if ctx.access(AUDIT_TYPE, "s") == []:
+        vis = ctx.access(AUDIT_TYPE, "s")
+        if vis is not None and not vis:
             raise FhirError.of(403, "forbidden", f"{name} passes through AuditEvent, which the token may not search", name)
         allowed = visibility_condition(ctx.access, ctx.base_url)
         if allowed is not None:
@@ -174,7 +181,7 @@ def has_ids(ctx, res_type: str, ref_code: str, param: str, value: str, name: str
     if ref_code == "patient" and res_type != "Patient":
         conds.append(false())
     return select(func.substr(_R.value, len(prefix) + 1)).where(
-        _R.event_pk.in_(select(_A.pk).where(*conds)), _R.value.like(prefix + "%"), _R.roles.op("&")(ROLES[ref_code]) != 0)
+        _R.event_pk.in_(select(_A.pk).where(*conds)), _typed(prefix), _R.roles.op("&")(ROLES[ref_code]) != 0)
 
 
 # ------------------------------------------------------------------ $everything
@@ -259,7 +266,7 @@ def export_batch(conn: Connection, p: dict, after: list | None, batch_size: int,
     if p.get("compartment"):
         patients = p.get("patients")
         if patients is None:
-            sub = select(_R.event_pk).where(_R.value.like("Patient/%"), _R.roles.op("&")(ROLES["patient"]) != 0)
+            sub = select(_R.event_pk).where(_typed("Patient/"), _R.roles.op("&")(ROLES["patient"]) != 0)
             conds.append(_A.pk.in_(sub))
         elif not patients:
             return None, []
@@ -286,7 +293,7 @@ def export_batch(conn: Connection, p: dict, after: list | None, batch_size: int,
 def _naming(conn: Connection, pks: list[int], patients: set[str]) -> set[int]:
     keep: set[int] = set()
     for chunk in _chunks(pks):
-        q = select(_R.event_pk, _R.value).where(_R.event_pk.in_(chunk), _R.value.like("Patient/%"),
+        q = select(_R.event_pk, _R.value).where(_R.event_pk.in_(chunk), _typed("Patient/"),
                                                 _R.roles.op("&")(ROLES["patient"]) != 0)
         keep.update(pk for pk, value in conn.execute(q) if value[len("Patient/"):] in patients)
     return keep
