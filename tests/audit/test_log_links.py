@@ -480,3 +480,21 @@ def test_include_of_an_auditevent_target_comes_from_the_log(app, client, issue_t
         got = {(e["resourceType"], e["id"]) for e in _entries(r.json(), "include")}
         assert ("AuditEvent", ev[2]) not in got  # not about them
         assert [m["id"] for m in _entries(r.json(), "match")] == [pid] and ("AuditEvent", ev[0]) in got
+
+
+def test_meta_of_an_event_from_the_log_and_meta_changes_refused(app, client, issue_token, people):
+    ev = people["events"]
+    r = client.get(f"/fhir/AuditEvent/{ev[0]}/$meta")
+    assert r.status_code == 200, r.text
+    meta = {p["name"]: p for p in r.json()["parameter"]}["return"]["valueMeta"]
+    assert meta == client.get(f"/fhir/AuditEvent/{ev[0]}").json()["meta"]
+    assert client.get("/fhir/AuditEvent/no-such-event/$meta").status_code == 404
+    body = {"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": {"tag": [{"system": "urn:x", "code": "y"}]}}]}
+    for op in ("$meta-add", "$meta-delete"):
+        r = client.post(f"/fhir/AuditEvent/{ev[0]}/{op}", json=body)
+        assert r.status_code == 405 and r.json()["resourceType"] == "OperationOutcome", (op, r.text)
+    assert client.get(f"/fhir/AuditEvent/{ev[0]}").json()["meta"] == meta
+    token = issue_token("patient/*.rs", patient=people["patient"])
+    with TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {token}"}) as c:
+        assert c.get(f"/fhir/AuditEvent/{ev[0]}/$meta").status_code == 200
+        assert c.get(f"/fhir/AuditEvent/{ev[2]}/$meta").status_code == 404  # not about them
