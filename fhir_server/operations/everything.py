@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 import orjson
 from sqlalchemy import Connection, and_, false, func, select
 
+from ..audit import log_links
 from ..errors import FhirError
 from ..model.definitions import resource_types
 from ..model.lexical import ascii_int
@@ -48,7 +49,7 @@ def everything(call: OperationCall) -> Outcome:
     since = None
     types: set[str] | None = None
     count = call.settings.default_page_size
-    after = 0
+    after: int | str = 0
     for name, value in pairs:
         if name == "_since":
             since = parse_instant(value.strip(), "_since").astimezone(timezone.utc)
@@ -60,8 +61,8 @@ def everything(call: OperationCall) -> Outcome:
             types = (types or set()) | (wanted - set(unknown))
         elif name == "_count":
             count = _int(value, "_count")
-        elif name == "_cursor":
-            after = _int(value, "_cursor")
+        elif name == "_cursor":  # a resource pk, or "e" and an access-log key (AuditEvents come last)
+            after = "e" + str(_int(value[1:], "_cursor")) if value.startswith("e") else _int(value, "_cursor")
         elif not call.ctx.lenient:
             raise FhirError.of(400, "not-supported", f"Parameter '{name}' is not supported by $everything (send Prefer: handling=lenient to ignore it)", name)
     count = max(0, min(count, MAX_COUNT))  # _count=0: the total only (R4 search.html, _count)
@@ -70,7 +71,7 @@ def everything(call: OperationCall) -> Outcome:
         return Outcome(200, body=_page(conn, call, base, types, since, count, after, pairs))
 
 
-def _page(conn: Connection, call: OperationCall, base: str, types, since, count: int, after: int, pairs) -> bytes:
+def _page(conn: Connection, call: OperationCall, base: str, types, since, count: int, after: int | str, pairs) -> bytes:
     r = resources.c
     patient = conn.execute(
         select(r.pk, r.res_id, r.content, r.deleted, r.last_updated).where(r.res_type == "Patient", r.res_id == call.res_id)
@@ -83,6 +84,11 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
     # The record, not the log of who read it: AuditEvents (in R4's Patient compartment) come
     # only when _type asks for them; every $everything call would otherwise add to its own answer.
     comp_types = set(patient_compartment()) - {"AuditEvent"} if types is None else set(patient_compartment()) & types
+    # AuditEvents are the access log's (audit.log_links), served after the resources, under "e<log key>" cursors
+    events = log_links.everything_conditions(call.res_id, call.ctx.access(), base, since) if "AuditEvent" in comp_types else None
+    comp_types.discard("AuditEvent")
+    log_after = int(after[1:]) if isinstance(after, str) else None
+    after = 0 if log_after is not None else after
     ref = idx_reference.alias("ref")
     members = select(ref.c.res_pk).where(ref.c.target_id == call.res_id, compartment_ref_condition(comp_types, ref))
     conds = [r.pk.in_(members), r.deleted == false(), r.pk != patient.pk]
@@ -95,18 +101,19 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
     total = conn.execute(select(func.count()).select_from(resources).where(*conds)).scalar() or 0
     include_patient = (types is None or "Patient" in types) and (since is None or _aware(patient.last_updated) >= since)
     total += 1 if include_patient else 0
+    total += log_links.count(conn, events) if events is not None else 0
     if count == 0:
         self_url = f"{base}/Patient/{call.res_id}/$everything" + ("?" + urlencode(pairs) if pairs else "")
         return orjson.dumps({"resourceType": "Bundle", "type": "searchset", "total": total,
                              "link": [{"relation": "self", "url": self_url}]})
 
-    rows = conn.execute(
+    rows = [] if log_after is not None else conn.execute(
         select(r.pk, r.res_type, r.res_id, r.content).where(*conds, r.pk > after).order_by(r.pk).limit(count + 1)
     ).all()
     entries = []
     served: set[tuple[str, str]] = set()
     page_pks: list[int] = []
-    if after == 0 and include_patient:
+    if after == 0 and log_after is None and include_patient:
         entries.append(_entry(base, "Patient", patient.res_id, patient.content, "match"))
         served.add(("Patient", patient.res_id))
         page_pks.append(patient.pk)
@@ -117,13 +124,22 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
         entries.append(_entry(base, row.res_type, row.res_id, row.content, "match"))
         served.add((row.res_type, row.res_id))
         page_pks.append(row.pk)
-    entries += _supporting(conn, base, page_pks, served, types, access)
+    supporting = _supporting(conn, base, page_pks, served, types, access)
+    next_cursor = str(rows[-1].pk) if more and rows else None
+    if events is not None and not more:  # the resources are done: the log's events fill the page
+        room = max(count, 0) - len(rows)
+        found = log_links.page(conn, events, log_after or 0, room + 1)
+        if len(found) > room:
+            found = found[:room]
+            next_cursor = f"e{found[-1].pk if found else log_after or 0}"
+        entries += [_entry(base, row.res_type, row.res_id, row.content, "match") for row in found]
+    entries += supporting
 
     params = [(k, v) for k, v in pairs if k != "_cursor"]
     self_url = f"{base}/Patient/{call.res_id}/$everything" + ("?" + urlencode(pairs) if pairs else "")
     links = [{"relation": "self", "url": self_url}]
-    if more and rows:
-        links.append({"relation": "next", "url": f"{base}/Patient/{call.res_id}/$everything?" + urlencode(params + [("_cursor", str(rows[-1].pk))])})
+    if next_cursor is not None:
+        links.append({"relation": "next", "url": f"{base}/Patient/{call.res_id}/$everything?" + urlencode(params + [("_cursor", next_cursor)])})
     bundle = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}
     return orjson.dumps(bundle)
 

@@ -112,6 +112,10 @@ def _not_supported(call: OperationCall, message: str, expression: str | None = N
 
 def _check_type_filter(conn: Connection, res_type: str, query: list[tuple[str, str]]) -> None:
     """Run the filter once so that a bad criterion fails the kick-off, not the job."""
+    if res_type == "AuditEvent":  # the access log's own parameters (audit.log_links)
+        from ..audit.log_links import check_export_filter
+
+        return check_export_filter(conn, query)
     try:
         from ..search.engine import find_matches
     except ImportError:  # search engine not installed: filters cannot be honoured

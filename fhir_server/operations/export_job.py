@@ -26,6 +26,8 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, String, and_, exists, false, literal, or_, select, true, tuple_, type_coerce
 
+from ..audit import log_links
+from ..audit.log import AUDIT_TYPE
 from ..jobs import queue
 from ..storage.schema import idx_reference, job_files, resource_versions
 from . import compartment_ref_condition
@@ -273,6 +275,30 @@ def _condition_keep(conn: Connection, res_type: str, rows: list, names: list[str
     return {pk for (pk,) in conn.execute(select(r.c.pk).where(r.c.pk.in_([row[0] for row in rows]), cond))}
 
 
+def _resource_batch(conn: Connection, plan: _Plan, res_type: str, cursor: dict, filters: dict, scope_filters: dict,
+                    conditions: dict) -> tuple[list[bytes], list | None]:
+    """One batch of a type's resources: (their contents that pass the filters, the keyset
+    position after the batch, or None when the type is done)."""
+    # a cursor from before version-history reads may say "late": that pass is covered
+    rows = [] if cursor.get("phase") == "late" else plan.rows(conn, res_type, cursor["after"])
+    if not rows:
+        return [], None
+    items = [(row[0], row[1], row[3]) for row in rows]  # pk, id, content
+    keep = None
+    if plan.big_patient_list:
+        keep = plan.patient_keep(conn, res_type, rows)
+    for limits in (filters, scope_filters):
+        if res_type in limits:
+            matched = _type_filter_keep(conn, res_type, rows, limits[res_type])
+            keep = matched if keep is None else keep & matched
+    if res_type in conditions:
+        matched = _condition_keep(conn, res_type, rows, conditions[res_type])
+        keep = matched if keep is None else keep & matched
+    contents = [c for pk, _, c in items if c is not None and (keep is None or pk in keep)]
+    last = rows[-1]
+    return contents, [_encode_time(last.last_updated), last.pk]
+
+
 def run_export(jc: queue.JobContext) -> None:
     """The worker side of $export (resumable; see the module docstring)."""
     p = jc.job.params
@@ -290,28 +316,18 @@ def run_export(jc: queue.JobContext) -> None:
         while cursor["ti"] < len(types):
             res_type = types[cursor["ti"]]
             with jc.db.read() as conn:
-                # a cursor from before version-history reads may say "late": that pass is covered
-                rows = [] if cursor.get("phase") == "late" else plan.rows(conn, res_type, cursor["after"])
-                if not rows:
-                    files.finish(res_type)
-                    cursor.update(ti=cursor["ti"] + 1, phase="main", after=None)
-                    continue
-                items = [(row[0], row[1], row[3]) for row in rows]  # pk, id, content
-                keep = None
-                if plan.big_patient_list:
-                    keep = plan.patient_keep(conn, res_type, rows)
-                for limits in (filters, scope_filters):
-                    if res_type in limits:
-                        matched = _type_filter_keep(conn, res_type, rows, limits[res_type])
-                        keep = matched if keep is None else keep & matched
-                if res_type in conditions:
-                    matched = _condition_keep(conn, res_type, rows, conditions[res_type])
-                    keep = matched if keep is None else keep & matched
-            contents = [c for pk, _, c in items if c is not None and (keep is None or pk in keep)]
+                if res_type == AUDIT_TYPE:  # the access log (audit.log_links), in the order of its own keys
+                    last_pk, contents = log_links.export_batch(conn, p, cursor["after"], BATCH_SIZE, SQL_PATIENT_LIST_MAX)
+                    after = None if last_pk is None else ["log", last_pk]
+                else:
+                    contents, after = _resource_batch(conn, plan, res_type, cursor, filters, scope_filters, conditions)
+            if after is None:
+                files.finish(res_type)
+                cursor.update(ti=cursor["ti"] + 1, phase="main", after=None)
+                continue
             if contents:
                 files.write(res_type, _one_line_each(contents))
-            last = rows[-1]
-            cursor["after"] = [_encode_time(last.last_updated), last.pk]
+            cursor["after"] = after
             if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                 files.sync()
                 jc.checkpoint(cursor, f"{cursor['ti']}/{len(types)} types, {cursor['total']} resources")

@@ -57,6 +57,14 @@ def meta(call: OperationCall) -> Outcome:
         ix.check_type(call.res_type)
     if call.res_id:
         authorize(call.ctx.principal, AccessRequest("read", call.res_type, call.res_id))
+        if call.res_type == "AuditEvent":  # the access log (audit.log_links)
+            from ..audit.log_links import stored_event
+
+            with call.db.read() as conn:
+                content = stored_event(conn, call.ctx, call.res_id)
+            if content is None:
+                raise FhirError.of(404, "not-found", f"AuditEvent/{call.res_id} is not known")
+            return meta_parameters(jsonio.parse_plain(content).get("meta") or {})
         with call.db.read() as conn:
             stored = repo.read_current(conn, call.res_type, call.res_id)
         out = ix.read_outcome(call.res_type, call.res_id, stored)  # 404 / 410

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..audit.log import refuse_change
 from ..errors import FhirError
 from ..model import jsonio
 from ..model.validation import validate_resource
@@ -29,6 +30,7 @@ def change_meta(call: OperationCall, change: Callable[[dict, dict], dict]) -> Ou
         raise FhirError.of(400, "not-supported", f"${call.name} is invoked on a resource instance")
     given = parse_meta_parameter(call)
     ix.check_type(call.res_type)
+    refuse_change(call.res_type, f"${call.name}")  # 405 on an AuditEvent: the access log is append-only
     with call.db.write() as conn:
         stored = repo.read_current(conn, call.res_type, call.res_id, for_update=True)
         ix.read_outcome(call.res_type, call.res_id, stored)  # 404 / 410

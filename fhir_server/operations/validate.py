@@ -107,27 +107,27 @@ def _append_only(res_type: str) -> list[Issue]:
     return [Issue("error", "not-supported", "AuditEvents cannot be changed or deleted: the access log is append-only", [res_type])]
 
 
+def _stored(conn, call: OperationCall) -> bytes:
+    """The stored resource `call` names (an AuditEvent: from the access log, if the caller
+    may see it); 404 when there is none."""
+    if call.res_type == "AuditEvent":
+        from ..audit.log_links import stored_event
+
+        content = stored_event(conn, call.ctx, call.res_id)
+    else:
+        current = repo.read_current(conn, call.res_type, call.res_id)
+        content = None if current is None or current.deleted else current.content
+    if content is None:
+        raise FhirError.of(404, "not-found", f"{call.res_type}/{call.res_id} is not known")
+    return content
+
+
 def _outcome(issues: list[Issue]) -> Outcome:
     if not any(i.severity in ("error", "fatal") for i in issues):
         issues = [Issue("information", "informational", "Validation successful: no errors")] + issues
     order = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
     issues = sorted(issues, key=lambda i: order.get(i.severity, 4))
     return Outcome(status=200, body=jsonio.dumps(operation_outcome(issues)))
-
-
-def _stored_content(conn, res_type: str, res_id: str) -> bytes:
-    """The stored resource's JSON (an AuditEvent from the access log); 404 when there is none."""
-    if res_type == "AuditEvent":
-        from ..audit.log import read
-
-        found = read(conn, res_id)
-        content = found[2] if found else None
-    else:
-        current = repo.read_current(conn, res_type, res_id)
-        content = current.content if current is not None and not current.deleted else None
-    if content is None:
-        raise FhirError.of(404, "not-found", f"{res_type}/{res_id} is not known")
-    return content
 
 
 @operation("validate", ("type", "instance"), types=tuple(sorted(resource_types())), definition=DEFINITION)
@@ -142,7 +142,7 @@ def validate(call: OperationCall) -> Outcome:
         if mode == "delete":
             if not call.res_id:
                 raise FhirError.of(400, "required", "mode=delete validates an existing resource: call it on [type]/[id]/$validate")
-            _stored_content(conn, res_type, call.res_id)
+            _stored(conn, call)
             issues: list[Issue] = _append_only(res_type)
             n = _references_to(conn, res_type, call.res_id)
             if n:
@@ -153,7 +153,7 @@ def validate(call: OperationCall) -> Outcome:
         if resource is None:
             if not call.res_id:
                 raise FhirError.of(400, "required", "$validate needs a resource: POST it, or a Parameters with 'resource'")
-            resource = jsonio.parse_plain(_stored_content(conn, res_type, call.res_id))
+            resource = jsonio.parse_plain(_stored(conn, call))
         if resource.get("resourceType") != res_type:
             raise FhirError.of(400, "invalid", f"The resource is a {resource.get('resourceType')}, not a {res_type}",
                                "resourceType")

@@ -76,6 +76,10 @@ def capability_statement(base_url: str, security: bytes | None = None) -> bytes:
             "searchRevInclude": ["*"],
             "searchParam": _search_params(res_type),
         }
+        if res_type == "AuditEvent":  # the access log (audit.log_links)
+            from ..audit.log_links import capability_entry
+
+            entry = capability_entry(entry)
         if res_type in _resource_extensions:
             entry["extension"] = list(_resource_extensions[res_type])
         ops = [{"name": n, "definition": d} for n, d, types in _operations if types and res_type in types]

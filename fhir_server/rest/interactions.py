@@ -153,6 +153,10 @@ def _within(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, p
     nobody else's token reaches it."""
     if ctx.principal.unrestricted:
         return True
+    if res_type == AUDIT_TYPE:  # the access log's rows (audit.log_links), not the resources table
+        from ..audit.log_links import event_visible
+
+        return event_visible(conn, ctx, res_id)
     from ..search.access import visible
 
     vis = visibility(ctx.principal, res_type, permission)

@@ -212,6 +212,8 @@ def _parse_include(value: str, iterate: bool, reverse: bool, res_type: str | Non
         raise bad(f"Unknown resource type '{src}' in {what}", what)
     if target and not registry.is_resource_type(target):
         raise bad(f"Unknown resource type '{target}' in {what}", what)
+    if src == "AuditEvent" and param not in ("*", "patient", "agent", "entity"):  # the access log's (audit.log_links)
+        raise unsupported(f"{what} from AuditEvent takes patient, agent or entity (the access log), not '{param}'", what)
     if param == "*":
         return _Include(src, None, target, iterate, reverse)
     sp = registry.search_parameters_for(src).get(param)
@@ -404,7 +406,7 @@ def execute_search(conn: Connection, req: SearchRequest) -> bytes:
     total = conn.execute(prep.count_q).scalar_one() if needs_count(prep, more) else None
     included = []
     if prep.plan.includes and rows:
-        included = _includes(conn, prep.plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows], req.access)
+        included = _includes(conn, prep.plan.includes, [(x.pk, x.res_type, x.res_id) for x in rows], req.access, req.base_url)
     return assemble_search(prep, rows, more, total, included)
 
 
@@ -504,9 +506,13 @@ def _fetch(conn: Connection, wanted: dict[str, set[str]], access: Access | None 
     return rows
 
 
-def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, str, str]], access: Access | None = None) -> list:
+def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, str, str]], access: Access | None = None,
+              base_url: str = "") -> list:
     """Resolve _include/_revinclude for one page; :iterate repeats over what was added.
-    Included resources the caller may not see are left out (in the query, not after)."""
+    Included resources the caller may not see are left out (in the query, not after).
+    AuditEvents come from the access log (audit.log_links): their pks are the log's."""
+    from ..audit import log_links
+
     seen = {(t, i) for _, t, i in matches}
     out = []
     frontier = matches
@@ -516,8 +522,15 @@ def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, 
             break
         wanted: dict[str, set[str]] = {}
         rev_pks: set[int] = set()
+        logged: list = []
         for spec in active:
-            src = [x for x in frontier if spec.src_type is None or x[1] == spec.src_type] if not spec.reverse else frontier
+            found, targets = log_links.includes(conn, spec, frontier, access, base_url)
+            logged += found
+            for tt, tids in targets.items():
+                wanted.setdefault(tt, set()).update(tid for tid in tids if (tt, tid) not in seen)
+            if spec.reverse and spec.src_type == log_links.AUDIT_TYPE:
+                continue
+            src = [x for x in frontier if x[1] != log_links.AUDIT_TYPE and (spec.src_type is None or x[1] == spec.src_type)] if not spec.reverse else frontier
             if not src:
                 continue
             ref = idx_reference
@@ -546,12 +559,13 @@ def _includes(conn: Connection, specs: list[_Include], matches: list[tuple[int, 
                         if spec.src_type:
                             conds.append(ref.c.res_type == spec.src_type)
                         rev_pks.update(conn.execute(select(ref.c.res_pk).where(*conds)).scalars())
+        logged += log_links.fetch(conn, wanted.pop(log_links.AUDIT_TYPE, ()), access, base_url)
         new = _fetch(conn, wanted, access)
         rev_by_type: dict[str, set[int]] = {}
         for chunk in _chunks(sorted(rev_pks)):
             for pk, rtype in conn.execute(select(resources.c.pk, resources.c.res_type).where(resources.c.pk.in_(chunk))).all():
                 rev_by_type.setdefault(rtype, set()).add(pk)
-        new += _fetch(conn, rev_by_type, access, "pk")
+        new += _fetch(conn, rev_by_type, access, "pk") + logged
         fresh = []
         for row in new:
             key = (row.res_type, row.res_id)

@@ -546,6 +546,10 @@ def _has_condition(ctx: QueryContext, res_type: str | None, name: str, value: st
         raise bad(f"'{ref_code}' is not a reference parameter of {src_type}", name)
     if res_type is None:
         raise bad("_has needs a resource type", name)
+    if src_type == "AuditEvent":  # the access log's rows (audit.log_links)
+        from ..audit.log_links import has_ids
+
+        return r.c.res_id.in_(has_ids(ctx, res_type, ref_code, rest, value, name))
     r2 = alias_of(resources)
     sub_ctx = QueryContext(ctx.base_url, ctx.depth + 1, ctx.warnings, conn=ctx.conn, access=ctx.access)
     src = select(r2.c.pk).where(r2.c.res_type == src_type, live(r2),
