@@ -170,7 +170,9 @@ def kick_off(call: OperationCall) -> Outcome:
             _not_supported(call, f"_type '{t}' {why}", "_type")
     if types and not known:
         raise FhirError.of(400, "not-supported", "None of the requested _type values can be exported", "_type")
-    type_list = known or sorted(allowed)
+    # Without _type, the record: the access log (AuditEvent) comes only when _type names it,
+    # as in $everything; a whole system's log is not what a registry's default export asks for.
+    type_list = known or sorted(allowed - {"AuditEvent"})
 
     # _typeFilter: 'Type?search', OR-ed per type.
     type_filters: dict[str, list[list[tuple[str, str]]]] = {}

@@ -312,7 +312,7 @@ def _tags(lines: list[dict]) -> list[str]:
 
 def test_system_export_writes_the_log(exporter):
     s = exporter
-    for params in ({}, {"_type": "AuditEvent,Patient"}):
+    for params in ({"_type": "AuditEvent"}, {"_type": "AuditEvent,Patient"}):
         manifest, lines = _export(s, params=params)
         expected = _logged_until(s, manifest["transactionTime"])
         assert len(lines) == len({e["id"] for e in lines})  # each event once
@@ -321,6 +321,8 @@ def test_system_export_writes_the_log(exporter):
         assert [o["count"] for o in manifest["output"] if o["type"] == "AuditEvent"] == [len(lines)]
     manifest, lines = _export(s, params={"_type": "Patient"})
     assert lines == [] and all(o["type"] == "Patient" for o in manifest["output"])
+    manifest, lines = _export(s)  # without _type: the record, not the log (as $everything)
+    assert lines == [] and manifest["output"] and all(o["type"] != "AuditEvent" for o in manifest["output"])
 
 
 def test_patient_and_group_exports_take_the_events_naming_their_patients(exporter, monkeypatch):
