@@ -26,9 +26,11 @@ def setup(settings) -> None:
 def make_writer(db, settings):
     """The batch writer of read events: in a child process (`FHIR_SERVER_AUDIT_WRITER=process`:
     its CPU stays off the event loop's GIL) or a thread of this process (`thread`). `auto`, the
-    default, is `process` on PostgreSQL and `thread` on SQLite, where one more process writing
-    the same file only adds contention for its single write lock (measured: the read ratio of
-    bench_protected fell from 0.51 to 0.45 on SQLite and rose from 0.27 to 0.42 on PostgreSQL)."""
+    default, is `process` for both databases (an in-memory SQLite database, which another
+    process cannot open, always gets the thread). With a thread, the event loop waited for the
+    GIL after each socket write while the writer ran (py-spy: the response head's write went
+    from 19% to 55% of the loop's samples); bench_protected on SQLite, thread against process,
+    two runs each: read 0.46/0.45 against 0.52/0.50 of open, search 0.44/0.43 against 0.57/0.52."""
     from .process_writer import ProcessAuditWriter
     from .writer import AuditWriter
 
@@ -38,12 +40,9 @@ def make_writer(db, settings):
     in_memory = sqlite and (url.database or ":memory:") in ("", ":memory:")
     mode = str(getattr(settings, "audit_writer", "auto")).strip().lower()
     if mode == "auto":
-        mode = "thread" if sqlite else "process"
+        mode = "process"
     if mode == "process" and not in_memory:
         return ProcessAuditWriter(url.render_as_string(hide_password=False), flush_seconds=flush_seconds)
-    import os, sys
-    if os.environ.get("XX_SWITCH"):
-        sys.setswitchinterval(float(os.environ["XX_SWITCH"]))
     return AuditWriter(db, flush_seconds=flush_seconds)
 
 

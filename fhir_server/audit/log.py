@@ -77,44 +77,55 @@ def _versionless(ref: str) -> str:
     return head
 
 
-def entry_of_facts(facts: AuditFacts, event_id: str | None = None) -> Entry:
-    """The row of an event this server logged (`facts.patients` already resolved)."""
-    from .balp import _KIND_TYPE, DCM, INTERACTION
-
-    system, code, _ = _KIND_TYPE[facts.kind]
-    if facts.kind == "login":
-        sub_system, sub_code = DCM, "110122"
-    else:
-        sub_system, sub_code = INTERACTION, "operation" if facts.subtype.startswith("$") else facts.subtype
-    refs: dict[str, int] = {}
-    for pid in facts.patients:
-        _add(refs, f"Patient/{pid}", ROLE_ENTITY)
-    for res_type, res_id in facts.data:
-        _add(refs, f"{res_type}/{_versionless(res_id)}", ROLE_ENTITY)
-    _add(refs, facts.request_id, ROLE_ENTITY_ID)
-    _add(refs, facts.fhir_user, ROLE_AGENT)
-    behalf = facts.acting_for or (f"Patient/{facts.context_patient}" if facts.context_patient else None)
-    if behalf and behalf != facts.fhir_user:
-        _add(refs, behalf, ROLE_AGENT)
-    if facts.subject:
-        _add(refs, facts.subject, ROLE_ALTID | (0 if facts.fhir_user else ROLE_AGENT_ID))
-    _add(refs, facts.client_id, ROLE_AGENT_ID)
-    recorded = facts.recorded
-    doc = _facts_doc(facts)
-    main = (event_id or new_time_ordered_id(), recorded, recorded, system, code, sub_system, sub_code, facts.action,
-            facts.outcome, doc)
-    return Entry(main, refs)
-
-
-def _facts_doc(facts: AuditFacts) -> bytes:
-    """The facts as JSON (orjson writes the dataclass itself: dataclasses.asdict deep-copies
-    and cost seven times the rest of the event)."""
-    raw = clean_json({"f": facts})
+def encode(facts: AuditFacts, lookup=()) -> bytes:
+    """One event as the writers queue and hand it on: `{"f": facts, "l": [[type, id], ...]}`
+    (the stored resources whose patients the event names) as JSON bytes. Bytes, not objects:
+    a second of queued events is not walked by the garbage collector, and the process writer
+    sends them without pickling each (orjson writes the dataclass itself; dataclasses.asdict
+    deep-copies and cost seven times the rest of the event)."""
+    raw = clean_json({"f": facts, "l": lookup})
     if raw is None:  # a refused request may carry a NUL or a lone surrogate: kept as U+FFFD
         from ..model.jsonguard import scrub
 
-        raw = orjson.dumps(scrub({"f": asdict(facts)}))
+        raw = orjson.dumps(scrub({"f": asdict(facts), "l": [list(p) for p in lookup]}))
     return raw
+
+
+def entry_of_facts(facts: AuditFacts, event_id: str | None = None) -> Entry:
+    """The row of an event this server logged (`facts.patients` already resolved)."""
+    return entry_of_fields(orjson.loads(encode(facts))["f"], event_id)
+
+
+def entry_of_fields(f: dict, event_id: str | None = None) -> Entry:
+    """The row of an event from its facts as decoded JSON (`encode`; `patients` resolved)."""
+    from .balp import _KIND_TYPE, DCM, INTERACTION
+
+    system, code, _ = _KIND_TYPE[f["kind"]]
+    subtype = f["subtype"]
+    if f["kind"] == "login":
+        sub_system, sub_code = DCM, "110122"
+    else:
+        sub_system, sub_code = INTERACTION, "operation" if subtype.startswith("$") else subtype
+    refs: dict[str, int] = {}
+    for pid in f["patients"]:
+        _add(refs, f"Patient/{pid}", ROLE_ENTITY)
+    for res_type, res_id in f["data"]:
+        _add(refs, f"{res_type}/{_versionless(res_id)}", ROLE_ENTITY)
+    _add(refs, f["request_id"], ROLE_ENTITY_ID)
+    fhir_user = f["fhir_user"]
+    _add(refs, fhir_user, ROLE_AGENT)
+    behalf = f["acting_for"] or (f"Patient/{f['context_patient']}" if f["context_patient"] else None)
+    if behalf and behalf != fhir_user:
+        _add(refs, behalf, ROLE_AGENT)
+    if f["subject"]:
+        _add(refs, f["subject"], ROLE_ALTID | (0 if fhir_user else ROLE_AGENT_ID))
+    _add(refs, f["client_id"], ROLE_AGENT_ID)
+    recorded = datetime.fromisoformat(f["recorded"])
+    status = f["status"]
+    outcome = "0" if status < 400 else "4" if status < 500 else "8"
+    main = (event_id or new_time_ordered_id(), recorded, recorded, system, code, sub_system, sub_code, f["action"],
+            outcome, orjson.dumps({"f": f}))
+    return Entry(main, refs)
 
 
 def entry_of_resource(resource: dict, last_updated: datetime) -> Entry:

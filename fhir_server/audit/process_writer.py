@@ -3,8 +3,8 @@
 Writing a read's event (the patients' lookup, its log rows: audit.log) costs a fraction of
 serving the read, but in the server's process that work holds the GIL the event loop needs,
 and it adds up under load. Here the server
-process only appends the facts to a deque; a sender thread pickles what has gathered (one
-message per batch) into a pipe, and a child process (spawned, not forked: the server has
+process only appends the facts, encoded as JSON bytes (audit.log.encode), to a deque; a sender
+thread sends what has gathered (one message per batch) into a pipe, and a child process (spawned, not forked: the server has
 threads and an event loop) runs the same `AuditWriter` on its own core.
 
 Same contract as `AuditWriter`: `submit` never blocks on I/O; `flush()` returns once every
@@ -23,8 +23,8 @@ import pickle
 import threading
 from collections import deque
 
+from . import log as audit_log
 from .balp import AuditFacts
-from .writer import Pending
 
 log = logging.getLogger("fhir_server.audit")
 
@@ -37,7 +37,7 @@ class ProcessAuditWriter:
         self.database_url = database_url
         self.flush_seconds = flush_seconds
         self.max_pending = max_pending
-        self._queue: deque[Pending] = deque()
+        self._queue: deque[bytes] = deque()  # audit.log.encode: facts and lookups as JSON
         self._lock = threading.Lock()  # one sender at a time on the pipe (sender thread, flush, close)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -50,7 +50,7 @@ class ProcessAuditWriter:
 
     def submit(self, facts: AuditFacts, lookup: list[tuple[str, str]] | None = None) -> None:
         """Queue one event (thread-safe, never blocks on I/O)."""
-        self._queue.append(Pending(facts, lookup or []))
+        self._queue.append(audit_log.encode(facts, lookup or ()))
         if self._sender is None:
             self._start()
         if len(self._queue) > self.max_pending:
@@ -161,8 +161,8 @@ def _child_main(pipe, database_url: str, flush_seconds: float, parent_pid: int) 
             except (EOFError, OSError):
                 break
             if kind == "events":
-                for item in payload:
-                    writer.submit(item.facts, item.lookup)
+                for raw in payload:
+                    writer.submit_encoded(raw)
             elif kind in ("flush", "stop"):
                 try:
                     writer.flush()

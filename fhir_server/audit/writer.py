@@ -20,7 +20,8 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+
+import orjson
 
 from ..errors import FhirError
 from . import log as audit_log
@@ -28,12 +29,6 @@ from .balp import AuditFacts
 from .store import patients_of_stored
 
 log = logging.getLogger("fhir_server.audit")
-
-
-@dataclass
-class Pending:
-    facts: AuditFacts
-    lookup: list[tuple[str, str]]  # stored (type, id) whose patients the event names
 
 
 class AuditWriter:
@@ -45,7 +40,7 @@ class AuditWriter:
         self.max_batch = max_batch or (500 if sqlite else 1000)
         self.pause_between_batches = 0.002 if sqlite else 0.0
         self.max_pending = max_pending
-        self._queue: deque[Pending] = deque()
+        self._queue: deque[bytes] = deque()  # audit.log.encode: facts and lookups as JSON
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -57,8 +52,13 @@ class AuditWriter:
     # ------------------------------------------------------------ producer side
 
     def submit(self, facts: AuditFacts, lookup: list[tuple[str, str]] | None = None) -> None:
-        """Queue one event (thread-safe, never blocks on I/O)."""
-        self._queue.append(Pending(facts, lookup or []))
+        """Queue one event (thread-safe, never blocks on I/O). `lookup`: stored (type, id)
+        whose patients the event names, looked up when it is written."""
+        self.submit_encoded(audit_log.encode(facts, lookup or ()))
+
+    def submit_encoded(self, raw: bytes) -> None:
+        """Queue one event encoded by `audit.log.encode` (the process writer's child)."""
+        self._queue.append(raw)
         if self._thread is None:
             self._start()
         if len(self._queue) > self.max_pending:
@@ -94,7 +94,7 @@ class AuditWriter:
         total = 0
         with self._flush_lock:
             while self._queue:
-                batch: list[Pending] = []
+                batch: list[bytes] = []
                 while self._queue and len(batch) < self.max_batch:
                     batch.append(self._queue.popleft())
                 try:
@@ -117,7 +117,7 @@ class AuditWriter:
         self.written += total
         return total
 
-    def _write_each(self, batch: list[Pending]) -> None:
+    def _write_each(self, batch: list[bytes]) -> None:
         for item in batch:
             try:
                 self._write([item])
@@ -125,7 +125,7 @@ class AuditWriter:
                 self.dropped += 1
                 log.error("audit event dropped, the database cannot store it: %s", exc.issues[0].diagnostics if exc.issues else exc)
 
-    def _write(self, batch: list[Pending]) -> None:
+    def _write(self, batch: list[bytes]) -> None:
         with self.db.write() as conn:
             audit_log.insert(conn, entries(conn, batch))
 
@@ -144,20 +144,19 @@ class AuditWriter:
             log.exception("audit events could not be written at shutdown: %d lost", len(self._queue))
 
 
-def entries(conn, batch: list[Pending]) -> list[audit_log.Entry]:
-    """The log rows of `batch`, each naming the patients its looked-up resources belong to
-    (one indexed query for the whole batch)."""
-    lookups = [p for item in batch for p in item.lookup]
+def entries(conn, batch: list[bytes]) -> list[audit_log.Entry]:
+    """The log rows of `batch` (`audit.log.encode`d events), each naming the patients its
+    looked-up resources belong to (one indexed query for the whole batch)."""
+    docs = [orjson.loads(raw) for raw in batch]
+    lookups = [tuple(p) for doc in docs for p in doc["l"]]
     found = patients_of_stored(conn, lookups) if lookups else {}
     out = []
-    for item in batch:
-        facts = item.facts
-        if item.lookup:
-            names = list(facts.patients)
-            for pair in item.lookup:
-                for pid in found.get(pair, ()):
-                    if pid not in names:
-                        names.append(pid)
-            facts.patients = names
-        out.append(audit_log.entry_of_facts(facts))
+    for doc in docs:
+        f = doc["f"]
+        names = f["patients"]
+        for pair in doc["l"]:
+            for pid in found.get(tuple(pair), ()):
+                if pid not in names:
+                    names.append(pid)
+        out.append(audit_log.entry_of_fields(f))
     return out

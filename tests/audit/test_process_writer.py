@@ -52,7 +52,7 @@ def test_events_are_written_by_a_child_process_on_flush_and_at_shutdown(settings
     assert writer._child is None and not child.is_alive()
 
 
-def test_auto_is_a_process_on_postgresql_and_a_thread_on_sqlite(settings, tmp_path):
+def test_auto_is_a_process_and_a_thread_for_an_in_memory_database(settings, tmp_path):
     from fhir_server.audit import make_writer
     from fhir_server.audit.process_writer import ProcessAuditWriter
     from fhir_server.audit.writer import AuditWriter
@@ -63,8 +63,9 @@ def test_auto_is_a_process_on_postgresql_and_a_thread_on_sqlite(settings, tmp_pa
     pg = Database("postgresql+psycopg://nobody@127.0.0.1:1/none")  # never connected: the choice is by URL
     memory = Database("sqlite://")
     try:
-        assert type(make_writer(lite, auto)) is AuditWriter
+        assert type(make_writer(lite, auto)) is ProcessAuditWriter
         assert type(make_writer(pg, auto)) is ProcessAuditWriter
+        assert type(make_writer(memory, auto)) is AuditWriter
         assert type(make_writer(lite, settings.model_copy(update={"audit_writer": "process"}))) is ProcessAuditWriter
         assert type(make_writer(pg, settings.model_copy(update={"audit_writer": "thread"}))) is AuditWriter
         assert type(make_writer(memory, settings.model_copy(update={"audit_writer": "process"}))) is AuditWriter
