@@ -35,7 +35,7 @@ from ..search.query import unsupported
 from ..storage.schema import audit_log, audit_log_refs
 from .context import note_patients
 from .log import AUDIT_TYPE, ROLE_AGENT, ROLE_ENTITY, render
-from .log_search import SUPPORTED, _patients, _refs_with, param_condition, visibility_condition, visible
+from .log_search import SUPPORTED, patients_named, refs_with, param_condition, visibility_condition, visible
 
 Row = namedtuple("Row", "pk res_type res_id content")
 _A = audit_log.c
@@ -105,7 +105,7 @@ def reverse(conn: Connection, param: str | None, target: str | None, frontier: I
             last = page[-1].pk
     out = [rows[pk] for pk in sorted(rows)]
     if out:
-        note_patients(_patients(conn, [r.pk for r in out]))  # the log read names whose events these were
+        note_patients(patients_named(conn, [r.pk for r in out]))  # the log read names whose events these were
     return out
 
 
@@ -122,7 +122,7 @@ def fetch(conn: Connection, ids: Iterable[str], access, base_url: str) -> list[R
         q = select(_A.pk, _A.id, _A.doc).where(_A.id.in_(chunk), *extra).order_by(_A.pk)
         rows += [Row(pk, AUDIT_TYPE, event_id, render(event_id, bytes(doc))) for pk, event_id, doc in conn.execute(q)]
     if rows:
-        note_patients(_patients(conn, [r.pk for r in rows]))
+        note_patients(patients_named(conn, [r.pk for r in rows]))
     return rows
 
 
@@ -190,7 +190,7 @@ def has_ids(ctx, res_type: str, ref_code: str, param: str, value: str, name: str
 def everything_conditions(patient_id: str, access, base_url: str, since: datetime | None) -> list[ColumnElement]:
     """The events of a patient's `$everything`: naming them (role patient), visible to
     the caller, last updated at or after `since`."""
-    conds = [_refs_with([f"Patient/{patient_id}"], ROLES["patient"])]
+    conds = [refs_with([f"Patient/{patient_id}"], ROLES["patient"])]
     allowed = visibility_condition(access, base_url)
     if allowed is not None:
         conds.append(allowed)
@@ -210,7 +210,7 @@ def page(conn: Connection, conds: list[ColumnElement], after: int, limit: int) -
     q = select(_A.pk, _A.id, _A.doc).where(*conds, _A.pk > after).order_by(_A.pk).limit(limit)
     rows = [Row(pk, AUDIT_TYPE, event_id, render(event_id, bytes(doc))) for pk, event_id, doc in conn.execute(q)]
     if rows:
-        note_patients(_patients(conn, [r.pk for r in rows]))
+        note_patients(patients_named(conn, [r.pk for r in rows]))
     return rows
 
 
@@ -271,7 +271,7 @@ def export_batch(conn: Connection, p: dict, after: list | None, batch_size: int,
         elif not patients:
             return None, []
         elif len(patients) <= list_max:
-            conds.append(_refs_with([f"Patient/{x}" for x in patients], ROLES["patient"]))
+            conds.append(refs_with([f"Patient/{x}" for x in patients], ROLES["patient"]))
         else:
             patient_set = set(patients)
     for limits_ in (p.get("type_filters") or {}, p.get("scope_filters") or {}):

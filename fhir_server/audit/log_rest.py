@@ -52,9 +52,9 @@ def _event(conn: Connection, ctx: RequestContext, event_id: str, interaction: st
     if row is None or not visible(conn, ctx.access(), ctx.base_url, row.pk):
         raise FhirError.of(404, "not-found", f"AuditEvent/{event_id} is not known")
     from .context import note_patients
-    from .log_search import _patients
+    from .log_search import patients_named
 
-    note_patients(_patients(conn, [row.pk]))
+    note_patients(patients_named(conn, [row.pk]))
     return row
 
 

@@ -69,7 +69,7 @@ def search(conn: Connection, req: eng.SearchRequest) -> bytes:
     rows = [Row(r.pk, AUDIT_TYPE, r.id, render(r.id, bytes(r.doc)), r.k0 if prep.nkeys else None) for r in raw]
     total = conn.execute(prep.count_q).scalar_one() if eng.needs_count(prep, more) else None
     pks = [r.pk for r in rows]
-    note_patients(_patients(conn, pks))
+    note_patients(patients_named(conn, pks))
     included = _included(conn, prep.plan.includes, pks, req.access) if prep.plan.includes and pks else []
     return eng.assemble_search(prep, rows, more, total, included)
 
@@ -120,7 +120,7 @@ def _conditions(req: eng.SearchRequest, plan: eng._Plan) -> list[ColumnElement]:
         conds.append(allowed)
     if req.compartment:
         comp_type, comp_id = req.compartment
-        conds.append(_refs_with([f"{comp_type}/{comp_id}"], _REFERENCE_ROLES["patient" if comp_type == "Patient" else "agent"]))
+        conds.append(refs_with([f"{comp_type}/{comp_id}"], _REFERENCE_ROLES["patient" if comp_type == "Patient" else "agent"]))
     for name, value in req.params:
         try:
             if name in eng.IGNORED_PARAMS or name == "_type" or (value == "" and name.split(":", 1)[0] not in eng.CONTROL_PARAMS):
@@ -159,7 +159,7 @@ def visibility_condition(access, base_url: str) -> ColumnElement | None:
             parts = []
             if c.compartment:
                 comp_type, comp_id = c.compartment
-                parts.append(_refs_with([f"{comp_type}/{comp_id}"], _REFERENCE_ROLES["patient" if comp_type == "Patient" else "agent"]))
+                parts.append(refs_with([f"{comp_type}/{comp_id}"], _REFERENCE_ROLES["patient" if comp_type == "Patient" else "agent"]))
             parts += [param_condition(n, v, base_url) for n, v in c.params]
             parts += [not_(param_condition(n, v, base_url)) for n, v in c.exclude]
         except FhirError:
@@ -179,10 +179,10 @@ def param_condition(name: str, value: str, base_url: str) -> ColumnElement:
         return or_(*[_date_cond(v, col, None, point=True, name=code) for v in values])
     if code in _REFERENCE_ROLES and (not modifier or modifier[0].isupper()):
         refs = [_reference(code, modifier, v, base_url) for v in values]
-        return _refs_with(refs, _REFERENCE_ROLES[code])
+        return refs_with(refs, _REFERENCE_ROLES[code])
     if code in _IDENTIFIER_ROLES and modifier == "identifier" or code == "altid" and not modifier:
         role = ROLE_ALTID if code == "altid" else _IDENTIFIER_ROLES[code]
-        return _refs_with([v.split("|", 1)[-1] for v in values], role)
+        return refs_with([v.split("|", 1)[-1] for v in values], role)
     if code in _TOKENS and modifier in ("", "not"):
         cond = or_(*[_token(code, v) for v in values])
         return not_(cond) if modifier == "not" else cond
@@ -206,7 +206,9 @@ def _reference(code: str, modifier: str, value: str, base_url: str) -> str:
     raise bad(f"'{code}' needs a typed reference (Type/id), or a type modifier ({code}:Practitioner=id)", code)
 
 
-def _refs_with(values: list[str], roles: int) -> ColumnElement:
+def refs_with(values: list[str], roles: int) -> ColumnElement:
+    """Events with one of `values` among their references or identifiers in one of `roles`
+    (bits of audit.log.ROLE_*), as a condition on log rows."""
     sub = select(_R.event_pk).where(_R.value.in_(values), _R.roles.op("&")(roles) != 0)
     return _A.pk.in_(sub)
 
@@ -226,7 +228,7 @@ def _token(code: str, value: str) -> ColumnElement:
         else:
             cond = and_(system_col == system, code_col == c)
     if code == "subtype" and not value.endswith("|") and not value.startswith("|"):
-        cond = or_(cond, _refs_with([value], ROLE_SUBTYPE))  # a subtype after the first
+        cond = or_(cond, refs_with([value], ROLE_SUBTYPE))  # a subtype after the first
     return cond
 
 
@@ -254,7 +256,7 @@ def _included(conn: Connection, includes, pks: list[int], access) -> list:
     return eng._fetch(conn, wanted, access)
 
 
-def _patients(conn: Connection, pks: list[int]) -> list[str]:
+def patients_named(conn: Connection, pks: list[int]) -> list[str]:
     """The Patient ids the events `pks` name (the log of this read names them)."""
     out: list[str] = []
     for chunk in eng._chunks(pks):
