@@ -4,7 +4,7 @@ patients data is about.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection, LargeBinary, select, tuple_
 
 from ..storage.schema import idx_reference, resources
 
@@ -19,7 +19,8 @@ def insert_rows(conn: Connection, table, columns: tuple[str, ...], rows: list[tu
     """Insert `rows` (tuples of `columns`) into `table` with one executemany of the driver's
     own INSERT, without SQLAlchemy's per-row parameter handling; each value passes the bind processor
     SQLAlchemy's own insert would apply (on SQLite: datetimes to its text form, booleans to
-    integers, floats), so the stored values are the same."""
+    integers, floats), so the stored values are the same. Bytes skip SQLite's binary processor
+    (a memoryview per value): the driver stores bytes as the same BLOB."""
     if not rows:
         return
     dialect = conn.dialect
@@ -28,7 +29,8 @@ def insert_rows(conn: Connection, table, columns: tuple[str, ...], rows: list[tu
     if entry is None:
         marks = ", ".join(["?" if dialect.paramstyle == "qmark" else "%s"] * len(columns))
         procs = [(i, p) for i, c in enumerate(columns)
-                 if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+                 if (p := table.c[c].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+                 and not (dialect.name == "sqlite" and isinstance(table.c[c].type, LargeBinary))]
         entry = _SQL[key] = (f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", procs)
     sql, procs = entry
     if procs:

@@ -231,3 +231,22 @@ def test_a_patient_reads_only_events_about_them(app, client, issue_token, audite
         assert c.get(f"/fhir/AuditEvent/{audited[4]['id']}").status_code == 404
         assert c.get(f"/fhir/AuditEvent/{audited[0]['id']}").status_code == 200
         assert c.get(f"/fhir/Patient/{me}/AuditEvent").json()["total"] >= 2
+
+
+def test_event_and_request_ids_are_version_7_uuids_in_time_order(monkeypatch):
+    """RFC 9562 version 7: the first 48 bits are Unix milliseconds, so later ids sort later."""
+    import time
+    import uuid as uuidlib
+
+    from fhir_server import ids
+
+    made = []
+    for ms in (1_700_000_000_000, 1_700_000_000_001, 1_800_000_000_000):
+        monkeypatch.setattr(ids.time, "time_ns", lambda ms=ms: ms * 1_000_000)
+        made += [ids.new_time_ordered_id() for _ in range(50)]
+    monkeypatch.setattr(ids.time, "time_ns", time.time_ns)
+    parsed = [uuidlib.UUID(x) for x in made]
+    assert all(u.version == 7 and u.variant == uuidlib.RFC_4122 and str(u) == x for u, x in zip(parsed, made))
+    assert [int(u.hex[:12], 16) for u in parsed[::50]] == [1_700_000_000_000, 1_700_000_000_001, 1_800_000_000_000]
+    assert sorted(made[:50])[-1] < sorted(made[50:100])[0] < sorted(made[100:])[0]
+    assert len(set(made)) == len(made) and len(ids.new_time_ordered_hex()) == 32
