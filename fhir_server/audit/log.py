@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Iterable
 
 import orjson
 from sqlalchemy import Connection, func, select, text
@@ -92,12 +91,15 @@ def encode(facts: AuditFacts, lookup=()) -> bytes:
 
 
 def entry_of_facts(facts: AuditFacts, event_id: str | None = None) -> Entry:
-    """The row of an event this server logged (`facts.patients` already resolved)."""
-    return entry_of_fields(orjson.loads(encode(facts))["f"], event_id)
+    """The row of an event this server logged (`facts.patients` already resolved); its
+    encoded form is the stored document as it is (a write's event: serialised once)."""
+    raw = encode(facts)
+    return entry_of_fields(orjson.loads(raw)["f"], event_id, doc=raw)
 
 
-def entry_of_fields(f: dict, event_id: str | None = None) -> Entry:
-    """The row of an event from its facts as decoded JSON (`encode`; `patients` resolved)."""
+def entry_of_fields(f: dict, event_id: str | None = None, doc: bytes | None = None) -> Entry:
+    """The row of an event from its facts as decoded JSON (`encode`; `patients` resolved).
+    `doc`: the stored document when the caller has it already (`{"f": f, ...}` as JSON)."""
     from .balp import _KIND_TYPE, DCM, INTERACTION
 
     system, code, _ = _KIND_TYPE[f["kind"]]
@@ -124,7 +126,7 @@ def entry_of_fields(f: dict, event_id: str | None = None) -> Entry:
     status = f["status"]
     outcome = "0" if status < 400 else "4" if status < 500 else "8"
     main = (event_id or new_time_ordered_id(), recorded, recorded, system, code, sub_system, sub_code, f["action"],
-            outcome, orjson.dumps({"f": f}))
+            outcome, doc if doc is not None else orjson.dumps({"f": f}))
     return Entry(main, refs)
 
 

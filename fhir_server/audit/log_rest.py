@@ -22,7 +22,9 @@ from ..errors import FhirError
 from ..model import jsonio
 from ..model.lexical import ascii_int
 from ..rest.context import Outcome, RequestContext
+from ..rest.interactions import fhir_instant, http_date, parse_instant
 from ..security.authz import AccessRequest, authorize
+from ..storage.repository import _utc
 from ..storage.schema import audit_log
 from . import log as audit_log_store
 from .log import AUDIT_TYPE, render
@@ -35,15 +37,7 @@ _HISTORY_PARAMS = {"_since", "_at", "_count", "_page", "_format", "_pretty"}
 
 
 def _instant(at: datetime) -> str:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _http_date(at: datetime) -> str:
-    from ..rest.interactions import http_date
-
-    return http_date(at if at.tzinfo else at.replace(tzinfo=timezone.utc))
+    return fhir_instant(_utc(at))
 
 
 def _event(conn: Connection, ctx: RequestContext, event_id: str, interaction: str):
@@ -72,13 +66,12 @@ def vread(conn: Connection, ctx: RequestContext, event_id: str, version: str) ->
 
 def _outcome(event_id: str, updated: datetime, body: bytes, status: int) -> Outcome:
     return Outcome(status=status, body=body, res_type=AUDIT_TYPE, res_id=event_id, version_id=1,
-                   last_modified=_http_date(updated), last_updated=_instant(updated))
+                   last_modified=http_date(_utc(updated)), last_updated=_instant(updated))
 
 
 def history(conn: Connection, ctx: RequestContext, event_id: str | None, params: list[tuple[str, str]]) -> bytes:
     """Instance or type history of AuditEvent: each event once, as its creation, newest first."""
     from ..rest.history import _decode_cursor, _encode_cursor
-    from ..rest.interactions import parse_instant
 
     level = "instance" if event_id else "type"
     authorize(ctx.principal, AccessRequest(f"history-{level}", AUDIT_TYPE, event_id))

@@ -60,6 +60,7 @@ def _move_stored_events(conn) -> None:
     """Stored AuditEvent resources become log rows (their JSON kept as it is served)."""
     from fhir_server.audit.log import entry_of_resource, insert
     from fhir_server.search.indexer import INDEX_TABLES
+    from fhir_server.storage.repository import _utc
     from fhir_server.storage.schema import resource_versions, resources
 
     r = resources.c
@@ -70,18 +71,14 @@ def _move_stored_events(conn) -> None:
             return
         entries = []
         for pk, content, updated in rows:
-            if content and not _deleted(content):
-                entries.append(entry_of_resource(orjson.loads(bytes(content)), _aware(updated)))
+            if content:
+                entries.append(entry_of_resource(orjson.loads(bytes(content)), _utc(updated)))
         insert(conn, entries)
         pks = [row[0] for row in rows]
         for table in INDEX_TABLES.values():
             conn.execute(table.delete().where(table.c.res_pk.in_(pks)))
         conn.execute(resource_versions.delete().where(resource_versions.c.res_pk.in_(pks)))
         conn.execute(resources.delete().where(r.pk.in_(pks)))
-
-
-def _deleted(content: bytes) -> bool:
-    return not content.strip()
 
 
 def _move_staged_rows(conn) -> None:
@@ -107,12 +104,6 @@ def _move_staged_rows(conn) -> None:
             except (ValueError, TypeError, KeyError):
                 continue  # a row no version can read: it never became an event either
         insert(conn, entries(conn, batch))
-
-
-def _aware(value):
-    from datetime import timezone
-
-    return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def downgrade() -> None:
