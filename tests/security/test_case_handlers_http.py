@@ -132,16 +132,24 @@ def test_encounter_participant_and_the_owner_of_a_task_of_the_case(client, as_us
     assert not _sees(as_user(f"Practitioner/{outsider}"), pid, doc, binary)
 
 
-def test_a_consent_naming_staff_actors_shares_with_those_only(client, as_user):
+def _insurer_case(client):
+    """A claim case with a document, its provider, and a caseworker of an insurer (a
+    PractitionerRole); returns (provider, insurer_staff, insurer, pid, doc, binary, consent id,
+    the case reference the document names)."""
     provider, insurer_staff = new_id("prac"), new_id("prac")
     insurer = new_id("insurer")
     put(client, {"resourceType": "PractitionerRole", "id": new_id("role"), "active": True,
                  "practitioner": {"reference": f"Practitioner/{insurer_staff}"}, "organization": {"reference": f"Organization/{insurer}"}})
     pid, doc, binary = _case_with_document(client, _claim(provider={"reference": f"Practitioner/{provider}"}))
-    assert _sees(as_user(f"Practitioner/{provider}"), pid, doc, binary)
-    assert not _sees(as_user(f"Practitioner/{insurer_staff}"), pid, doc, binary)
     cid = client.get("/fhir/Consent", params={"patient": f"Patient/{pid}"}).json()["entry"][0]["resource"]["id"]
     ref = client.get(f"/fhir/DocumentReference/{doc}").json()["context"]["related"][0]["reference"]
+    return provider, insurer_staff, insurer, pid, doc, binary, cid, ref
+
+
+def test_a_consent_naming_staff_actors_shares_with_those_only(client, as_user):
+    provider, insurer_staff, insurer, pid, doc, binary, cid, ref = _insurer_case(client)
+    assert _sees(as_user(f"Practitioner/{provider}"), pid, doc, binary)
+    assert not _sees(as_user(f"Practitioner/{insurer_staff}"), pid, doc, binary)
     consent(client, pid, {"type": "permit", "period": {"start": "2026-01-01"},
                           "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
                                      "reference": {"reference": f"Organization/{insurer}"}}],
@@ -158,13 +166,7 @@ def test_a_token_naming_no_staff_member_sees_no_case_document(client, as_user, a
 
 
 def test_staff_actors_of_a_nested_provision_limit_the_sharing_too(client, as_user):
-    provider, insurer_staff = new_id("prac"), new_id("prac")
-    insurer = new_id("insurer")
-    put(client, {"resourceType": "PractitionerRole", "id": new_id("role"), "active": True,
-                 "practitioner": {"reference": f"Practitioner/{insurer_staff}"}, "organization": {"reference": f"Organization/{insurer}"}})
-    pid, doc, binary = _case_with_document(client, _claim(provider={"reference": f"Practitioner/{provider}"}))
-    cid = client.get("/fhir/Consent", params={"patient": f"Patient/{pid}"}).json()["entry"][0]["resource"]["id"]
-    ref = client.get(f"/fhir/DocumentReference/{doc}").json()["context"]["related"][0]["reference"]
+    provider, insurer_staff, insurer, pid, doc, binary, cid, ref = _insurer_case(client)
     consent(client, pid, {"type": "permit", "period": {"start": "2026-01-01"},
                           "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "PAT"}]},
                                      "reference": {"reference": f"Patient/{pid}"}}],
