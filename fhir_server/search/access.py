@@ -105,3 +105,63 @@ def visible(conn: Connection, res_type: str, res_id: str, vis: Visibility) -> bo
     cond = criteria_condition(res_type, vis, r)
     row = conn.execute(select(r.c.pk).where(r.c.res_type == res_type, r.c.res_id == res_id, live(r), cond).limit(1)).first()
     return row is not None
+
+
+# ---------------------------------------------------------------- criteria a search implies
+
+_PATIENT_ONLY = ".where(resolve() is Patient)"
+
+
+def _implying_params(res_type: str) -> dict[str, bool]:
+    """The type's reference parameters whose match on `:Patient=<id>` places a resource in that
+    Patient's compartment: code -> whether a bare `<id>` does too. A compartment parameter itself
+    needs the modifier (`subject=1` also matches `Group/1`); a parameter whose expression is a
+    compartment parameter's `.where(resolve() is Patient)` (Observation `patient`: subject) is
+    indexed for Patient references only, so its bare id suffices. `Patient/<id>` never counts: it
+    also matches a reference stored as the absolute URL alone, which the compartment does not."""
+    found = _IMPLYING.get(res_type)
+    if found is None:
+        from .query import lookup_param
+        from . import registry
+
+        found = {}
+        comp = registry.patient_compartment().get(res_type, ())
+        paths = {}
+        for code in comp:
+            sp = lookup_param(res_type, code)
+            if sp is not None and sp.type == "reference":
+                found[code] = False
+                paths[sp.expression] = code
+        for code, sp in registry.search_parameters_for(res_type).items():
+            expr = sp.expression or ""
+            if sp.type == "reference" and not sp.pending and expr.endswith(_PATIENT_ONLY) and expr[: -len(_PATIENT_ONLY)] in paths:
+                found.setdefault(code, True)
+        _IMPLYING[res_type] = found
+    return found
+
+
+_IMPLYING: dict[str, dict[str, bool]] = {}
+
+
+def implied_by_search(res_type: str | None, vis: Visibility, params) -> bool:
+    """Whether the caller's visibility is one bare Patient compartment that a search parameter
+    already confines every match to (`Observation?patient=<own id>` with a patient token): its
+    condition, a second pass over the reference index, can then be left out of the SQL with
+    the same result. Only a bare id counts (no OR list, chain, modifier but `:Patient`, escape,
+    typed or absolute reference); tests/search/test_implied_compartment.py holds the answers to
+    those of the search with the condition in place."""
+    if res_type is None or not vis or len(vis) != 1:
+        return False
+    c = vis[0]
+    if c.params or c.exclude or c.conditions or not c.compartment or c.compartment[0] != "Patient":
+        return False
+    pid = c.compartment[1]
+    implying = _implying_params(res_type)
+    for name, value in params:
+        code, _, modifier = name.partition(":")
+        bare_ok = implying.get(code)
+        if bare_ok is None or modifier not in ("", "Patient") or "," in value or "\\" in value:
+            continue
+        if value == pid and (bare_ok or modifier == "Patient"):
+            return True
+    return False

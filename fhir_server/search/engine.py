@@ -35,7 +35,7 @@ from ..storage.repository import flush
 from ..storage.schema import INDEX_TABLES, idx_reference, resources
 from . import custom, ordered, registry
 from .query import QueryContext, bad, unsupported, compartment_condition, live, lookup_param, param_condition
-from .access import Access, system_condition, type_condition
+from .access import Access, criteria_condition, implied_by_search, system_condition, type_condition
 from .aliases import alias_of, planning
 from .prefix import InEvery, NoIndexHint
 from .subsetting import subset_stored
@@ -102,7 +102,8 @@ def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
     if res_type:
         type_at = len(plan.conds)
         plan.conds.append(r.c.res_type == res_type)
-        allowed = type_condition(req.access, res_type, "s", r, req.base_url)
+        vis = req.access(res_type, "s") if req.access is not None else None
+        allowed = None if implied_by_search(res_type, vis, req.params) else criteria_condition(res_type, vis, r, req.base_url)
     else:
         types = [t.strip() for k, v in req.params if k == "_type" for t in v.split(",") if t.strip()]
         allowed = system_condition(req.access, types or sorted(registry.resource_types()), r, req.base_url)
