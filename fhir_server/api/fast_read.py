@@ -9,22 +9,22 @@ error, goes on to the app, which answers it as before; a test holds the two
 paths to the same bytes and headers. Authorisation is the same seam
 (`interactions.check_read`) every other read passes. A token restricted to Patient
 compartments (a portal's `patient/` token) is answered here too when the resource is
-in one of them, decided from its compartment references (`search.membership`, the rule
-the database's criteria apply); anything else restricted goes to the app.
+in one of them, decided from its compartment parameters' rows in the reference index,
+read in the same statement as the resource (the rule the database's criteria apply:
+`query.compartment_condition`); anything else restricted goes to the app.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-import orjson
 from starlette.requests import Request
 
 from ..audit.context import note_patients_of
 from ..errors import FhirError
 from ..rest import interactions as ix
 from ..rest.context import RequestContext
-from ..search.membership import patients_of
+from ..search.registry import patient_compartment
 from ..security.authz import ANONYMOUS, visibility
 from ..storage.repository import StoredResource
 from . import http
@@ -35,6 +35,8 @@ _DEFER_HEADERS = frozenset((b"if-none-match", b"if-modified-since", b"if-match",
 
 class Reader(Protocol):
     async def read_current(self, res_type: str, res_id: str) -> StoredResource | None: ...
+
+    async def read_with_patients(self, res_type: str, res_id: str, params: tuple[str, ...]) -> tuple[StoredResource | None, list[str]]: ...
 
 
 # The lifespan state key of the server's Reader (None or absent: no fast path).
@@ -83,14 +85,21 @@ class FastReads:
         except FhirError:
             return False
         try:
-            stored = await reader.read_current(res_type, res_id)
+            if compartments is None:
+                stored = await reader.read_current(res_type, res_id)
+            else:
+                stored, found = await reader.read_with_patients(res_type, res_id, _compartment_params(res_type))
         except FhirError as exc:  # the database is unreachable: 503, answered here
             await http.error_response(Request(scope, receive), exc)(scope, receive, send)
             return True
         if stored is None or stored.deleted or stored.content is None:
             return False
-        if compartments is not None and not _in_any(res_type, res_id, stored.content, compartments):
-            return False  # not visibly within reach: the app answers (404, as for an unknown id)
+        if compartments is not None:
+            if res_type == "Patient":  # a Patient is in its own compartment
+                found = [res_id, *(p for p in found if p != res_id)]
+            note_patients_of(res_type, res_id, found)  # the access log need not look them up again
+            if not any(p in compartments for p in found):
+                return False  # not visibly within reach: the app answers (404, as for an unknown id)
         await http.send_fhir_body(send, stored.content, media, [
             (b"etag", f'W/"{stored.version_id}"'.encode()),
             (b"last-modified", ix.http_date(stored.last_updated).encode()),
@@ -115,13 +124,6 @@ def _compartments_only(principal, res_type: str):
     return ids or False
 
 
-def _in_any(res_type: str, res_id: str, content: bytes, patients: set[str]) -> bool:
-    if res_type != "Patient" and not any(f'Patient/{p}"'.encode() in content for p in patients):
-        return False  # no reference to the Patient at all (a relative reference ends with its id)
-    try:
-        doc = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return False
-    found = patients_of(res_type, doc)
-    note_patients_of(res_type, res_id, found)  # the access log need not look them up again
-    return any(p in patients for p in found)
+def _compartment_params(res_type: str) -> tuple[str, ...]:
+    """The type's Patient-compartment parameters (R4 CompartmentDefinition/patient)."""
+    return patient_compartment().get(res_type, ())

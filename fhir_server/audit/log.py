@@ -25,7 +25,7 @@ from sqlalchemy import Connection, func, select, text
 from ..errors import FhirError
 from ..ids import new_time_ordered_id
 from ..storage.schema import audit_log, audit_log_refs
-from .balp import AuditFacts, clean_json, to_resource
+from .balp import _KIND_TYPE, DCM, INTERACTION, AuditFacts, clean_json, to_resource
 
 AUDIT_TYPE = "AuditEvent"
 
@@ -62,6 +62,8 @@ def refuse_change(res_type: str, method: str) -> None:
 
 def _clean(value: str) -> str:
     value = value[:_VALUE_MAX]
+    if value.isascii() and value.isprintable():  # the common case: nothing to replace
+        return value
     return _BAD.sub("\ufffd", value) if _BAD.search(value) else value
 
 
@@ -100,8 +102,6 @@ def entry_of_facts(facts: AuditFacts, event_id: str | None = None) -> Entry:
 def entry_of_fields(f: dict, event_id: str | None = None, doc: bytes | None = None) -> Entry:
     """The row of an event from its facts as decoded JSON (`encode`; `patients` resolved).
     `doc`: the stored document when the caller has it already (`{"f": f, ...}` as JSON)."""
-    from .balp import _KIND_TYPE, DCM, INTERACTION
-
     system, code, _ = _KIND_TYPE[f["kind"]]
     subtype = f["subtype"]
     if f["kind"] == "login":

@@ -151,12 +151,13 @@ def entries(conn, batch: list[bytes]) -> list[audit_log.Entry]:
     lookups = [tuple(p) for doc in docs for p in doc["l"]]
     found = patients_of_stored(conn, lookups) if lookups else {}
     out = []
-    for doc in docs:
+    for raw, doc in zip(batch, docs):
         f = doc["f"]
         names = f["patients"]
         for pair in doc["l"]:
             for pid in found.get(tuple(pair), ()):
                 if pid not in names:
                     names.append(pid)
-        out.append(audit_log.entry_of_fields(f))
+        # nothing looked up (a read whose patients the request found): the queued bytes are the document
+        out.append(audit_log.entry_of_fields(f, doc=None if doc["l"] else raw))
     return out

@@ -16,6 +16,7 @@ import sqlite3
 from datetime import datetime
 
 import asyncpg
+import orjson
 from sqlalchemy.engine import make_url
 
 from .db import SQLITE_MMAP_BYTES, SQLITE_READER_CACHE_KIB
@@ -24,6 +25,24 @@ from .repository import StoredResource, stored_from_row
 
 APPLICATION_NAME = "fhir_server.reads"  # how these connections show in pg_stat_activity
 _COLUMNS = "pk, res_type, res_id, version_id, last_updated, deleted, content"
+
+
+def _with_patients_sql(params: tuple[str, ...], sqlite: bool) -> str:
+    """The read-by-id statement with, as a last column, the JSON list of the Patient ids its
+    compartment parameters `params` reference in the reference index (the rule of
+    `query.compartment_condition`; in index order). The parameter codes come from
+    resources/compartment-patient.json, never from a request."""
+    codes = ", ".join("'" + p.replace("'", "''") + "'" for p in params) or "NULL"
+    if sqlite:
+        agg, p1, p2 = "json_group_array(x.target_id)", "?", "?"
+    else:
+        agg, p1, p2 = "coalesce(json_agg(x.target_id ORDER BY x.id), '[]')::text", "$1", "$2"
+    return (f"SELECT {_COLUMNS}, (SELECT {agg} FROM idx_reference x WHERE x.res_pk = resources.pk AND x.res_type = {p1} "
+            f"AND x.target_type = 'Patient' AND x.param IN ({codes})) FROM resources WHERE res_type = {p1} AND res_id = {p2}")
+
+
+def _patients(value) -> list[str]:
+    return [p for p in orjson.loads(value) if p] if value else []
 
 
 def configure_reader(conn: sqlite3.Connection) -> None:
@@ -43,6 +62,7 @@ class SqliteReader:
     def __init__(self, path: str):
         self.path = path
         self.conn: sqlite3.Connection | None = None
+        self._with_patients: dict[tuple[str, ...], str] = {}
 
     async def open(self) -> None:
         # check_same_thread=False only because the lifespan may open it on another
@@ -61,6 +81,17 @@ class SqliteReader:
             return None
         # sqlite3 hands back the text SQLAlchemy stored; parse it as SQLAlchemy would
         return stored_from_row((*row[:4], datetime.fromisoformat(row[4]), *row[5:]))
+
+    async def read_with_patients(self, res_type: str, res_id: str, params: tuple[str, ...]) -> tuple[StoredResource | None, list[str]]:
+        """`read_current` and the Patient ids the resource's compartment parameters `params`
+        reference, from the reference index in the same statement (one snapshot)."""
+        sql = self._with_patients.get(params)
+        if sql is None:
+            sql = self._with_patients[params] = _with_patients_sql(params, sqlite=True)
+        row = self.conn.execute(sql, (res_type, res_type, res_id)).fetchone()
+        if row is None:
+            return None, []
+        return stored_from_row((*row[:4], datetime.fromisoformat(row[4]), *row[5:7])), _patients(row[7])
 
     async def fetch(self, sql: str, params: tuple) -> list[tuple]:
         """All rows of a compiled statement (qmark parameters), as tuples."""
@@ -81,6 +112,7 @@ class PgReader:
         self.url = url
         self.size = size
         self._slots: asyncio.LifoQueue | None = None
+        self._with_patients: dict[tuple[str, ...], str] = {}
 
     async def open(self) -> None:
         self._slots = asyncio.LifoQueue()
@@ -107,6 +139,17 @@ class PgReader:
         when the database cannot be reached."""
         row = await self._run(lambda conn: conn.fetchrow(self._SQL, res_type, res_id))
         return None if row is None else stored_from_row(row)
+
+    async def read_with_patients(self, res_type: str, res_id: str, params: tuple[str, ...]) -> tuple[StoredResource | None, list[str]]:
+        """`read_current` and the Patient ids the resource's compartment parameters `params`
+        reference, from the reference index in the same statement (one snapshot)."""
+        sql = self._with_patients.get(params)
+        if sql is None:
+            sql = self._with_patients[params] = _with_patients_sql(params, sqlite=False)
+        row = await self._run(lambda conn: conn.fetchrow(sql, res_type, res_id))
+        if row is None:
+            return None, []
+        return stored_from_row(row), _patients(row[7])
 
     async def fetch(self, sql: str, params: tuple) -> list:
         """All rows of a compiled statement ($n parameters), as asyncpg Records

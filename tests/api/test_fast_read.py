@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timezone
 
+import orjson
 import pytest
 
 from fhir_server.api.fast_read import FAST_READER, FastReads
+from fhir_server.search.membership import patients_of
 from fhir_server.security import authz
 from fhir_server.storage.repository import StoredResource
 
@@ -77,6 +79,11 @@ class FakeReader:
     async def read_current(self, res_type, res_id):
         self.calls += 1
         return self.stored
+
+    async def read_with_patients(self, res_type, res_id, params):
+        """As the index answers (tests/storage/test_read_with_patients.py holds the readers to it)."""
+        self.calls += 1
+        return self.stored, patients_of(res_type, orjson.loads(self.stored.content))
 
 
 STORED = StoredResource(1, "Patient", "p1", 3, datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc), False,
