@@ -19,7 +19,7 @@ script
    and the protected/open ratio per request kind; finally how many AuditEvents were written.
    After each protected run it waits until every request of the run is an event in the access
    log and counts that time in the run (req/s = requests / (duration + wait)): read events are
-   written in batches up to a second later (docs/audit.md), and without this their writing would
+   written in batches up to 0.2 s later (docs/audit.md), and without this their writing would
    fall into the next server's run (`--no-drain` leaves it out).
 
     .venv/bin/python bench/bench_protected.py --duration 10 --reps 3 \

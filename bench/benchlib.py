@@ -71,7 +71,7 @@ def server_bearer_headers(db_url: str, base: str, env: dict[str, str] | None = N
 
 class AuditBacklog:
     """Waits until the access log holds a run's read events (they are written in batches up
-    to a second later, docs/audit.md), so that their cost counts in the run that caused it
+    to 0.2 s later, docs/audit.md), so that their cost counts in the run that caused it
     and not in the next."""
 
     def __init__(self, db_url: str):

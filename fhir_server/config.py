@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     access_log: str = "text"  # off | text | json (one line per request)
     # the access log (docs/audit.md): IHE BALP AuditEvents for every API access
     audit: str = "on"  # on | off (off: no AuditEvents; for experiments only)
-    audit_flush_seconds: float = 1.0  # read events are written in batches at most this far apart
+    audit_flush_seconds: float = 0.2  # read events are written in batches at most this far apart
     audit_writer: str = "auto"  # auto | process | thread: where read events are written to the log (auto: process)
     audit_retention_days: int = 0  # delete AuditEvents older than this (0: keep them all)
     max_resource_bytes: int = 8 * 1024 * 1024  # one resource on write (413 beyond)

@@ -34,7 +34,7 @@ def make_writer(db, settings):
     from .process_writer import ProcessAuditWriter
     from .writer import AuditWriter
 
-    flush_seconds = float(getattr(settings, "audit_flush_seconds", 1.0))
+    flush_seconds = float(getattr(settings, "audit_flush_seconds", 0.2))
     url = db.engine.url
     sqlite = url.get_backend_name() == "sqlite"
     in_memory = sqlite and (url.database or ":memory:") in ("", ":memory:")

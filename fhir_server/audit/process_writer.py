@@ -33,7 +33,7 @@ REPLY_TIMEOUT = 60.0  # seconds flush() and close() wait for the child
 
 
 class ProcessAuditWriter:
-    def __init__(self, database_url: str, flush_seconds: float = 1.0, max_pending: int = 200_000):
+    def __init__(self, database_url: str, flush_seconds: float = 0.2, max_pending: int = 200_000):
         self.database_url = database_url
         self.flush_seconds = flush_seconds
         self.max_pending = max_pending

@@ -2,7 +2,7 @@
 
 A read must not wait for its AuditEvent to be committed, so `AuditWriter.submit` only
 appends to an in-process queue (a deque append: no lock, no I/O). A daemon thread writes
-what has gathered every `flush_seconds` (1 s by default) in one transaction: the patients
+what has gathered every `flush_seconds` (0.2 s by default) in one transaction: the patients
 the events' resources belong to are looked up in one query, and each event becomes one
 compact row of the log (`audit.log`), searchable from its commit on. `close()` (the app's
 shutdown) and `flush()` write the rest at once. What a crash of the process (kill -9,
@@ -32,7 +32,7 @@ log = logging.getLogger("fhir_server.audit")
 
 
 class AuditWriter:
-    def __init__(self, db, flush_seconds: float = 1.0, max_batch: int | None = None, max_pending: int = 200_000):
+    def __init__(self, db, flush_seconds: float = 0.2, max_batch: int | None = None, max_pending: int = 200_000):
         self.db = db
         self.flush_seconds = flush_seconds
         sqlite = getattr(db, "dialect", "") == "sqlite"
