@@ -37,7 +37,9 @@ def _with_patients_sql(params: tuple[str, ...], sqlite: bool) -> str:
         agg, p1, p2 = "json_group_array(x.target_id)", "?", "?"
     else:
         agg, p1, p2 = "coalesce(json_agg(x.target_id ORDER BY x.id), '[]')::text", "$1", "$2"
-    return (f"SELECT {_COLUMNS}, (SELECT {agg} FROM idx_reference x WHERE x.res_pk = resources.pk AND x.res_type = {p1} "
+    # by res_pk alone (its index): naming the type too lets SQLite's planner pick the (type, param, target)
+    # index and scan every reference of the parameter (measured: a protected read at 0.4 of an open one)
+    return (f"SELECT {_COLUMNS}, (SELECT {agg} FROM idx_reference x WHERE x.res_pk = resources.pk "
             f"AND x.target_type = 'Patient' AND x.param IN ({codes})) FROM resources WHERE res_type = {p1} AND res_id = {p2}")
 
 
@@ -88,7 +90,7 @@ class SqliteReader:
         sql = self._with_patients.get(params)
         if sql is None:
             sql = self._with_patients[params] = _with_patients_sql(params, sqlite=True)
-        row = self.conn.execute(sql, (res_type, res_type, res_id)).fetchone()
+        row = self.conn.execute(sql, (res_type, res_id)).fetchone()
         if row is None:
             return None, []
         return stored_from_row((*row[:4], datetime.fromisoformat(row[4]), *row[5:7])), _patients(row[7])
