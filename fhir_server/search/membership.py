@@ -4,7 +4,8 @@ The same rule `query.compartment_condition` compiles into SQL, evaluated on a re
 JSON instead of the reference index: a Patient is in its own compartment, and any resource
 is in the compartment of each Patient its compartment parameters reference (relative
 references; an absolute reference is not resolved here, so callers that must be exact treat
-"not found" as "ask the database"). Used by the fast read path and the access log.
+"not found" as "ask the database"). Used by the access log for a write's event (the resource is
+in hand before its index rows are); the fast read path asks the index in its read statement.
 """
 
 from __future__ import annotations
