@@ -119,28 +119,30 @@ def _implying_params(res_type: str) -> dict[str, bool]:
     compartment parameter's `.where(resolve() is Patient)` (Observation `patient`: subject) is
     indexed for Patient references only, so its bare id suffices. `Patient/<id>` never counts: it
     also matches a reference stored as the absolute URL alone, which the compartment does not."""
-    found = _IMPLYING.get(res_type)
-    if found is None:
-        from .query import lookup_param
-        from . import registry
+    from . import registry
 
-        found = {}
-        comp = registry.patient_compartment().get(res_type, ())
-        paths = {}
-        for code in comp:
-            sp = lookup_param(res_type, code)
-            if sp is not None and sp.type == "reference":
-                found[code] = False
-                paths[sp.expression] = code
-        for code, sp in registry.search_parameters_for(res_type).items():
-            expr = sp.expression or ""
-            if sp.type == "reference" and not sp.pending and expr.endswith(_PATIENT_ONLY) and expr[: -len(_PATIENT_ONLY)] in paths:
-                found.setdefault(code, True)
-        _IMPLYING[res_type] = found
+    params = registry.search_parameters_for(res_type)
+    cached = _IMPLYING.get(res_type)
+    if cached is not None and cached[0] is params:  # recomputed when custom parameters change
+        return cached[1]
+    from .query import lookup_param
+
+    found: dict[str, bool] = {}
+    paths = set()
+    for code in registry.patient_compartment().get(res_type, ()):
+        sp = lookup_param(res_type, code)
+        if sp is not None and sp.type == "reference":
+            found[code] = False
+            paths.add(sp.expression)
+    for code, sp in params.items():
+        expr = sp.expression or ""
+        if sp.type == "reference" and not sp.pending and expr.endswith(_PATIENT_ONLY) and expr[: -len(_PATIENT_ONLY)] in paths:
+            found.setdefault(code, True)
+    _IMPLYING[res_type] = (params, found)
     return found
 
 
-_IMPLYING: dict[str, dict[str, bool]] = {}
+_IMPLYING: dict[str, tuple[dict, dict[str, bool]]] = {}  # res_type -> (the parameters they come from, the map)
 
 
 def implied_by_search(res_type: str | None, vis: Visibility, params) -> bool:
