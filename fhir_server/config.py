@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     audit_flush_seconds: float = 0.2  # read events are written in batches at most this far apart
     audit_writer: str = "auto"  # auto | process | thread: where read events are written to the log (auto: process)
     audit_retention_days: int = 0  # delete AuditEvents older than this (0: keep them all)
+    # FastAPI's own OpenTelemetry spans and metrics. Off: request paths and queries carry patient ids,
+    # which must not reach a tracing backend unasked; and the per-request check of the global
+    # providers cost 3-4% of a read's CPU even with none configured
+    telemetry: bool = False
     max_resource_bytes: int = 8 * 1024 * 1024  # one resource on write (413 beyond)
     max_response_bytes: int = 64 * 1024 * 1024  # one batch/transaction/search response (413 beyond)
     http_header_timeout: float = 10.0  # seconds for a request head to arrive

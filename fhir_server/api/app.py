@@ -86,7 +86,8 @@ def _check_type_segment(res_type: str) -> None:
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     settings = settings or Settings()
     db = db or Database(settings.resolved_database_url())
-    app = FastAPI(title="FHIR R4 server", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    off = None if settings.telemetry else {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="FHIR R4 server", docs_url=None, redoc_url=None, openapi_url="/openapi.json", telemetry=off)
     attach_docs(app, app.title)  # Swagger UI from the installed package, not a CDN
     app.state.settings = settings
     app.state.db = db

@@ -217,3 +217,17 @@ def test_docs_work_offline_and_operation_ids_are_unique(client):
     ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
     assert len(ids) == len(set(ids))
     assert {"read", "vread", "update", "patch", "delete", "create", "search-type", "capabilities", "batch-transaction"} <= set(ids)
+
+
+def test_fastapi_telemetry_is_opt_in(settings, monkeypatch):
+    """Spans of FHIR requests carry patient ids in their paths: FastAPI's own telemetry reaches a
+    configured OpenTelemetry provider only with FHIR_SERVER_TELEMETRY=true."""
+    from opentelemetry import trace
+
+    from fhir_server.api.app import create_app
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())  # a provider is configured
+    default = create_app(settings)
+    opted_in = create_app(settings.model_copy(update={"telemetry": True}))
+    assert not default._native_telemetry.enabled()
+    assert opted_in._native_telemetry.enabled()
