@@ -1,0 +1,435 @@
+"""Session 7 adversarial tests: a hostile patient-portal user tries to reach another
+patient's data through the two access paths changed in session 7:
+
+1. the fast read (api/fast_read.py): compartment membership from idx_reference rows in the
+   read's own statement;
+2. the search elision (search/access.py implied_by_search): the compartment condition left
+   out when `patient=<own id>` / `<compartment param>:Patient=<own id>` is in the search.
+
+Every request goes over HTTP with real tokens of the server's issuer. A read is made twice:
+the plain form (answered in front of the router when it can be) and with `?_pretty=false`
+(always through the router); both must give the stated answer.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from fastapi.testclient import TestClient
+
+from .family import consent, new_id, patient, proxy_provision, put, related_person
+
+SCOPE = "openid fhirUser patient/*.rs"
+OWN_BASE = "http://testserver/fhir"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture
+def as_patient(app, issue_token):
+    clients = []
+
+    def make(pid: str, scope: str = SCOPE, fhir_user: str | None = None) -> TestClient:
+        tok = issue_token(scope=scope, patient=pid, fhir_user=fhir_user or f"Patient/{pid}")
+        c = TestClient(app, base_url="http://testserver", headers={"Authorization": f"Bearer {tok}"})
+        c.__enter__()  # lifespan: the fast reader is opened
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def pair(client):
+    """(me, other): two fresh Patients."""
+    me, _ = patient(client, name="Me")
+    other, _ = patient(client, name="Other")
+    return me, other
+
+
+def obs(client, subject: dict | None = None, performer: list[dict] | None = None, oid: str | None = None, **extra) -> str:
+    oid = oid or new_id("obs")
+    res = {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": "adv7"}, **extra}
+    if subject is not None:
+        res["subject"] = subject
+    if performer is not None:
+        res["performer"] = performer
+    put(client, res)
+    return oid
+
+
+def ref(target: str) -> dict:
+    return {"reference": target}
+
+
+def both_reads(c: TestClient, path: str) -> tuple:
+    """(fast-path response, router response) of a GET by id."""
+    return c.get(path), c.get(path + "?_pretty=false")
+
+
+def assert_hidden(c: TestClient, path: str) -> None:
+    fast, routed = both_reads(c, path)
+    assert (fast.status_code, routed.status_code) == (404, 404), (path, fast.status_code, fast.text[:300], routed.status_code)
+
+
+def assert_visible(c: TestClient, path: str) -> None:
+    fast, routed = both_reads(c, path)
+    assert (fast.status_code, routed.status_code) == (200, 200), (path, fast.status_code, fast.text[:300], routed.status_code)
+    assert fast.json()["id"] == routed.json()["id"]
+
+
+def ids(bundle: dict, res_type: str | None = None) -> set[str]:
+    return {e["resource"]["id"] for e in bundle.get("entry", []) if res_type is None or e["resource"]["resourceType"] == res_type}
+
+
+def search(c: TestClient, path: str, params=None, headers=None) -> dict:
+    r = c.get(path, params=params, headers=headers)
+    assert r.status_code == 200, (path, params, r.status_code, r.text[:500])
+    return r.json()
+
+
+# ---------------------------------------------------------------- fast read
+
+
+def test_fast_read_reference_forms(client, as_patient, pair):
+    me, other = pair
+    c = as_patient(me)
+    hidden = {
+        "relative": obs(client, ref(f"Patient/{other}")),
+        "absolute own base": obs(client, ref(f"{OWN_BASE}/Patient/{other}")),
+        "another server with my id": obs(client, ref(f"https://other.example/fhir/Patient/{me}")),
+        "another server with my id, performer": obs(client, performer=[ref(f"https://evil.example/Patient/{me}")]),
+        "versioned": obs(client, ref(f"Patient/{other}/_history/1")),
+        "contained with my id": obs(client, ref(f"#{me}"), contained=[{"resourceType": "Patient", "id": me}]),
+        "contained p": obs(client, ref("#p"), contained=[{"resourceType": "Patient", "id": "p",
+                                                           "link": [{"other": ref(f"Patient/{me}"), "type": "seealso"}]}]),
+        "identifier only": obs(client, {"identifier": {"system": "urn:x", "value": me}}),
+        "display only": obs(client, {"display": f"Patient/{me}"}),
+        "Group with my id": obs(client, ref(f"Group/{me}")),
+        "Practitioner with my id": obs(client, ref(f"Practitioner/{me}")),
+        "urn": obs(client, ref(f"urn:uuid:{me}")),
+        "no subject": obs(client),
+    }
+    for label, oid in hidden.items():
+        fast, routed = both_reads(c, f"/fhir/Observation/{oid}")
+        assert (fast.status_code, routed.status_code) == (404, 404), (label, fast.status_code, fast.text[:300], routed.status_code)
+    # the control: mine, through each of the forms that do name my record
+    for target in (f"Patient/{me}", f"{OWN_BASE}/Patient/{me}", f"Patient/{me}/_history/1"):
+        assert_visible(c, f"/fhir/Observation/{obs(client, ref(target))}")
+    assert_visible(c, f"/fhir/Observation/{obs(client, ref(f'Patient/{other}'), performer=[ref(f'Patient/{me}')])}")
+
+
+def test_fast_read_after_update_no_longer_referencing_me(client, as_patient, pair):
+    me, other = pair
+    c = as_patient(me)
+    oid = obs(client, ref(f"Patient/{me}"), performer=[ref(f"Patient/{me}")])
+    assert_visible(c, f"/fhir/Observation/{oid}")
+    obs(client, ref(f"Patient/{other}"), oid=oid)  # version 2: about the other patient only
+    assert_hidden(c, f"/fhir/Observation/{oid}")
+    # and the same in a search (old index rows must be gone)
+    assert oid not in ids(search(c, "/fhir/Observation", {"patient": me}))
+    assert oid not in ids(search(c, "/fhir/Observation", {"_id": oid}))
+
+
+def test_fast_read_deleted_then_recreated(client, as_patient, pair):
+    me, other = pair
+    c = as_patient(me)
+    oid = obs(client, ref(f"Patient/{me}"))
+    assert_visible(c, f"/fhir/Observation/{oid}")
+    assert client.delete(f"/fhir/Observation/{oid}").status_code in (200, 204)
+    fast, routed = both_reads(c, f"/fhir/Observation/{oid}")
+    assert fast.status_code == routed.status_code == 410
+    obs(client, ref(f"Patient/{other}"), oid=oid)  # re-created about the other patient
+    assert_hidden(c, f"/fhir/Observation/{oid}")
+    assert oid not in ids(search(c, "/fhir/Observation", {"patient": me}))
+
+
+def test_fast_read_patient_and_group(client, as_patient, pair):
+    me, other = pair
+    c = as_patient(me)
+    assert_visible(c, f"/fhir/Patient/{me}")
+    assert_hidden(c, f"/fhir/Patient/{other}")
+    # Patient.link is the Patient type's compartment parameter (R4 CompartmentDefinition/patient):
+    # a Patient linking to me is in my compartment; one linking to someone else is not
+    third, _ = patient(client, name="Third")
+    put(client, {"resourceType": "Patient", "id": other, "link": [{"other": ref(f"Patient/{third}"), "type": "seealso"}]})
+    assert_hidden(c, f"/fhir/Patient/{other}")
+    put(client, {"resourceType": "Patient", "id": other, "link": [{"other": ref(f"https://x.example/Patient/{me}"), "type": "seealso"}]})
+    assert_hidden(c, f"/fhir/Patient/{other}")
+    # a Group whose id is my Patient id, with the other patient as member
+    put(client, {"resourceType": "Group", "id": me, "type": "person", "actual": True, "member": [{"entity": ref(f"Patient/{other}")}]})
+    assert_hidden(c, f"/fhir/Group/{me}")
+    # a Patient whose id is someone else's Group: no confusion of types
+    put(client, {"resourceType": "Group", "id": other, "type": "person", "actual": True, "member": [{"entity": ref(f"Group/{me}")}]})
+    assert_hidden(c, f"/fhir/Group/{other}")
+
+
+def test_fast_read_odd_ids(client, as_patient, pair):
+    me, other = pair
+    c = as_patient(me)
+    dotted = new_id("a.b-") + ".x"
+    obs(client, ref(f"Patient/{other}"), oid=dotted)
+    assert_hidden(c, f"/fhir/Observation/{dotted}")
+    long_id = ("z" * 52) + new_id("")[1:13]
+    long_id = long_id[:64]
+    obs(client, ref(f"Patient/{other}"), oid=long_id)
+    assert_hidden(c, f"/fhir/Observation/{long_id}")
+    for path in (f"/fhir/Patient/{other}/", f"/fhir/Patient/{other.upper()}", f"/fhir/patient/{other}",
+                 f"/fhir/Patient/{other}%00", f"/fhir/Patient/{me}/../{other}", f"/fhir/Patient/{me}%2F..%2F{other}",
+                 f"/fhir//Patient/{other}", f"/fhir/Patient/{other}%20", f"/fhir/Patient/%20{other}",
+                 f"/fhir/Patient/{other};x", f"/fhir/Observation/{dotted}/", f"/fhir/Observation/{long_id}z"):
+        r = c.get(path)
+        assert r.status_code in (400, 404, 405), (path, r.status_code, r.text[:300])
+        assert other not in r.text or r.json().get("resourceType") == "OperationOutcome", (path, r.text[:300])
+
+
+def test_audit_event_reads(client, as_patient, pair):
+    """AuditEvents are the access log (append-only): the other patient's read is logged, and
+    I reach none of their events, by id (fast path and router) or by search."""
+    import time
+
+    me, other = pair
+    c, oc = as_patient(me), as_patient(other)
+    assert oc.get(f"/fhir/Patient/{other}").status_code == 200
+    assert c.get(f"/fhir/Patient/{me}").status_code == 200
+    theirs: set[str] = set()
+    for _ in range(50):  # read events are written every 0.2 s
+        theirs = ids(search(client, "/fhir/AuditEvent", {"patient": other}))
+        if theirs:
+            break
+        time.sleep(0.1)
+    assert theirs, "the other patient's read was not logged"
+    for aid in theirs:
+        fast, routed = both_reads(c, f"/fhir/AuditEvent/{aid}")
+        assert fast.status_code in (403, 404) and routed.status_code in (403, 404), (aid, fast.status_code, fast.text[:300])
+    for q in ({"patient": other}, {"patient": f"{me},{other}"}, {"entity": f"Patient/{other}"}, {}):
+        r = c.get("/fhir/AuditEvent", params=q)
+        assert r.status_code in (200, 403), (q, r.status_code, r.text[:300])
+        if r.status_code == 200:
+            assert not (ids(r.json()) & theirs), (q, ids(r.json()) & theirs)
+
+
+# ---------------------------------------------------------------- search elision
+
+
+@pytest.fixture
+def world(client, pair):
+    """Mine, the other's, a Group-subject one under my id, a report of the other's about my Observation."""
+    me, other = pair
+    put(client, {"resourceType": "Group", "id": me, "type": "person", "actual": True, "member": [{"entity": ref(f"Patient/{other}")}]})
+    shared = obs(client, ref(f"Patient/{me}"), performer=[ref(f"Patient/{other}")])  # in both compartments
+    mine = {obs(client, ref(f"Patient/{me}")), shared}
+    their_own = obs(client, ref(f"Patient/{other}"))
+    theirs = {their_own, obs(client, ref(f"Group/{me}")),
+              obs(client, ref(f"https://other.example/fhir/Patient/{me}")), obs(client, ref(f"#{me}"), contained=[{"resourceType": "Patient", "id": me}])}
+    dr = new_id("dr")
+    put(client, {"resourceType": "DiagnosticReport", "id": dr, "status": "final", "code": {"text": "x"},
+                 "subject": ref(f"Patient/{other}"), "result": [ref(f"Observation/{sorted(mine)[0]}")]})
+    return {"me": me, "other": other, "mine": mine, "shared": shared, "their_own": their_own, "theirs": theirs, "dr": dr}
+
+
+@pytest.mark.parametrize("params", [
+    [("patient", "{me}")],
+    [("patient:Patient", "{me}")],
+    [("subject:Patient", "{me}")],
+    [("subject", "{me}")],
+    [("subject", "Patient/{me}")],
+    [("patient", "{me},{other}")],
+    [("patient", "{other},{me}")],
+    [("patient", "{me}"), ("patient", "{other}")],
+    [("patient", "{me}"), ("subject", "{other}")],
+    [("patient", "{me}"), ("performer", "{other}")],
+    [("patient", "{other}")],
+    [("patient:Patient", "{other}")],
+    [("subject", "Group/{me}")],
+    [("patient:missing", "false")],
+    [("patient:missing", "true")],
+    [("patient", "{me}"), ("patient:missing", "false")],
+    [("patient", "https://other.example/fhir/Patient/{me}")],
+    [("patient", "#{me}")],
+    [("patient.name", "Other")],
+    [("patient", "{me}"), ("patient.name", "Other")],
+    [("subject:Group.member", "{other}")],
+    [("patient", "{me}"), ("_id", "{theirs0}")],
+    [("patient", "{me}"), ("_has:DiagnosticReport:result:subject", "{other}")],
+    [("patient", "{me}"), ("_count", "1")],
+    [("patient", "{me}"), ("_sort", "-_lastUpdated")],
+    [("patient", "{me}"), ("_total", "accurate")],
+    [("patient", "{me}\\,{other}")],
+    [("patient", " {me}")],
+    [("patient", "{me} ")],
+])
+def test_observation_search_only_mine(client, as_patient, world, params):
+    me, other = world["me"], world["other"]
+    fill = {"me": me, "other": other, "theirs0": sorted(world["theirs"])[0]}
+    q = [(k.format(**fill), v.format(**fill)) for k, v in params]
+    c = as_patient(me)
+    r = c.get("/fhir/Observation", params=q + [("code:text", "adv7")])
+    assert r.status_code in (200, 400), (q, r.status_code, r.text[:500])
+    if r.status_code == 200:
+        found = ids(r.json())
+        assert not (found & world["theirs"]), (q, found & world["theirs"])
+        # every Observation in the answer is mine (those of other tests are not in my compartment either)
+        for e in r.json().get("entry", []):
+            res = e["resource"]
+            if res["resourceType"] == "Observation":
+                refs = [res.get("subject", {}).get("reference")] + [p.get("reference") for p in res.get("performer", [])]
+                assert f"Patient/{me}" in refs, (q, res)
+
+
+def test_elision_gives_mine_exactly(client, as_patient, world):
+    me, other = world["me"], world["other"]
+    c = as_patient(me)
+    for q in ({"patient": me}, {"patient:Patient": me}, {"subject:Patient": me}, {"patient": f"{me},{other}"}):
+        assert ids(search(c, "/fhir/Observation", q)) == world["mine"], q
+    assert ids(search(c, "/fhir/Observation", {"patient": other})) == set()
+    assert ids(search(c, "/fhir/Observation", {"_id": ",".join(world["theirs"]), "patient": me})) == set()
+    assert ids(search(c, "/fhir/Observation", {"patient.name": "Me", "_id": ",".join(world["mine"] | world["theirs"])})) == world["mine"]
+
+
+def test_summary_count(client, as_patient, world):
+    me, other = world["me"], world["other"]
+    c = as_patient(me)
+    assert search(c, "/fhir/Observation", {"patient": me, "_summary": "count"})["total"] == len(world["mine"])
+    assert search(c, "/fhir/Observation", {"patient": other, "_summary": "count"})["total"] == 0
+    assert search(c, "/fhir/Observation", {"patient": f"{me},{other}", "_summary": "count"})["total"] == len(world["mine"])
+    assert search(c, "/fhir/Observation", {"subject": me, "_summary": "count"})["total"] == len(world["mine"])
+
+
+def test_include_and_revinclude(client, as_patient, world):
+    me, other = world["me"], world["other"]
+    c = as_patient(me)
+    b = search(c, "/fhir/Observation", [("patient", me), ("_include", "Observation:performer"), ("_include", "Observation:subject"),
+                                        ("_revinclude", "DiagnosticReport:result")])
+    assert ids(b, "Observation") == world["mine"]
+    assert ids(b, "Patient") <= {me}, ids(b, "Patient")
+    assert ids(b, "DiagnosticReport") == set(), "the other's report about my Observation must not be included"
+    b = search(c, "/fhir/Observation", [("patient", me), ("_include:iterate", "Observation:performer"), ("_include", "*")])
+    assert ids(b, "Patient") <= {me}
+    b = search(c, "/fhir/Patient", [("_id", f"{me},{other}"), ("_revinclude", "Observation:patient"), ("_revinclude", "Group:member")])
+    assert ids(b, "Patient") == {me}
+    assert ids(b, "Observation") == world["mine"]
+    assert ids(b, "Group") == set()
+    b = search(c, "/fhir/Patient", [("_has:Observation:patient:code:text", "adv7")])
+    assert ids(b, "Patient") <= {me}
+    b = search(c, "/fhir/Group", [("member", other)])
+    assert ids(b) == set()
+
+
+def test_compartment_search_of_the_other(client, as_patient, world):
+    me, other = world["me"], world["other"]
+    c = as_patient(me)
+    for q in ({"patient": me}, {"patient:Patient": me}, {}):
+        r = c.get(f"/fhir/Patient/{other}/Observation", params=q)
+        assert r.status_code in (200, 403, 404), (q, r.status_code, r.text[:500])
+        if r.status_code == 200:
+            # only what is in both compartments: my Observation with the other as performer
+            assert ids(r.json()) <= world["mine"], (q, ids(r.json()))
+            assert not ids(r.json()) & world["theirs"]
+    r = c.get(f"/fhir/Patient/{me}/Observation", params={"patient": other})
+    assert r.status_code == 200 and ids(r.json()) == set(), r.text[:500]
+
+
+def test_shape_cache_across_tokens(client, as_patient, world):
+    me, other = world["me"], world["other"]
+    mine_c, theirs_c = as_patient(me), as_patient(other)
+    shared = {world["shared"]}  # subject me, performer the other: in both compartments (R4 Observation: subject, performer)
+    for _ in range(3):  # learn the shape, then reuse it across tokens in both orders
+        assert ids(search(mine_c, "/fhir/Observation", {"patient": me})) == world["mine"]
+        assert ids(search(theirs_c, "/fhir/Observation", {"patient": me})) == shared
+        got = ids(search(theirs_c, "/fhir/Observation", {"patient": other}))
+        assert got == {world["their_own"]}, got
+        assert ids(search(mine_c, "/fhir/Observation", {"patient": other})) == set()
+        assert ids(search(mine_c, "/fhir/Observation", {"subject:Patient": other})) == set()
+        assert ids(search(theirs_c, "/fhir/Observation", {"subject:Patient": me})) == shared
+        assert ids(search(theirs_c, "/fhir/Observation", {"performer:Patient": me})) == set()
+        assert ids(search(mine_c, "/fhir/Observation", {"performer:Patient": other})) == shared
+
+
+def test_paging_next_links(client, as_patient, pair):
+    me, other = pair
+    mine = {obs(client, ref(f"Patient/{me}")) for _ in range(5)}
+    theirs = {obs(client, ref(f"Patient/{other}")) for _ in range(5)}
+    c, oc = as_patient(me), as_patient(other)
+    seen: set[str] = set()
+    b = search(c, "/fhir/Observation", {"patient": me, "_count": "2"})
+    nexts = []
+    while True:
+        seen |= ids(b)
+        nxt = [link["url"] for link in b.get("link", []) if link["relation"] == "next"]
+        if not nxt:
+            break
+        nexts.append(nxt[0])
+        b = search(c, nxt[0])
+    assert seen == mine
+    assert nexts, "paging expected with _count=2"
+    # another patient replaying my next links sees nothing of mine
+    for url in nexts:
+        r = oc.get(url)
+        assert r.status_code in (200, 400, 403, 404, 410), (url, r.status_code)
+        if r.status_code == 200:
+            assert not (ids(r.json()) & mine), (url, ids(r.json()))
+    # and their own paging of patient=<me> stays empty
+    b = search(oc, "/fhir/Observation", {"patient": me, "_count": "1"})
+    assert ids(b) == set() and not [link for link in b.get("link", []) if link["relation"] == "next"]
+    assert theirs  # fixture sanity
+
+
+# ---------------------------------------------------------------- acting for someone (guardian)
+
+
+def _years_ago(years: int, days: int = 0) -> date:
+    from datetime import datetime, timezone
+
+    t = datetime.now(timezone.utc).date()
+    born = t.replace(year=t.year - years)
+    return date.fromordinal(born.toordinal() - days)
+
+
+def test_guardian_acting_for_with_patient_param(client, as_patient):
+    child, _ = patient(client, "SE", _years_ago(10))
+    parent, number = patient(client, "SE", date(1981, 8, 8), name="Parent")
+    related_person(client, child, ["PRN"], identifier=("http://electronichealth.se/identifier/personnummer", number))
+    stranger, _ = patient(client, name="Stranger")
+    child_obs = obs(client, ref(f"Patient/{child}"))
+    parent_obs = obs(client, ref(f"Patient/{parent}"))
+    stranger_obs = obs(client, ref(f"Patient/{stranger}"))
+    own = as_patient(parent)
+    acting = {"X-Acting-For": f"Patient/{child}"}
+    got = search(own, "/fhir/Observation", {"patient": child}, headers=acting)
+    assert ids(got) == {child_obs}, got
+    for q in ({"patient": stranger}, {"patient": f"{child},{stranger}"}, {"patient": parent}, {"subject:Patient": stranger}):
+        got = ids(search(own, "/fhir/Observation", q, headers=acting))
+        assert stranger_obs not in got, q
+        assert got <= {child_obs, parent_obs}, (q, got)
+    assert ids(search(own, "/fhir/Observation", {"patient": child})) == set()
+    assert ids(search(own, "/fhir/Observation", {"patient": parent})) == {parent_obs}
+    # fast read while acting
+    r = own.get(f"/fhir/Observation/{stranger_obs}", headers=acting)
+    assert r.status_code == 404, (r.status_code, r.text[:300])
+    assert own.get(f"/fhir/Observation/{child_obs}", headers=acting).status_code == 200
+    # acting for the stranger (no relation): refused
+    r = own.get("/fhir/Observation", params={"patient": stranger}, headers={"X-Acting-For": f"Patient/{stranger}"})
+    assert r.status_code == 403, (r.status_code, r.text[:300])
+    r = own.get(f"/fhir/Observation/{stranger_obs}", headers={"X-Acting-For": f"Patient/{stranger}"})
+    assert r.status_code in (403, 404), (r.status_code, r.text[:300])
+
+
+def test_guardian_token_for_child_after_age_limit(client, as_patient):
+    child, _ = patient(client, "SE", _years_ago(13, 1))
+    parent, number = patient(client, "SE", date(1981, 8, 8), name="Parent")
+    related_person(client, child, ["PRN"], identifier=("http://electronichealth.se/identifier/personnummer", number))
+    child_obs = obs(client, ref(f"Patient/{child}"))
+    c = as_patient(child, fhir_user=f"Patient/{parent}")
+    # a token bound to a 13-year-old's record, held by the parent: no reach without consent
+    r = c.get(f"/fhir/Observation/{child_obs}")
+    assert r.status_code in (403, 404), (r.status_code, r.text[:300])
+    r = c.get("/fhir/Observation", params={"patient": child})
+    assert r.status_code == 403 or ids(r.json()) == set(), (r.status_code, r.text[:300])
+    consent(client, child, proxy_provision(f"Patient/{parent}"))
+    assert c.get(f"/fhir/Observation/{child_obs}").status_code == 200
+    assert ids(search(c, "/fhir/Observation", {"patient": child})) == {child_obs}
