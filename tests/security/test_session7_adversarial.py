@@ -613,3 +613,48 @@ def test_denied_resource_hidden_from_the_fast_read_while_acting(client, as_patie
     for c, h in ((bound, {}), (own, {"X-Acting-For": f"Patient/{child}"})):
         r = c.get(f"/fhir/Observation/{secret}", headers=h)
         assert r.status_code == 404 and "CHILD-SECRET" not in r.text, (h, r.status_code, r.text[:300])
+
+
+_BODIES = {
+    "Encounter": {"status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}},
+    "DiagnosticReport": {"status": "final", "code": {"text": "adv7"}},
+    "QuestionnaireResponse": {"status": "completed"},
+    "DocumentReference": {"status": "current", "content": [{"attachment": {"contentType": "text/plain", "url": "http://x.example/d"}}]},
+    "Condition": {},
+    "MedicationRequest": {"status": "active", "intent": "order", "medicationCodeableConcept": {"text": "x"}},
+    "Procedure": {"status": "completed"},
+    "CarePlan": {"status": "active", "intent": "plan"},
+}
+
+
+@pytest.mark.parametrize("res_type", sorted(_BODIES))
+def test_elision_and_fast_read_across_types(client, as_patient, pair, res_type):
+    me, other = pair
+    put(client, {"resourceType": "Group", "id": me, "type": "person", "actual": True, "member": [{"entity": ref(f"Patient/{other}")}]})
+
+    def make(subject: dict, **extra) -> str:
+        rid = new_id(res_type[:3].lower())
+        put(client, {"resourceType": res_type, "id": rid, **_BODIES[res_type], "subject": subject, **extra})
+        return rid
+
+    mine = {make(ref(f"Patient/{me}")), make(ref(f"{OWN_BASE}/Patient/{me}"))}
+    theirs = {make(ref(f"Patient/{other}")), make(ref(f"Group/{me}")), make(ref(f"https://other.example/fhir/Patient/{me}")),
+              make(ref(f"#{me}"), contained=[{"resourceType": "Patient", "id": me}]), make({"reference": f"Group/{me}", "type": "Patient"})}
+    c = as_patient(me)
+    for rid in theirs:
+        assert_hidden(c, f"/fhir/{res_type}/{rid}")
+    for rid in mine:
+        assert_visible(c, f"/fhir/{res_type}/{rid}")
+    scope = ",".join(sorted(mine | theirs))
+    for q in ({"patient": me}, {"subject:Patient": me}, {"subject": me}, {"patient": f"{me},{other}"}, {"patient": other},
+              {"subject": f"Patient/{me}"}, {"subject": f"Group/{me}"}, {"patient": f"https://other.example/fhir/Patient/{me}"}):
+        r = c.get(f"/fhir/{res_type}", params={**q, "_id": scope})
+        if r.status_code == 400:  # a parameter the type does not have
+            continue
+        assert r.status_code == 200, (q, r.status_code, r.text[:300])
+        got = ids(r.json())
+        assert not got & theirs, (res_type, q, got & theirs)
+        assert got <= mine
+        r = c.get(f"/fhir/{res_type}", params=q)  # without _id: the elided form of the shape
+        if r.status_code == 200:
+            assert not ids(r.json()) & theirs, (res_type, q)
