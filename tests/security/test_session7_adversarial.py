@@ -658,3 +658,27 @@ def test_elision_and_fast_read_across_types(client, as_patient, pair, res_type):
         r = c.get(f"/fhir/{res_type}", params=q)  # without _id: the elided form of the shape
         if r.status_code == 200:
             assert not ids(r.json()) & theirs, (res_type, q)
+
+
+def test_has_and_chains_from_patient(client, as_patient, world):
+    me, other = world["me"], world["other"]
+    c = as_patient(me)
+    their_own = world["their_own"]
+    for q in ({"_has:Observation:patient:_id": their_own}, {"_has:Observation:subject:_id": their_own},
+              {"_has:Observation:patient:patient": other}, {"_has:Observation:performer:_id": world["shared"], "_id": other},
+              {"_id": other, "_revinclude": "Observation:patient"}, {"link": me}, {"link:Patient": me}):
+        r = c.get("/fhir/Patient", params=q)
+        assert r.status_code in (200, 400, 403), (q, r.status_code, r.text[:300])
+        if r.status_code == 200:
+            got = ids(r.json())
+            assert other not in got and their_own not in got and not got & world["theirs"], (q, got)
+    # my own Patient through my Observation: found, and nothing more
+    got = ids(search(c, "/fhir/Patient", {"_has:Observation:patient:_id": world["shared"], "_revinclude": "Observation:patient"}))
+    assert got == {me} | world["mine"], got
+    for q in ({"patient.name": "Other", "patient": me}, {"subject:Patient.name": "Other"}, {"performer:Patient.name": "Other"},
+              {"subject:Group.member": other}, {"patient._id": other}):
+        r = c.get("/fhir/Observation", params=q)
+        assert r.status_code in (200, 400, 403), (q, r.status_code)
+        if r.status_code == 200:
+            got = ids(r.json())
+            assert not got & world["theirs"] and got <= world["mine"], (q, got)
