@@ -177,6 +177,11 @@ def test_fast_read_patient_and_group(client, as_patient, pair):
     assert_hidden(c, f"/fhir/Patient/{other}")
     put(client, {"resourceType": "Patient", "id": other, "link": [{"other": ref(f"https://x.example/Patient/{me}"), "type": "seealso"}]})
     assert_hidden(c, f"/fhir/Patient/{other}")
+    put(client, {"resourceType": "Patient", "id": other, "link": [{"other": ref(f"Patient/{me}"), "type": "seealso"}]})
+    assert_visible(c, f"/fhir/Patient/{other}")  # R4: Patient.link to me puts it in my compartment
+    put(client, {"resourceType": "Patient", "id": other, "link": [{"other": ref(f"Patient/{third}"), "type": "seealso"}]})
+    assert_hidden(c, f"/fhir/Patient/{other}")  # the link removed: the old index row must not keep it visible
+    assert other not in ids(search(c, "/fhir/Patient", {"link": me}))
     # a Group whose id is my Patient id, with the other patient as member
     put(client, {"resourceType": "Group", "id": me, "type": "person", "actual": True, "member": [{"entity": ref(f"Patient/{other}")}]})
     assert_hidden(c, f"/fhir/Group/{me}")
