@@ -109,7 +109,7 @@ class FastReads:
 
 def _compartments_only(principal, res_type: str):
     """None: the principal sees every resource of the type; a set of Patient ids: it sees
-    those Patients' compartments only (decidable from the resource itself); False: other
+    those Patients' compartments only (decided from the reference index); False: other
     criteria apply (search parameters, other compartments), which only the database answers."""
     if principal.unrestricted:
         return None
@@ -118,8 +118,8 @@ def _compartments_only(principal, res_type: str):
         return None
     ids = set()
     for c in vis:
-        if c.params or c.conditions or not c.compartment or c.compartment[0] != "Patient":
-            return False
+        if c.params or c.exclude or c.conditions or not c.compartment or c.compartment[0] != "Patient":
+            return False  # search criteria (a Consent's deny, a granular scope): only the database decides
         ids.add(c.compartment[1])
     return ids or False
 

@@ -49,7 +49,7 @@ def everything(call: OperationCall) -> Outcome:
     since = None
     types: set[str] | None = None
     count = call.settings.default_page_size
-    after: int | str = 0
+    after: int | str | None = None  # None: the first page (it starts with the Patient)
     for name, value in pairs:
         if name == "_since":
             since = parse_instant(value.strip(), "_since").astimezone(timezone.utc)
@@ -71,7 +71,7 @@ def everything(call: OperationCall) -> Outcome:
         return Outcome(200, body=_page(conn, call, base, types, since, count, after, pairs))
 
 
-def _page(conn: Connection, call: OperationCall, base: str, types, since, count: int, after: int | str, pairs) -> bytes:
+def _page(conn: Connection, call: OperationCall, base: str, types, since, count: int, after: int | str | None, pairs) -> bytes:
     r = resources.c
     patient = conn.execute(
         select(r.pk, r.res_id, r.content, r.deleted, r.last_updated).where(r.res_type == "Patient", r.res_id == call.res_id)
@@ -87,8 +87,9 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
     # AuditEvents are the access log's (audit.log_links), served after the resources, under "e<log key>" cursors
     events = log_links.everything_conditions(call.res_id, call.ctx.access(), base, since) if "AuditEvent" in comp_types else None
     comp_types.discard("AuditEvent")
+    first = after is None
     log_after = int(after[1:]) if isinstance(after, str) else None
-    after = 0 if log_after is not None else after
+    after = 0 if log_after is not None or after is None else after
     ref = idx_reference.alias("ref")
     members = select(ref.c.res_pk).where(ref.c.target_id == call.res_id, compartment_ref_condition(comp_types, ref))
     conds = [r.pk.in_(members), r.deleted == false(), r.pk != patient.pk]
@@ -113,7 +114,7 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
     entries = []
     served: set[tuple[str, str]] = set()
     page_pks: list[int] = []
-    if after == 0 and log_after is None and include_patient:
+    if first and include_patient:
         entries.append(_entry(base, "Patient", patient.res_id, patient.content, "match"))
         served.add(("Patient", patient.res_id))
         page_pks.append(patient.pk)
@@ -125,7 +126,8 @@ def _page(conn: Connection, call: OperationCall, base: str, types, since, count:
         served.add((row.res_type, row.res_id))
         page_pks.append(row.pk)
     supporting = _supporting(conn, base, page_pks, served, types, access)
-    next_cursor = str(rows[-1].pk) if more and rows else None
+    # more to come: after the page's last resource (or, when the Patient filled the first page, from the start)
+    next_cursor = (str(rows[-1].pk) if rows else str(after)) if more else None
     if events is not None and not more:  # the resources are done: the log's events fill the page
         room = max(count, 0) - len(rows)
         found = log_links.page(conn, events, log_after or 0, room + 1)

@@ -15,6 +15,7 @@ from ..model.lexical import ascii_int
 from ..security.authz import AccessRequest, authorize
 from ..storage import repository as repo
 from .context import RequestContext
+from ..security.versions import compartments_for_versions, version_visible
 from .interactions import check_type, check_visible, fhir_instant, parse_instant
 
 
@@ -114,12 +115,19 @@ def history(
     has_next = len(rows) > count
     rows = rows[:count]
     total = repo.count_history(conn, res_type, res_id, since, visible_pks) if at is None else None
+    bounds: dict[str, frozenset[str] | None] = {}  # per type: versions of other compartments are left out
+    for t in {row[1] for row in rows}:
+        bounds[t] = compartments_for_versions(ctx.principal, t)
+    if any(b is not None for b in bounds.values()):
+        total = None  # the count cannot tell which earlier versions lie in the caller's compartments
+    next_seq = rows[-1][0] if rows else None
+    rows = [row for row in rows if version_visible(row[1], row[7], bounds[row[1]])]
 
     path = "/".join(p for p in (res_type, res_id, "_history") if p)
     self_params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]
     links = [{"relation": "self", "url": f"{ctx.base_url}/{path}" + (f"?{urlencode(self_params)}" if self_params else "")}]
     if has_next:
-        nxt = [(k, v) for k, v in self_params if k != "_page"] + [("_page", _encode_cursor(rows[-1][0]))]
+        nxt = [(k, v) for k, v in self_params if k != "_page"] + [("_page", _encode_cursor(next_seq))]
         links.append({"relation": "next", "url": f"{ctx.base_url}/{path}?{urlencode(nxt)}"})
 
     entries = []

@@ -23,6 +23,7 @@ from ..errors import FhirError, Issue, operation_outcome
 from ..model import jsonio
 from ..model.lexical import is_version_id
 from ..security.authz import AccessRequest, authorize, visibility
+from ..security.versions import compartments_for_versions, version_visible
 from ..security.write_references import check_write_references
 from ..storage import repository as repo
 from . import limits, rules
@@ -587,6 +588,8 @@ def vread(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, ver
     stored = repo.read_version(conn, res_type, res_id, int(version))
     if stored is None:
         raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
+    if not version_visible(res_type, stored.content, compartments_for_versions(ctx.principal, res_type)):
+        raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")  # another compartment's
     if stored.deleted:
         raise FhirError(410, [Issue("error", "deleted", f"Version {version} of {res_type}/{res_id} is a deletion")])
     return _outcome_for(stored, 200)

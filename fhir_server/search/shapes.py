@@ -205,13 +205,15 @@ def _shape_of(req: SearchRequest) -> tuple[tuple, list[tuple[int, dict[str, Any]
 def _coincidences(derived: list[tuple[int, dict[str, Any]]], constants: set) -> tuple:
     """Which derived values are equal to each other or to a shape constant (a patient token's
     own id searched as `patient=`, say). Part of the key: within a shape they are then equal in
-    every request, so a statement parameter matching several of them may take any."""
+    every request, so a statement parameter matching several of them may take any. A value equal
+    to a constant names that constant: a patient whose id is `subject` (a parameter code) and one
+    whose id is `performer` must not share a shape, whose statement takes the code from one slot."""
     by_value: dict[tuple, list[tuple[int, str]]] = {}
     for i, vals in derived:
         for name, v in vals.items():
             by_value.setdefault((type(v), v), []).append((i, name))
     consts = {(type(c), c) for c in constants}
-    return tuple(sorted((tuple(sorted(slots)), k in consts) for k, slots in by_value.items()
+    return tuple(sorted((tuple(sorted(slots)), repr(k) if k in consts else "") for k, slots in by_value.items()
                         if len(slots) > 1 or k in consts))
 
 

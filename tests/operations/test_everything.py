@@ -67,18 +67,22 @@ def test_everything_count_zero_gives_the_total_only(client, record):
     assert "entry" not in bundle and not [link for link in bundle["link"] if link["relation"] == "next"]
 
 
-def test_everything_paging(client, record):
+@pytest.mark.parametrize("size, pages", [(3, 3), (1, 8), (2, 4), (8, 1)])
+def test_everything_paging(client, record, size, pages):
+    """Every page size reaches all 8 matches once, the Patient first; with `_count=1` the Patient
+    fills the first page and the next link goes on from the start of the compartment."""
     seen: list[tuple[str, str]] = []
-    url = f"/fhir/Patient/{record['pid']}/$everything?_count=3"
-    pages = 0
-    while url:
+    url = f"/fhir/Patient/{record['pid']}/$everything?_count={size}"
+    served = 0
+    while url and served < 20:
         bundle = client.get(url).json()
-        pages += 1
+        served += 1
         page = entries(bundle, "match")
-        assert len(page) <= 3
+        assert 0 < len(page) <= size
         seen += page
         url = next((link["url"] for link in bundle["link"] if link["relation"] == "next"), None)
-    assert pages == 3
+    assert served == pages
+    assert seen[0] == ("Patient", record["pid"])
     assert len(seen) == len(set(seen)) == 8
 
 
