@@ -9,6 +9,16 @@ patient's data through the two access paths changed in session 7:
 Every request goes over HTTP with real tokens of the server's issuer. A read is made twice:
 the plain form (answered in front of the router when it can be) and with `?_pretty=false`
 (always through the router); both must give the stated answer.
+
+Found here and fixed on main (these tests were strict xfails before the fixes):
+- the fast read served a resource a Consent denies to an acting parent (Criteria.exclude ignored):
+  test_denied_resource_hidden_from_the_fast_read_while_acting, test_denied_case_hidden_from_the_fast_read_while_acting
+  (main 0362188);
+- learned search shapes keyed "coincides with a constant" without naming it (Patient 'subject' then
+  'performer' shared a shape, the second got an empty Bundle):
+  test_learned_shapes_exact_for_patient_ids_equal_to_shape_constants (main 0362188);
+- vread/_history showed a version from before a resource was moved into my compartment:
+  test_history_of_a_resource_moved_into_my_compartment (main c07bf76).
 """
 
 from __future__ import annotations
@@ -510,8 +520,6 @@ def test_head_accept_and_post_search(client, as_patient, pair):
         assert theirs not in ids(r.json()), (query, body)
 
 
-@pytest.mark.xfail(strict=True, reason="LEAK (history, not a session-7 path): vread/_history of a resource that now "
-                                       "references me return its earlier versions about another patient")
 def test_history_of_a_resource_moved_into_my_compartment(client, as_patient, pair):
     """An Observation first filed under the other patient, then corrected to me: its version 1
     is the other patient's data (R4: compartment membership is a property of the content)."""
@@ -562,9 +570,6 @@ def test_learned_shapes_never_widen_for_patient_ids_equal_to_shape_constants(cli
     _constant_ids_round(client, as_patient, pids, exact=False)
 
 
-@pytest.mark.xfail(strict=True, reason="WRONG ANSWER (search/shapes.py, not a leak): a shape learned by Patient 'subject' "
-                                       "(id = a shape constant) is reused for Patient 'performer' with the constant slot "
-                                       "filled by the new id; the second patient gets an empty Bundle for its own data")
 @pytest.mark.parametrize("pids", [("subject", "performer"), ("Patient", "Observation")])
 def test_learned_shapes_exact_for_patient_ids_equal_to_shape_constants(client, as_patient, pids):
     """The same, and each gets exactly its own compartment (R4 search: every match)."""
@@ -607,8 +612,6 @@ def test_denied_resource_hidden_from_the_router_read_while_acting(client, as_pat
         assert r.status_code == 404, (h, r.status_code, r.text[:300])
 
 
-@pytest.mark.xfail(strict=True, reason="LEAK (fast read): api/fast_read.py _compartments_only ignores Criteria.exclude, so "
-                                       "an Observation a Consent denies to the acting parent is served by the plain GET")
 def test_denied_resource_hidden_from_the_fast_read_while_acting(client, as_patient):
     """GET [base]/Observation/<denied> by a parent acting under a Consent that denies that
     Observation: 404 (docs/security.md: outside the token's reach reads as unknown)."""
@@ -689,8 +692,6 @@ def test_has_and_chains_from_patient(client, as_patient, world):
             assert not got & world["theirs"] and got <= world["mine"], (q, got)
 
 
-@pytest.mark.xfail(strict=True, reason="LEAK (fast read): a case a Consent denies to the acting parent (an Encounter and "
-                                       "the DocumentReference tied to it, proxy_policy case_links) is served by the plain GET")
 def test_denied_case_hidden_from_the_fast_read_while_acting(client, as_patient):
     child, _ = patient(client, "SE", _years_ago(13, 30))
     parent, number = patient(client, "SE", date(1981, 8, 8), name="Parent")
