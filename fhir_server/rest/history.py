@@ -13,9 +13,9 @@ from ..errors import FhirError
 from ..model import jsonio
 from ..model.lexical import ascii_int
 from ..security.authz import AccessRequest, authorize
+from ..security.versions import compartments_for_versions, version_visible
 from ..storage import repository as repo
 from .context import RequestContext
-from ..security.versions import compartments_for_versions, version_visible
 from .interactions import check_type, check_visible, fhir_instant, parse_instant
 
 
@@ -121,7 +121,7 @@ def history(
     if any(b is not None for b in bounds.values()):
         total = None  # the count cannot tell which earlier versions lie in the caller's compartments
     next_seq = rows[-1][0] if rows else None
-    rows = [row for row in rows if version_visible(row[1], row[7], bounds[row[1]])]
+    rows = [row for row in rows if version_visible(row[1], row[7], bounds[row[1]], ctx.base_url)]
 
     path = "/".join(p for p in (res_type, res_id, "_history") if p)
     self_params = [(k, v) for k, v in params if k not in ("_format", "_pretty")]

@@ -588,7 +588,7 @@ def vread(conn: Connection, ctx: RequestContext, res_type: str, res_id: str, ver
     stored = repo.read_version(conn, res_type, res_id, int(version))
     if stored is None:
         raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")
-    if not version_visible(res_type, stored.content, compartments_for_versions(ctx.principal, res_type)):
+    if not version_visible(res_type, stored.content, compartments_for_versions(ctx.principal, res_type), ctx.base_url):
         raise FhirError.of(404, "not-found", f"Version {version} of {res_type}/{res_id} is not known")  # another compartment's
     if stored.deleted:
         raise FhirError(410, [Issue("error", "deleted", f"Version {version} of {res_type}/{res_id} is a deletion")])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import orjson
 
+from ..search import local_base
 from ..search.membership import patients_of
 from .authz import visibility
 
@@ -35,12 +36,15 @@ def compartments_for_versions(principal, res_type: str) -> frozenset[str] | None
     return frozenset(ids)
 
 
-def version_visible(res_type: str, content: bytes | None, compartments: frozenset[str] | None) -> bool:
-    """Whether a stored version (its JSON bytes; None for a deletion) is within `compartments`."""
+def version_visible(res_type: str, content: bytes | None, compartments: frozenset[str] | None, base_url: str = "") -> bool:
+    """Whether a stored version (its JSON bytes; None for a deletion) is within `compartments`;
+    `base_url`: the request's base, under which an absolute reference to it counts as local, as
+    when the version was indexed."""
     if compartments is None or content is None:
         return True
     try:
         resource = orjson.loads(content)
     except orjson.JSONDecodeError:
         return False
-    return any(p in compartments for p in patients_of(res_type, resource))
+    with local_base.serving(base_url):
+        return any(p in compartments for p in patients_of(res_type, resource))

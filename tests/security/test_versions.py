@@ -46,3 +46,15 @@ def test_paging_a_filtered_history_goes_on_past_hidden_versions(client, anonymou
         seen += [e["response"]["etag"] for e in page.get("entry", [])]
         nxt = [link["url"] for link in page["link"] if link["relation"] == "next"]
     assert seen == ['W/"2"']
+
+
+def test_a_version_naming_me_by_this_servers_absolute_url_is_mine(client, anonymous_client):
+    """An absolute reference to this server's own base is local, for a version as for the index."""
+    me = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+    body = {"resourceType": "Observation", "status": "final", "code": {"text": "hb"}}
+    oid = client.post("/fhir/Observation", json={**body, "subject": {"reference": f"http://testserver/fhir/Patient/{me}"}}).json()["id"]
+    client.put(f"/fhir/Observation/{oid}", json={**body, "id": oid, "subject": {"reference": f"Patient/{me}"}})
+    mine = {"Authorization": f"Bearer {make_token('patient/*.rs', patient=me)}"}
+    assert anonymous_client.get(f"/fhir/Observation/{oid}/_history/1", headers=mine).status_code == 200
+    etags = [e["response"]["etag"] for e in anonymous_client.get(f"/fhir/Observation/{oid}/_history", headers=mine).json()["entry"]]
+    assert etags == ['W/"2"', 'W/"1"']
