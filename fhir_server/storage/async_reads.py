@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from datetime import datetime
+from functools import lru_cache
 
 import asyncpg
 import orjson
@@ -27,6 +28,7 @@ APPLICATION_NAME = "fhir_server.reads"  # how these connections show in pg_stat_
 _COLUMNS = "pk, res_type, res_id, version_id, last_updated, deleted, content"
 
 
+@lru_cache(maxsize=256)
 def _with_patients_sql(params: tuple[str, ...], sqlite: bool) -> str:
     """The read-by-id statement with, as a last column, the JSON list of the Patient ids its
     compartment parameters `params` reference in the reference index (the rule of
@@ -64,7 +66,6 @@ class SqliteReader:
     def __init__(self, path: str):
         self.path = path
         self.conn: sqlite3.Connection | None = None
-        self._with_patients: dict[tuple[str, ...], str] = {}
 
     async def open(self) -> None:
         # check_same_thread=False only because the lifespan may open it on another
@@ -87,9 +88,7 @@ class SqliteReader:
     async def read_with_patients(self, res_type: str, res_id: str, params: tuple[str, ...]) -> tuple[StoredResource | None, list[str]]:
         """`read_current` and the Patient ids the resource's compartment parameters `params`
         reference, from the reference index in the same statement (one snapshot)."""
-        sql = self._with_patients.get(params)
-        if sql is None:
-            sql = self._with_patients[params] = _with_patients_sql(params, sqlite=True)
+        sql = _with_patients_sql(params, sqlite=True)
         row = self.conn.execute(sql, (res_type, res_id)).fetchone()
         if row is None:
             return None, []
@@ -114,7 +113,6 @@ class PgReader:
         self.url = url
         self.size = size
         self._slots: asyncio.LifoQueue | None = None
-        self._with_patients: dict[tuple[str, ...], str] = {}
 
     async def open(self) -> None:
         self._slots = asyncio.LifoQueue()
@@ -145,9 +143,7 @@ class PgReader:
     async def read_with_patients(self, res_type: str, res_id: str, params: tuple[str, ...]) -> tuple[StoredResource | None, list[str]]:
         """`read_current` and the Patient ids the resource's compartment parameters `params`
         reference, from the reference index in the same statement (one snapshot)."""
-        sql = self._with_patients.get(params)
-        if sql is None:
-            sql = self._with_patients[params] = _with_patients_sql(params, sqlite=False)
+        sql = _with_patients_sql(params, sqlite=False)
         row = await self._run(lambda conn: conn.fetchrow(sql, res_type, res_id))
         if row is None:
             return None, []
