@@ -338,6 +338,9 @@ def _flush_postgres(conn: Connection, work: list[tuple]) -> None:
     # a statement per row, and even one statement per table in a pipeline costs
     # more client CPU than the rest of the create. A RawCursor takes `$n`
     # placeholders as they are; the default cursor would re-parse the long text.
+    # psycopg prepares a text on its fifth use on a connection (prepare_threshold):
+    # a create of a known shape is then planned once, not per create
+    # (bench_create_cpu, PostgreSQL: 2.0 -> 1.5 ms of the database's CPU per create).
     shape: list[tuple] = []
     params: list = []
     for table, rows in work:
@@ -348,7 +351,7 @@ def _flush_postgres(conn: Connection, work: list[tuple]) -> None:
             shape.append((table.name, keys, len(values) // len(keys)))
             params.extend(values)
     with RawCursor(raw) as cur:
-        cur.execute(_combined_insert_sql(tuple(shape)), params, prepare=False)
+        cur.execute(_combined_insert_sql(tuple(shape)), params)
 
 
 _SQL_CACHE: dict[tuple, str] = {}
