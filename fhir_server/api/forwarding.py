@@ -34,6 +34,7 @@ class ForwardingPolicy:
     public_base_url: str = ""
     trusted_proxies: str = "127.0.0.1,::1"
     _nets: list = field(init=False, repr=False)
+    _trusted: dict = field(init=False, repr=False, default_factory=dict)  # peer address -> trusted
 
     def __post_init__(self) -> None:
         self._nets = _networks(self.trusted_proxies)
@@ -42,25 +43,34 @@ class ForwardingPolicy:
     def trusts(self, peer: str | None) -> bool:
         if not peer:
             return False
-        try:
-            addr = ipaddress.ip_address(peer)
-        except ValueError:
-            return False  # a Unix socket or a test client: not a known proxy
-        return any(addr in net for net in self._nets)
+        known = self._trusted.get(peer)
+        if known is None:  # parsing the address and walking the networks cost more than the rest
+            try:
+                addr = ipaddress.ip_address(peer)
+            except ValueError:
+                known = False  # a Unix socket or a test client: not a known proxy
+            else:
+                known = any(addr in net for net in self._nets)
+            if len(self._trusted) >= 4096:
+                self._trusted.clear()
+            self._trusted[peer] = known
+        return known
 
     def base_url(self, request: Request, base_path: str) -> str:
         if self.public_base_url:
             return self.public_base_url
+        scope = request.scope  # read from the scope: Starlette's request.url is rebuilt per request
         headers = request.headers
-        proto = request.url.scheme
+        proto = scope.get("scheme") or request.url.scheme
         host = headers.get("host") or request.url.netloc
         prefix = ""
-        if self.trusts(request.client.host if request.client else None):
+        client = scope.get("client")
+        if self.trusts(client[0] if client else None):
             proto = headers.get("x-forwarded-proto", proto).split(",")[0].strip() or proto
             host = (headers.get("x-forwarded-host") or host).split(",")[0].strip() or host
             prefix = headers.get("x-forwarded-prefix", "").split(",")[0].strip().rstrip("/")
         if proto not in ("http", "https"):
-            proto = request.url.scheme
+            proto = scope.get("scheme") or request.url.scheme
         return f"{proto}://{host}{prefix}{base_path}"
 
 
