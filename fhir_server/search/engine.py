@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import Connection, ColumnElement, and_, case, false, func, or_, select
+from sqlalchemy import Connection, ColumnElement, and_, case, false, func, literal_column, or_, select
 from sqlalchemy.sql import FromClause, Select, operators
 from sqlalchemy.sql.elements import BinaryExpression, BooleanClauseList
 
@@ -361,7 +361,10 @@ def _prepare(req: SearchRequest, plan: _Plan) -> PreparedSearch:
         q = q.order_by(r.c.pk.asc() if forward else r.c.pk.desc()).limit(plan.count + 1)
         return PreparedSearch(req, plan, base, path_url, count_q, q, sig, 0, forward)
     cols += [e.label(f"k{i}") for i, (e, _) in enumerate(sort_exprs)]
-    inner = select(*cols).where(*plan.conds).subquery()
+    # OFFSET 0 keeps the subquery whole: flattened into the outer query, each use of a sort
+    # key in the ORDER BY and the cursor's condition ran its correlated subquery again (five
+    # times per row on PostgreSQL; Observation?_sort=date at 1M: 4.1 s -> 1.2 s a page)
+    inner = select(*cols).where(*plan.conds).offset(literal_column("0")).subquery()
     order, items = [], []
     for i, (_, desc) in enumerate(sort_exprs):
         col = inner.c[f"k{i}"]

@@ -167,7 +167,9 @@ def _shape_of(req: SearchRequest) -> tuple[tuple, list[tuple[int, dict[str, Any]
         raise _Unfit
     base_url = req.base_url.rstrip("/")
     derived: list[tuple[int, dict[str, Any]]] = []
-    constants: set = {res_type, 0, 1}  # 0, 1: the offset, and the sort keys' "is missing" flags
+    # 0, 1: the offset, and the sort keys' "is missing" flags; -1: SQLite's LIMIT before the
+    # sort subquery's OFFSET 0 (search.engine._prepare)
+    constants: set = {res_type, 0, 1, -1}
     vis = req.access(res_type, "s") if req.access is not None else None
     if vis is not None and not vis:
         raise _Unfit  # nothing visible: the engine answers (an empty Bundle)
