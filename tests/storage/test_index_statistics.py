@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import text
 
 
-
 def _postgres_only(app) -> None:
     if app.state.db.dialect != "postgresql":
         pytest.skip("PostgreSQL's planner statistics (SQLite has no multivariate statistics)")
