@@ -26,6 +26,7 @@ from ..rest import interactions as ix
 from ..rest.context import RequestContext
 from ..search.registry import patient_compartment
 from ..security.authz import ANONYMOUS, visibility
+from ..security.versions import patient_compartments
 from ..storage.repository import StoredResource
 from . import http
 
@@ -116,12 +117,9 @@ def _compartments_only(principal, res_type: str):
     vis = visibility(principal, res_type, "r")
     if vis is None:
         return None
-    ids = set()
-    for c in vis:
-        if c.params or c.exclude or c.conditions or not c.compartment or c.compartment[0] != "Patient":
-            return False  # search criteria (a Consent's deny, a granular scope): only the database decides
-        ids.add(c.compartment[1])
-    return ids or False
+    if any(c.params or c.exclude or c.conditions for c in vis):
+        return False  # search criteria (a Consent's deny, a granular scope): only the database decides
+    return patient_compartments(vis) or False
 
 
 def _compartment_params(res_type: str) -> tuple[str, ...]:

@@ -61,7 +61,8 @@ class ForwardingPolicy:
             return self.public_base_url
         scope = request.scope  # read from the scope: Starlette's request.url is rebuilt per request
         headers = request.headers
-        proto = scope.get("scheme") or request.url.scheme
+        scheme = scope.get("scheme") or request.url.scheme
+        proto = scheme
         host = headers.get("host") or request.url.netloc
         prefix = ""
         client = scope.get("client")
@@ -70,7 +71,7 @@ class ForwardingPolicy:
             host = (headers.get("x-forwarded-host") or host).split(",")[0].strip() or host
             prefix = headers.get("x-forwarded-prefix", "").split(",")[0].strip().rstrip("/")
         if proto not in ("http", "https"):
-            proto = scope.get("scheme") or request.url.scheme
+            proto = scheme
         return f"{proto}://{host}{prefix}{base_path}"
 
 

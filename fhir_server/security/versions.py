@@ -28,6 +28,12 @@ def compartments_for_versions(principal, res_type: str) -> frozenset[str] | None
     vis = visibility(principal, res_type, "r")
     if not vis:
         return None  # everything (None), or nothing ([]: refused before any version is read)
+    return patient_compartments(vis)
+
+
+def patient_compartments(vis) -> frozenset[str] | None:
+    """The Patient ids of visibility criteria that are all Patient compartments; None when one
+    is not (another compartment, or none: search parameters alone)."""
     ids = set()
     for c in vis:
         if not c.compartment or c.compartment[0] != "Patient":

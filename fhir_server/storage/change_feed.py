@@ -39,6 +39,7 @@ import orjson
 from sqlalchemy import Connection, and_, or_, select, text
 
 from ..errors import FhirError
+from .database import transaction_memo
 from .schema import change_feed, resource_versions
 
 _TXID = "change_feed_txid"
@@ -48,13 +49,10 @@ def _txid(conn: Connection) -> int:
     """The writing transaction's id, asked once per transaction (0 on SQLite)."""
     if conn.dialect.name != "postgresql":
         return 0
-    tx = conn.get_transaction()
-    cached = conn.info.get(_TXID)
-    if cached is not None and cached[0] is tx:
-        return cached[1]
-    txid = int(conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one())
-    conn.info[_TXID] = (tx, txid)
-    return txid
+    memo = transaction_memo(conn, _TXID)
+    if "txid" not in memo:
+        memo["txid"] = int(conn.execute(text("SELECT pg_current_xact_id()::text::bigint")).scalar_one())
+    return memo["txid"]
 
 
 def record(conn: Connection, res_type: str, res_id: str, version_id: int) -> None:

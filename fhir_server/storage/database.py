@@ -17,6 +17,20 @@ log = logging.getLogger("fhir_server.storage")
 T = TypeVar("T")
 
 
+def transaction_memo(conn: Connection, key: str) -> dict:
+    """A dict kept in `conn.info` under `key` for as long as the connection's root transaction
+    lasts (a new transaction starts it empty); outside a transaction, a fresh one each call.
+    For answers a transaction asks for again and again (its txid, the subscriptions watching
+    a type) that cannot change under it, or that it drops itself when it changes them."""
+    tx = conn.get_transaction()
+    if tx is None:
+        return {}
+    held = conn.info.get(key)
+    if held is None or held[0] is not tx:
+        held = conn.info[key] = (tx, {})
+    return held[1]
+
+
 class WriteConflict(FhirError):
     """409: a concurrent writer won a unique-key race; retrying the whole write may succeed."""
 

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, select, text, update
 from .. import events
 from ..errors import FhirError
 from ..security.authz import Principal
+from ..storage.database import transaction_memo
 from . import topics
 from .owner import indexed_as, may_see
 from .spec import SubscriptionSpec
@@ -160,7 +161,7 @@ _WATCHERS = text(
 )
 
 
-_WATCHERS_HELD = "fhir_subscription_watchers"  # conn.info: (root transaction, {res_type: rows})
+_WATCHERS_HELD = "fhir_subscription_watchers"  # storage.database.transaction_memo: {res_type: rows}
 
 
 def _watchers(conn: Connection, res_type: str) -> list:
@@ -168,16 +169,10 @@ def _watchers(conn: Connection, res_type: str) -> list:
     a transaction Bundle of 250 entries paid 250 identical round trips (a quarter of a
     Synthea ingest's time). A whole transaction sees the subscriptions as they were at its
     first write of the type; a Subscription written inside it drops what is held."""
-    tx = conn.get_transaction()
-    if tx is None:
-        return conn.execute(_WATCHERS, {"t": res_type}).all()
-    held = conn.info.get(_WATCHERS_HELD)
-    if held is None or held[0] is not tx:
-        held = (tx, {})
-        conn.info[_WATCHERS_HELD] = held
-    rows = held[1].get(res_type)
+    held = transaction_memo(conn, _WATCHERS_HELD)
+    rows = held.get(res_type)
     if rows is None:
-        rows = held[1][res_type] = conn.execute(_WATCHERS, {"t": res_type}).all()
+        rows = held[res_type] = conn.execute(_WATCHERS, {"t": res_type}).all()
     return rows
 
 
@@ -186,7 +181,7 @@ def on_change(conn: Connection, change: events.ResourceChange) -> None:
     if change.res_type == "Subscription":
         from .registry import sync_subscription
 
-        conn.info.pop(_WATCHERS_HELD, None)
+        transaction_memo(conn, _WATCHERS_HELD).clear()
         sync_subscription(conn, change)
     rows = _watchers(conn, change.res_type)
     if not rows:
