@@ -100,36 +100,47 @@ class SqliteReader:
 
 
 class PgReader:
-    """asyncpg connections in a LIFO of `size` slots, connected lazily.
+    """asyncpg connections in two LIFOs of `size` slots each, connected lazily.
 
     Not asyncpg's pool: its acquire/release bookkeeping (and the session reset
     query it sends on release by default) cost as much CPU as the lookup itself.
     A slot holds a connection or None (free, connect on use); a connection that
-    fails or is interrupted is dropped and its slot freed, never reused."""
+    fails or is interrupted is dropped and its slot freed, never reused.
+
+    Why two: reads by id run on connections that let PostgreSQL keep a generic plan
+    (`plan_cache_mode=auto`: a primary-key lookup has one right plan, and planning it on
+    every execution doubled PostgreSQL's CPU per read: 50 -> 105 us, 90 -> 185 us with the
+    compartment subquery, bench/bench_protected.py's server). Searches (`fetch`) run on
+    connections that plan every execution for its values (`force_custom_plan`, as the
+    engine's: a generic plan of a skewed parameter can be orders of magnitude off)."""
 
     _SQL = f"SELECT {_COLUMNS} FROM resources WHERE res_type = $1 AND res_id = $2"
 
     def __init__(self, url: str, size: int):
         self.url = url
         self.size = size
-        self._slots: asyncio.LifoQueue | None = None
+        self._slots: asyncio.LifoQueue | None = None  # reads by id (generic plans)
+        self._search_slots: asyncio.LifoQueue | None = None  # searches (custom plans)
 
     async def open(self) -> None:
-        self._slots = asyncio.LifoQueue()
+        self._slots, self._search_slots = asyncio.LifoQueue(), asyncio.LifoQueue()
         for _ in range(self.size - 1):
             self._slots.put_nowait(None)
-        self._slots.put_nowait(await self._connect())  # fail at start-up, not on the first read
+            self._search_slots.put_nowait(None)
+        self._search_slots.put_nowait(None)
+        self._slots.put_nowait(await self._connect(self._slots))  # fail at start-up, not on the first read
 
-    async def _connect(self):
-        dsn, settings = _asyncpg_dsn(self.url)
+    async def _connect(self, slots: asyncio.LifoQueue):
+        dsn, settings = _asyncpg_dsn(self.url, generic_plans=slots is self._slots)
         return await asyncpg.connect(dsn, server_settings=settings)
 
     async def close(self) -> None:
-        slots, self._slots = self._slots, None
-        while slots is not None and not slots.empty():
-            conn = slots.get_nowait()
-            if conn is not None:
-                await conn.close()
+        for slots in (self._slots, self._search_slots):
+            while slots is not None and not slots.empty():
+                conn = slots.get_nowait()
+                if conn is not None:
+                    await conn.close()
+        self._slots = self._search_slots = None
 
     async def read_current(self, res_type: str, res_id: str) -> StoredResource | None:
         """The current row, or None. A connection that fails is dropped, never
@@ -152,18 +163,18 @@ class PgReader:
     async def fetch(self, sql: str, params: tuple) -> list:
         """All rows of a compiled statement ($n parameters), as asyncpg Records
         (indexable like tuples); the same retry and 503 as `read_current`."""
-        return await self._run(lambda conn: conn.fetch(sql, *params))
+        return await self._run(lambda conn: conn.fetch(sql, *params), search=True)
 
-    async def _run(self, op):
+    async def _run(self, op, search: bool = False):
         for attempt in (1, 2):
-            slots = self._slots
+            slots = self._search_slots if search else self._slots
             conn = await slots.get()
             try:
                 if attempt == 2 and conn is not None:
                     conn.terminate()  # its neighbours in the pool may be as stale as the first one
                     conn = None
                 if conn is None or conn.is_closed():
-                    conn = await self._connect()
+                    conn = await self._connect(slots)
                 result = await op(conn)
             except BaseException as exc:
                 if conn is not None:
@@ -179,10 +190,11 @@ class PgReader:
         raise AssertionError("unreachable")
 
 
-def _asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
+def _asyncpg_dsn(url: str, generic_plans: bool = False) -> tuple[str, dict[str, str]]:
     """The SQLAlchemy URL as an asyncpg DSN (TLS and host parameters such as
     `sslmode` carry over) and the server settings the sync engine also sets:
-    `options=-c k=v` from the URL, then the planner settings, then our name."""
+    `options=-c k=v` from the URL, then the planner settings, then our name.
+    `generic_plans`: `plan_cache_mode=auto` instead of `force_custom_plan` (reads by id)."""
     u = make_url(url)
     given = u.query.get("options", "")
     given = " ".join(given) if isinstance(given, tuple) else given
@@ -191,7 +203,8 @@ def _asyncpg_dsn(url: str) -> tuple[str, dict[str, str]]:
         key, eq, value = part.strip().partition("=")
         if eq:
             settings[key.strip()] = value.strip()
-    settings.update({"plan_cache_mode": "force_custom_plan", "jit": "off", "application_name": APPLICATION_NAME})
+    settings.update({"plan_cache_mode": "auto" if generic_plans else "force_custom_plan", "jit": "off",
+                     "application_name": APPLICATION_NAME})
     dsn = u.set(drivername="postgresql").difference_update_query(["options"])
     return dsn.render_as_string(hide_password=False), settings
 

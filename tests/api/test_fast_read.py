@@ -196,3 +196,35 @@ def test_layer_answers_reads_within_the_tokens_compartment():
     assert not _run(obs, path="/fhir/Observation/o1", principal=other)[0]
     granular = authz.Principal(scopes=frozenset({"patient/Observation.rs?category=laboratory"}), patient="p1", authenticated=True)
     assert not _run(obs, path="/fhir/Observation/o1", principal=granular)[0]
+
+
+def test_postgres_reads_by_id_keep_a_generic_plan_and_searches_do_not(database_url):
+    """A read by id has one right plan: PostgreSQL keeps it (generic) instead of planning every
+    execution, which doubled its CPU per read; a search is planned for its values every time
+    (a generic plan of a skewed parameter can be far off). Seen in pg_prepared_statements of
+    each reader connection after ten executions."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL reader only")
+    from fhir_server.storage.async_reads import PgReader
+
+    plans = "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1"
+
+    async def go():
+        reader = PgReader(database_url, 2)
+        await reader.open()
+        try:
+            for _ in range(10):
+                assert await reader.read_current("Patient", "no-such-patient") is None
+                await reader.read_with_patients("Observation", "no-such", ("subject", "performer"))
+            search = "SELECT pk FROM resources WHERE res_type = $1 AND res_id = $2"
+            for _ in range(10):
+                assert await reader.fetch(search, ("Patient", "no-such")) == []
+            by_id = await reader._run(lambda c: c.fetchrow(plans, PgReader._SQL))
+            searched = await reader._run(lambda c: c.fetchrow(plans, search), search=True)
+            return by_id, searched
+        finally:
+            await reader.close()
+
+    by_id, searched = asyncio.run(go())
+    assert by_id["generic_plans"] >= 5, by_id
+    assert searched["generic_plans"] == 0 and searched["custom_plans"] == 10, searched
