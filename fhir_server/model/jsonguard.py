@@ -64,7 +64,7 @@ def scrub(value: Any) -> Any:
         return _BAD_CHARS.sub("\ufffd", value) if _BAD_CHARS.search(value) else value
     if isinstance(value, dict):
         return {scrub(k): scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # a tuple (an event's (type, id) pairs) is written as a list anyway
         return [scrub(v) for v in value]
     return value
 

@@ -153,6 +153,45 @@ def test_driver_inserts_store_what_sqlalchemy_stores(tmp_path):
     assert stored[0] == stored[1] and len(stored[0][1]) > 15
 
 
+def test_a_batch_stores_what_single_events_store(client):
+    """PostgreSQL writes a batch writer's events by COPY of its own (audit.log._copy) and a
+    write's few with the transaction's other rows; both must store the same rows, also for
+    values COPY's text format escapes or cannot hold (tab, newline, backslash, NUL, a lone
+    surrogate). SQLite takes one path; the test holds there too."""
+    from sqlalchemy import select
+
+    from fhir_server.audit import log
+    from fhir_server.storage.schema import audit_log, audit_log_refs
+
+    tag = uuid.uuid4().hex[:8]
+    odd = ["tab\there", "new\nline\r", "back\\slash \\N", "nul\x00x", "lone\ud800", "Łódź ÅÄÖ 東京"]
+    facts = [f for i in range(7) for f in _variants(f"{tag}{odd[i % len(odd)]}{i}")]
+    assert len(facts) >= log._COPY_MIN
+    db = client.app.state.db
+    with db.write() as conn:
+        log.insert(conn, [log.entry_of_facts(f, event_id=f"b{tag}-{i:03d}") for i, f in enumerate(facts)])
+    for i, f in enumerate(facts):
+        with db.write() as conn:
+            log.insert(conn, [log.entry_of_facts(f, event_id=f"s{tag}-{i:03d}")])
+    a, r = audit_log.c, audit_log_refs.c
+    with db.read() as conn:
+        def stored(prefix):
+            rows = conn.execute(select(audit_log).where(a.id.like(f"{prefix}{tag}-%")).order_by(a.id)).all()
+            refs = conn.execute(select(r.event_pk, r.value, r.roles).where(r.event_pk.in_([row.pk for row in rows]))).all()
+            by_pk = {}
+            for pk, value, roles in refs:
+                by_pk.setdefault(pk, set()).add((value, roles))
+            return [(row.id[len(prefix):], *row[2:], sorted(by_pk[row.pk])) for row in rows]
+
+        batch, single = stored("b"), stored("s")
+    assert len(batch) == len(facts)
+    for b, s in zip(batch, single):
+        assert b == s, [(x, y) for x, y in zip(b, s) if x != y]
+    values = {v for row in batch for v, _ in row[-1]}
+    assert any("\t" in v for v in values) and any("\\" in v for v in values) and any("東京" in v for v in values)
+    assert any("\ufffd" in v for v in values)  # NUL and the lone surrogate, as U+FFFD
+
+
 def test_paging_sorting_and_totals(client):
     tag = uuid.uuid4().hex[:8]
     base = datetime(2025, 3, 1, tzinfo=timezone.utc)
