@@ -24,6 +24,7 @@ from sqlalchemy import Connection, func, select, text
 
 from ..errors import FhirError
 from ..ids import new_time_ordered_id
+from ..storage.planner_statistics import count_inserted
 from ..storage.schema import audit_log, audit_log_refs
 from .balp import _KIND_TYPE, DCM, INTERACTION, AuditFacts, clean_json, to_resource
 
@@ -198,6 +199,8 @@ def _copy(conn: Connection, mains: list[tuple], refs: list[tuple]) -> None:
     """PostgreSQL: both tables' rows by COPY on the transaction's own connection, as tuples:
     a dict per row for the write buffer cost the batch writer more than COPY itself
     (bench_protected_cpu's write: 56 -> 41 us of CPU an event)."""
+    count_inserted(conn, "audit_log", len(mains))
+    count_inserted(conn, "audit_log_refs", len(refs))
     with conn.connection.dbapi_connection.cursor() as cur:
         for sql, rows in ((_COPY_MAIN, mains), (_COPY_REFS, refs)):
             with cur.copy(sql) as copy:

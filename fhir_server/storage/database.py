@@ -62,15 +62,18 @@ class Database:
             yield from self._write()
 
     def _write(self) -> Iterator[Connection]:
+        from .planner_statistics import transaction_ended
         from .repository import discard_buffer, flush, start_buffering
 
         with self.engine.connect() as conn:
             conn.info["write"] = True
             start_buffering(conn)
+            committed = False
             try:
                 with conn.begin():
                     yield conn
                     flush(conn)  # buffered version and index rows, before COMMIT
+                committed = True
             except FhirError:
                 raise
             except Exception as exc:
@@ -89,6 +92,7 @@ class Database:
                 raise answer from None
             finally:
                 discard_buffer(conn)
+                transaction_ended(conn, committed)  # bulk inserts may make planner statistics due
                 conn.info["write"] = False
 
     @contextmanager

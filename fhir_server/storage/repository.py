@@ -14,6 +14,7 @@ from datetime import datetime
 from psycopg import RawCursor
 from sqlalchemy import Connection, and_, bindparam, func, select, text, update
 
+from .planner_statistics import count_inserted
 from .schema import resource_versions, resources
 
 
@@ -321,6 +322,8 @@ def _flush_postgres(conn: Connection, work: list[tuple]) -> None:
     flush costs a single network round trip; large flushes (a transaction
     Bundle) stream each table with COPY instead."""
     raw = conn.connection.dbapi_connection
+    for table, rows in work:
+        count_inserted(conn, table.name, len(rows))
     if sum(len(rows) for _t, rows in work) >= COPY_THRESHOLD:
         with raw.cursor() as cur:
             for table, rows in work:

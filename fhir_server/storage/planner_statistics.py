@@ -1,0 +1,119 @@
+"""PostgreSQL's planner statistics kept fresh after bulk loads.
+
+autovacuum analyzes a table once a tenth of it has changed, but only at its next round
+(autovacuum_naptime: a minute by default). A search planned in between uses statistics
+taken when the table was (nearly) empty, or held other resource types: PostgreSQL then
+estimates one row where there are thousands and chooses a nested loop that reads every
+index entry of a type per row. Measured on a fresh database right after loading 2,000
+Observations (bench/bench_protected.py): a patient's Observations took 7.6 s instead of 1 ms,
+for as long as a minute.
+
+So the server counts the rows its own writes insert per table (`count_inserted`, called by
+the write buffer's flush and the access log's COPY; reported once the transaction commits,
+so a look never runs before the rows it counts are visible), and when a table has grown by at least
+`MIN_ROWS` and by more than half of what its statistics last counted (pg_class.reltuples;
+-1: never analyzed), it runs ANALYZE on that table in a background thread, one at a time
+per table. ANALYZE samples at most 300 rows per statistics target unit, so it costs
+milliseconds on a small table and seconds on a large one, and on a large table it is rarely
+due: growth by half is the trigger. A database role that may not analyze (not the tables'
+owner) gets one warning and autovacuum's pace.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger("fhir_server.storage")
+
+MIN_ROWS = 1000  # rows inserted into a table before its statistics are looked at
+GROWTH = 0.5  # ... and the share of its last counted rows they must reach
+_COUNTED = text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)")
+
+
+class _Tracker:
+    """The counts of one database (engine): rows inserted per table since its statistics were
+    last taken, the count from which a look is due, the looks running."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.inserted: dict[str, int] = {}
+        self.due_at: dict[str, float] = {}
+        self.running: dict[str, threading.Thread] = {}
+        self.refused = False  # the role may not ANALYZE: autovacuum's pace
+
+
+_trackers: "weakref.WeakKeyDictionary[Engine, _Tracker]" = weakref.WeakKeyDictionary()
+_trackers_lock = threading.Lock()
+
+
+_PENDING = "fhir_inserted_rows"  # conn.info: table -> rows inserted by the open transaction
+
+
+def count_inserted(conn, table: str, rows: int) -> None:
+    """Count rows the transaction open on `conn` inserts into `table` (reported at commit)."""
+    pending = conn.info.get(_PENDING)
+    if pending is None:
+        pending = conn.info[_PENDING] = {}
+    pending[table] = pending.get(table, 0) + rows
+
+
+def transaction_ended(conn, committed: bool) -> None:
+    """The transaction on `conn` ended: its counts go to `note_inserted` if it committed."""
+    pending = conn.info.pop(_PENDING, None)
+    if pending and committed:
+        for table, rows in pending.items():
+            note_inserted(conn.engine, table, rows)
+
+
+def note_inserted(engine: Engine, table: str, rows: int) -> None:
+    """Count `rows` inserted into `table` (PostgreSQL); start a look when enough have
+    gathered. Cheap: a dict update under a lock; never waits for the database."""
+    tracker = _trackers.get(engine)
+    if tracker is None:
+        with _trackers_lock:
+            tracker = _trackers.setdefault(engine, _Tracker())
+    if tracker.refused or rows <= 0:
+        return
+    with tracker.lock:
+        total = tracker.inserted.get(table, 0) + rows
+        if total < tracker.due_at.get(table, MIN_ROWS) or table in tracker.running:
+            tracker.inserted[table] = total
+            return
+        tracker.inserted[table] = 0
+        worker = tracker.running[table] = threading.Thread(
+            target=_analyze_if_grown, args=(engine, tracker, table, total), name=f"fhir-analyze-{table}", daemon=True)
+    worker.start()
+
+
+def wait_idle(engine: Engine, timeout: float = 30.0) -> None:
+    """Wait until no look or ANALYZE of `engine`'s tables is running (tests)."""
+    tracker = _trackers.get(engine)
+    for worker in list(tracker.running.values()) if tracker else ():
+        worker.join(timeout)
+
+
+def _analyze_if_grown(engine: Engine, tracker: _Tracker, table: str, grown: int) -> None:
+    analyzed, counted = False, None
+    try:
+        with engine.connect() as conn:
+            counted = conn.execute(_COUNTED, {"t": table}).scalar()
+            if counted is not None and (counted < 0 or grown > GROWTH * counted):
+                conn.execute(text(f'ANALYZE "{table}"'))
+                conn.commit()
+                analyzed = True
+                counted = conn.execute(_COUNTED, {"t": table}).scalar()
+    except Exception as exc:  # noqa: BLE001 - statistics are an optimisation; autovacuum remains
+        if "must be owner" in str(exc) or "permission denied" in str(exc):
+            tracker.refused = True
+        log.warning("could not refresh the planner statistics of %s: %s", table, exc)
+    finally:
+        with tracker.lock:
+            if not analyzed:  # not due yet: the rows still count towards the next look
+                tracker.inserted[table] = tracker.inserted.get(table, 0) + grown
+            tracker.due_at[table] = max(MIN_ROWS, GROWTH * (counted or 0))
+            tracker.running.pop(table, None)
