@@ -58,7 +58,7 @@ _KIND_TYPE = {
 _PROFILE = {"C": "Create", "R": "Read", "U": "Update", "D": "Delete", "E": "Query"}
 
 
-@dataclass
+@dataclass(slots=True)
 class AuditFacts:
     """What happened, in plain values; `to_resource` makes the AuditEvent.
 

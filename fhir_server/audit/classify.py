@@ -16,7 +16,7 @@ _INSTANCE = {"GET": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete
 LOGIN_PATHS = ("/auth/token", "/auth/authorize")
 
 
-@dataclass
+@dataclass(slots=True)
 class Interaction:
     kind: str  # rest | login | export | hl7v2
     subtype: str  # restful-interaction code, or "$name" for operations, "login"

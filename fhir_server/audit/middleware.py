@@ -47,14 +47,15 @@ class AuditMiddleware:
         if inter is None:
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
-        acting_for = None
-        for k, v in scope["headers"]:
-            if k == b"x-acting-for":
+        acting_for = host = None
+        for k, v in scope["headers"]:  # one pass for both (the first of each, as Starlette's headers.get())
+            if k == b"x-acting-for" and acting_for is None:
                 acting_for = v.decode("latin-1").strip()[:256]
-                break
+            elif k == b"host" and host is None:
+                host = v
         client = scope.get("client")
         record = AuditRecord(state=state, client_address=client[0] if client else "", acting_for=acting_for)
-        record.extra["server_base"] = self.server_base or _base_of(scope, self.base)
+        record.extra["server_base"] = self.server_base or _base_of(scope.get("scheme", "http"), host, self.base)
         status = 0
         captured = bytearray()
         login = path in LOGIN_PATHS
@@ -133,9 +134,19 @@ class AuditMiddleware:
         self.writer.submit(facts, lookup)
 
 
-def _base_of(scope, base: str) -> str:
-    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-    return f"{scope.get('scheme', 'http')}://{host}{base}" if host else base
+_bases: dict[tuple, str] = {}  # (scheme, Host, base path) -> the base URL: a server sees few
+
+
+def _base_of(scheme: str, host: bytes | None, base: str) -> str:
+    """The base URL the request named (no public base URL configured)."""
+    key = (scheme, host, base)
+    url = _bases.get(key)
+    if url is None:
+        url = f"{scheme}://{host.decode('latin-1')}{base}" if host else base
+        if len(_bases) >= 1024:  # Host is the client's to choose: keep the memo bounded
+            _bases.clear()
+        _bases[key] = url
+    return url
 
 
 def _diagnostics(body: bytes) -> str:
