@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -172,6 +173,7 @@ def load_paths(settings: Settings, paths: list[str], workers: int = 1, on_file=N
             results.append(r)
             if on_file:
                 on_file(r)
+        _refresh_statistics(db)
         return results
     # Shared reference data first, in order; the rest in parallel.
     first = [f for f in files if f.name.startswith(("hospitalInformation", "practitionerInformation"))]
@@ -191,7 +193,24 @@ def load_paths(settings: Settings, paths: list[str], workers: int = 1, on_file=N
             results.append(r)
             if on_file:
                 on_file(r)
+    _refresh_statistics(Database(url))
     return results
+
+
+def _refresh_statistics(db: Database) -> None:
+    """PostgreSQL: the planner statistics of the tables the load filled, taken before the
+    server plans its first search on them (storage.planner_statistics)."""
+    from .storage.planner_statistics import analyze_grown_tables, wait_idle
+
+    wait_idle(db.engine)
+    db.dispose()  # each connection's counts of changed rows reach PostgreSQL's statistics as it closes
+    if db.dialect != "postgresql":
+        return
+    time.sleep(0.5)  # ... which its backend does as it exits, a moment after the client has gone
+    try:
+        analyze_grown_tables(db.engine)
+    finally:
+        db.dispose()
 
 
 def count_resources(paths: list[str]) -> int:

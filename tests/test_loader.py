@@ -122,3 +122,45 @@ def test_load_puts_audit_events_into_the_access_log_once(tmp_path, fresh_db_url)
             assert json.loads(read(conn, d["id"])[2])["agent"] == d["agent"]
     assert "AuditEvent" not in _counts(fresh_db_url)
     db.dispose()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_load_leaves_the_tables_it_filled_analyzed(tmp_path, fresh_db_url, workers):
+    """PostgreSQL: `fhir-server load` ends with the planner statistics of the tables it filled
+    (storage.planner_statistics.analyze_grown_tables), so the server's first searches are not
+    planned as if they were empty. autovacuum is off on those tables here: without the load's
+    own ANALYZE their reltuples stays -1 (never analyzed)."""
+    from sqlalchemy import text
+
+    from fhir_server.config import Settings
+    from fhir_server.loader import load_paths
+    from fhir_server.storage.database import Database
+    from fhir_server.storage.migrate import upgrade
+
+    db = Database(fresh_db_url)
+    upgrade(db.engine)
+    if db.dialect != "postgresql":
+        db.dispose()
+        pytest.skip("PostgreSQL's planner statistics")
+    tables = ("resources", "resource_versions", "idx_reference", "idx_token")
+    with db.engine.begin() as conn:
+        for t in tables:
+            conn.execute(text(f"ALTER TABLE {t} SET (autovacuum_enabled = false)"))
+    db.dispose()
+    for n in range(2):
+        entries = [{"fullUrl": "urn:uuid:p", "request": {"method": "POST", "url": "Patient"},
+                    "resource": {"resourceType": "Patient", "name": [{"family": f"Load{n}"}]}}]
+        entries += [{"request": {"method": "POST", "url": "Observation"},
+                     "resource": {"resourceType": "Observation", "status": "final", "subject": {"reference": "urn:uuid:p"},
+                                  "code": {"coding": [{"system": "http://loinc.org", "code": f"{i % 50}-{n}"}]}}}
+                    for i in range(700)]
+        (tmp_path / f"bundle{n}.json").write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+    settings = Settings(database_url=fresh_db_url, run_background_jobs=False)
+    results = load_paths(settings, [str(tmp_path)], workers=workers)
+    assert sum(r.resources for r in results) == 1402
+    db = Database(fresh_db_url)
+    with db.read() as conn:
+        counted = dict(conn.execute(text("SELECT relname, reltuples FROM pg_class WHERE oid = ANY(ARRAY["
+                                         + ", ".join(f"to_regclass('{t}')" for t in tables) + "])")).all())
+    db.dispose()
+    assert all(counted[t] >= 1000 for t in tables), counted
