@@ -59,40 +59,48 @@ _trackers_lock = threading.Lock()
 _PENDING = "fhir_inserted_rows"  # conn.info: table -> rows inserted by the open transaction
 
 
-def count_inserted(conn, table: str, rows: int) -> None:
-    """Count rows the transaction open on `conn` inserts into `table` (reported at commit)."""
-    pending = conn.info.get(_PENDING)
+def count_inserted(conn, rows_by_table) -> None:
+    """Count rows the transaction open on `conn` inserts: (table name, rows) pairs, reported
+    when it commits (`transaction_ended`)."""
+    info = conn.info
+    pending = info.get(_PENDING)
     if pending is None:
-        pending = conn.info[_PENDING] = {}
-    pending[table] = pending.get(table, 0) + rows
+        pending = info[_PENDING] = {}
+    for table, rows in rows_by_table:
+        pending[table] = pending.get(table, 0) + rows
 
 
 def transaction_ended(conn, committed: bool) -> None:
     """The transaction on `conn` ended: its counts go to `note_inserted` if it committed."""
     pending = conn.info.pop(_PENDING, None)
     if pending and committed:
-        for table, rows in pending.items():
-            note_inserted(conn.engine, table, rows)
+        note_inserted(conn.engine, pending)
 
 
-def note_inserted(engine: Engine, table: str, rows: int) -> None:
-    """Count `rows` inserted into `table` (PostgreSQL); start a look when enough have
-    gathered. Cheap: a dict update under a lock; never waits for the database."""
+def note_inserted(engine: Engine, rows_by_table: dict[str, int]) -> None:
+    """Count rows inserted per table (PostgreSQL); start a look at each table where enough
+    have gathered. Cheap: one dict lookup and one lock per transaction; never waits for
+    the database."""
     tracker = _trackers.get(engine)
     if tracker is None:
         with _trackers_lock:
             tracker = _trackers.setdefault(engine, _Tracker())
-    if tracker.refused or rows <= 0:
+    if tracker.refused:
         return
+    started = []
     with tracker.lock:
-        total = tracker.inserted.get(table, 0) + rows
-        if total < tracker.due_at.get(table, MIN_ROWS) or table in tracker.running:
-            tracker.inserted[table] = total
-            return
-        tracker.inserted[table] = 0
-        worker = tracker.running[table] = threading.Thread(
-            target=_analyze_if_grown, args=(engine, tracker, table, total), name=f"fhir-analyze-{table}", daemon=True)
-    worker.start()
+        inserted, due_at, running = tracker.inserted, tracker.due_at, tracker.running
+        for table, rows in rows_by_table.items():
+            total = inserted.get(table, 0) + rows
+            if total < due_at.get(table, MIN_ROWS) or table in running:
+                inserted[table] = total
+                continue
+            inserted[table] = 0
+            worker = running[table] = threading.Thread(
+                target=_analyze_if_grown, args=(engine, tracker, table, total), name=f"fhir-analyze-{table}", daemon=True)
+            started.append(worker)
+    for worker in started:
+        worker.start()
 
 
 def wait_idle(engine: Engine, timeout: float = 30.0) -> None:

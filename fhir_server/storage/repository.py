@@ -322,8 +322,7 @@ def _flush_postgres(conn: Connection, work: list[tuple]) -> None:
     flush costs a single network round trip; large flushes (a transaction
     Bundle) stream each table with COPY instead."""
     raw = conn.connection.dbapi_connection
-    for table, rows in work:
-        count_inserted(conn, table.name, len(rows))
+    count_inserted(conn, [(table.name, len(rows)) for table, rows in work])
     if sum(len(rows) for _t, rows in work) >= COPY_THRESHOLD:
         with raw.cursor() as cur:
             for table, rows in work:

@@ -81,12 +81,12 @@ def test_growth_below_half_of_a_large_table_runs_no_analyze(monkeypatch):
             return Conn()
 
     engine = Engine()
-    planner_statistics.note_inserted(engine, "idx_token", 5000)
+    planner_statistics.note_inserted(engine, {"idx_token": 5000})
     planner_statistics.wait_idle(engine)
     assert not any("ANALYZE" in s for s in statements) and statements
     tracker = planner_statistics._trackers[engine]
     assert tracker.inserted["idx_token"] == 5000 and tracker.due_at["idx_token"] == 500_000
     statements.clear()
-    planner_statistics.note_inserted(engine, "idx_token", 5000)  # 10,000 < 500,000: no look at all
+    planner_statistics.note_inserted(engine, {"idx_token": 5000})  # 10,000 < 500,000: no look at all
     planner_statistics.wait_idle(engine)
     assert statements == []
