@@ -10,10 +10,10 @@ for as long as a minute.
 
 So the server counts the rows its own writes insert per table (`count_inserted`, called by
 the write buffer's flush and the access log's COPY; reported once the transaction commits,
-so a look never runs before the rows it counts are visible), and when a table has grown by at least
-`MIN_ROWS` and by more than half of what its statistics last counted (pg_class.reltuples;
--1: never analyzed), it runs ANALYZE on that table in a background thread, one at a time
-per table. ANALYZE samples at most 300 rows per statistics target unit, so it costs
+so a look never runs before the rows it counts are visible). When a table has grown by at
+least `MIN_ROWS` and by more than half of what its statistics last counted
+(pg_class.reltuples; -1: never analyzed), it runs ANALYZE on that table in a background
+thread, one at a time per table. ANALYZE samples at most 300 rows per statistics target unit, so it costs
 milliseconds on a small table and seconds on a large one, and on a large table it is rarely
 due: growth by half is the trigger. A database role that may not analyze (not the tables'
 owner) gets one warning and autovacuum's pace.
