@@ -76,6 +76,8 @@ class AccessLog:
                 "method": scope["method"], "path": path, "status": status,
                 "duration_ms": round(ms, 2), "request_id": rid, "client": peer,
             }).decode()
-        else:
+        else:  # one line per request: a path's CR, LF or tab (decoded from %0D, %0A, %09) is written escaped
+            if not path.isprintable():
+                path = path.encode("unicode_escape").decode("ascii")
             line = f"{scope['method']} {path} {status} {ms:.1f}ms id={rid} client={peer}"
         self.logger.info(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -379,6 +380,9 @@ def _per_method(app: FastAPI, path: str, methods: dict[str, tuple[str, str]]):
     return register
 
 
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
+
+
 class RequestIdMiddleware:
     """Give every request an id (the client's X-Request-Id or a new one), echoed
     in the response and quoted in error diagnostics. Plain ASGI: the decorator
@@ -390,7 +394,11 @@ class RequestIdMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None) or new_time_ordered_hex()
+        rid = next((v for k, v in scope["headers"] if k == b"x-request-id"), None)
+        # the client's id when it is one: 1-200 visible ASCII characters. Another value (60 KB,
+        # a tab, bytes that are not ASCII) would be echoed, logged and stored as given, and
+        # be too long to find in the access log: the request gets an id of its own instead
+        rid = rid.decode("ascii") if rid and len(rid) <= 200 and _VISIBLE_ASCII.fullmatch(rid) else new_time_ordered_hex()
         scope.setdefault("state", {})["request_id"] = rid
         header = (b"x-request-id", rid.encode("latin-1"))
 

@@ -121,6 +121,7 @@ def _conditions(req: eng.SearchRequest, plan: eng._Plan) -> list[ColumnElement]:
     if req.compartment:
         comp_type, comp_id = req.compartment
         conds.append(refs_with([f"{comp_type}/{comp_id}"], _REFERENCE_ROLES["patient" if comp_type == "Patient" else "agent"]))
+    eng.check_size(req.params)
     for name, value in req.params:
         try:
             if name in eng.IGNORED_PARAMS or name == "_type" or (value == "" and name.split(":", 1)[0] not in eng.CONTROL_PARAMS):

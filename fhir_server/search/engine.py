@@ -38,6 +38,7 @@ from .query import QueryContext, bad, unsupported, compartment_condition, live, 
 from .access import Access, criteria_condition, implied_by_search, system_condition, type_condition
 from .aliases import alias_of, planning
 from .prefix import InEvery, NoIndexHint
+from .size import CONTROL_PARAMS, IGNORED_PARAMS, check_size
 from .subsetting import subset_stored
 from .values import to_utc
 
@@ -45,9 +46,6 @@ DEFAULT_COUNT = 20
 MAX_COUNT = 1000
 MAX_INCLUDE_ITERATIONS = 4
 IN_CHUNK = 500  # stay far below SQLite's/PostgreSQL's bind-parameter limits
-CONTROL_PARAMS = {"_count", "_sort", "_include", "_revinclude", "_total", "_summary", "_elements", "_cursor",
-                  "_totalMethod"}  # _totalMethod: the spelling fhirpy's count() sends
-IGNORED_PARAMS = {"_format", "_pretty"}
 SUMMARY_VALUES = {"true", "false", "text", "data", "count"}
 
 
@@ -111,6 +109,7 @@ def _plan(conn: Connection, req: SearchRequest, r: FromClause) -> _Plan:
         plan.conds.append(allowed)
     if req.compartment:
         plan.conds.append(compartment_condition(req.compartment[0], req.compartment[1], res_type, r))
+    check_size(req.params)
     for name, value in req.params:
         try:
             if name in IGNORED_PARAMS or (value == "" and name.split(":", 1)[0] not in CONTROL_PARAMS):

@@ -83,6 +83,37 @@ def test_access_log_json_lines(settings, app, access_lines, auth_headers):
     assert "_elements" not in record["path"]
 
 
+def test_a_path_cannot_forge_access_log_lines(client, access_lines):
+    """CR, LF and tab decoded from the path (%0D, %0A, %09) are written escaped: one request,
+    one line (CWE-117)."""
+    r = client.get("/fhir/Patient/a%0AGET%20/fhir/forged%20200%0Db%09c", headers={"X-Request-Id": "rid-forge"})
+    assert r.status_code in (400, 404)
+    lines = [x for x in access_lines if "rid-forge" in x or "forged" in x]
+    assert len(lines) == 1 and "\n" not in lines[0] and "\r" not in lines[0] and "\t" not in lines[0], lines
+    assert lines[0].startswith("GET /fhir/Patient/a\\nGET /fhir/forged 200\\rb\\tc "), lines
+    assert client.get("/fhir/Patient/\u0141\u00f3d\u017a", headers={"X-Request-Id": "rid-utf"}).status_code in (400, 404)
+    assert any(x.startswith("GET /fhir/Patient/\u0141\u00f3d\u017a ") for x in access_lines if "rid-utf" in x)  # printable: as it is
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("rid-123_ABC.x:y", True),
+    ("a" * 200, True),
+    ("a" * 201, False),
+    ("tab\there", False),
+    ("\u0141\u00f3d\u017a", False),
+    ("with space", False),
+])
+def test_a_client_request_id_is_kept_only_when_it_is_one(client, given, kept):
+    """X-Request-Id as the client sent it when it is 1-200 visible ASCII characters; otherwise
+    (60 KB, control characters, bytes beyond ASCII) the request gets an id of its own, so no
+    such value is echoed, logged or stored in the access log (where it could not be found)."""
+    r = client.get("/fhir/metadata", headers=[("X-Request-Id", given.encode("utf-8"))])
+    assert r.status_code == 200
+    assert (r.headers["x-request-id"] == given) is kept
+    if not kept:
+        assert len(r.headers["x-request-id"]) == 32 and r.headers["x-request-id"].isalnum()
+
+
 # ---------------------------------------------------------------- base URL behind proxies
 
 EVIL = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/phish"}
