@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     telemetry: bool = False
     max_resource_bytes: int = 8 * 1024 * 1024  # one resource on write (413 beyond)
     max_response_bytes: int = 64 * 1024 * 1024  # one batch/transaction/search response (413 beyond)
+    # PostgreSQL: a search statement on the event-loop reader running longer is cancelled (503 `timeout`)
+    search_timeout_seconds: float = 30.0
     http_header_timeout: float = 10.0  # seconds for a request head to arrive
     http_body_timeout: float = 60.0  # seconds for a request body to arrive after its head
     limit_concurrency: int = 1000  # connections + requests in flight per worker (503 beyond)

@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_middleware(HeadAsGet)  # outermost: a HEAD is the GET without its body
     attach_health(app, db)
     _limit_request_threads(app)
-    _attach_fast_reader(app, db)
+    _attach_fast_reader(app, db, settings.search_timeout_seconds)
 
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError):
@@ -430,7 +430,7 @@ def _limit_request_threads(app: FastAPI) -> None:
     app.router.lifespan_context = lifespan
 
 
-def _attach_fast_reader(app: FastAPI, db: Database) -> None:
+def _attach_fast_reader(app: FastAPI, db: Database, search_timeout_seconds: float = 0.0) -> None:
     """Open the event-loop reader for reads by id (asyncpg or sqlite3) with the app's lifespan."""
     from contextlib import asynccontextmanager
 
@@ -444,7 +444,8 @@ def _attach_fast_reader(app: FastAPI, db: Database) -> None:
         # Kept in the lifespan state (copied into each request's scope) rather than
         # on app.state: each server running this app (a test client beside a live
         # uvicorn, say) has its own event loop, and a reader belongs to one loop.
-        reader = reader_for(db.engine.url.render_as_string(hide_password=False), THREADPOOL_SIZE)
+        reader = reader_for(db.engine.url.render_as_string(hide_password=False), THREADPOOL_SIZE,
+                            search_timeout_seconds=search_timeout_seconds)
         if reader is not None:
             await reader.open()
         try:

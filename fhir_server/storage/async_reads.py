@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from .db import SQLITE_MMAP_BYTES, SQLITE_READER_CACHE_KIB
-from .faults import is_connection_error, unavailable
+from .faults import is_connection_error, query_cancelled, unavailable
 from .repository import StoredResource, stored_from_row
 
 APPLICATION_NAME = "fhir_server.reads"  # how these connections show in pg_stat_activity
@@ -116,9 +116,10 @@ class PgReader:
 
     _SQL = f"SELECT {_COLUMNS} FROM resources WHERE res_type = $1 AND res_id = $2"
 
-    def __init__(self, url: str, size: int):
+    def __init__(self, url: str, size: int, search_timeout_seconds: float = 0.0):
         self.url = url
         self.size = size
+        self.search_timeout_ms = int(search_timeout_seconds * 1000)  # 0: none (statement_timeout of searches)
         self._slots: asyncio.LifoQueue | None = None  # reads by id (generic plans)
         self._search_slots: asyncio.LifoQueue | None = None  # searches (custom plans)
 
@@ -131,7 +132,12 @@ class PgReader:
         self._slots.put_nowait(await self._connect(self._slots))  # fail at start-up, not on the first read
 
     async def _connect(self, slots: asyncio.LifoQueue):
-        dsn, settings = _asyncpg_dsn(self.url, generic_plans=slots is self._slots)
+        by_id = slots is self._slots
+        dsn, settings = _asyncpg_dsn(self.url, generic_plans=by_id)
+        if not by_id and self.search_timeout_ms > 0:
+            # a search that runs away (an unforeseen plan, a costly chain) is cancelled by the
+            # database rather than holding a backend and a core for minutes: 503 `timeout`
+            settings["statement_timeout"] = str(self.search_timeout_ms)
         return await asyncpg.connect(dsn, server_settings=settings)
 
     async def close(self) -> None:
@@ -177,6 +183,9 @@ class PgReader:
                     conn = await self._connect(slots)
                 result = await op(conn)
             except BaseException as exc:
+                if isinstance(exc, asyncpg.QueryCanceledError):  # statement_timeout: the connection is fine
+                    slots.put_nowait(conn)
+                    raise query_cancelled() from None
                 if conn is not None:
                     conn.terminate()
                 slots.put_nowait(None)
@@ -209,12 +218,13 @@ def _asyncpg_dsn(url: str, generic_plans: bool = False) -> tuple[str, dict[str, 
     return dsn.render_as_string(hide_password=False), settings
 
 
-def reader_for(url: str, size: int) -> SqliteReader | PgReader | None:
-    """The reader for a database URL; None for an in-memory SQLite (no second connection can see it)."""
+def reader_for(url: str, size: int, search_timeout_seconds: float = 0.0) -> SqliteReader | PgReader | None:
+    """The reader for a database URL; None for an in-memory SQLite (no second connection can see it).
+    `search_timeout_seconds` (PostgreSQL): the statement_timeout of its search connections."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         path = u.database or ""
         return SqliteReader(path) if path and path != ":memory:" and not path.startswith("file:") else None
     if u.get_backend_name() == "postgresql":
-        return PgReader(url, size)
+        return PgReader(url, size, search_timeout_seconds)
     return None

@@ -10,6 +10,7 @@ ever reaches a client and no database fault becomes a bare 500:
 | serialization failure (40001), deadlock (40P01)          | 409 `conflict`, nothing written, retry       |
 | connection refused/lost, server shutting down or starting, too many connections, SQLite busy | 503 `transient` + `Retry-After` |
 | a value the database cannot hold (`DataError`)           | 400 `value`                                 |
+| a statement cancelled (57014: statement_timeout, an operator's cancel) | 503 `timeout`, not retried  |
 
 `is_connection_error` says whether a failure is one where a read may simply be
 tried again on a fresh connection (reads and searches are idempotent).
@@ -26,6 +27,7 @@ RETRY_AFTER_SECONDS = 5
 # SQLSTATE classes/codes (PostgreSQL appendix A)
 _CONFLICT_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _UNAVAILABLE_PREFIXES = ("08", "57P", "53300")  # connection exception, operator intervention, too_many_connections
+_QUERY_CANCELED = "57014"  # statement_timeout, or pg_cancel_backend
 
 
 def _driver_error(exc: BaseException) -> BaseException:
@@ -45,6 +47,8 @@ def is_connection_error(exc: BaseException) -> bool:
         return True
     err = _driver_error(exc)
     state = _sqlstate(err)
+    if state == _QUERY_CANCELED:
+        return False  # the statement was stopped, the connection is fine: running it again costs as much
     if state.startswith(_UNAVAILABLE_PREFIXES):
         return True
     try:
@@ -80,12 +84,20 @@ def unavailable(what: str = "The database") -> FhirError:
     )
 
 
+def query_cancelled() -> FhirError:
+    """503 `timeout`: the database stopped the statement (its statement_timeout, or an operator)."""
+    return FhirError.of(503, "timeout", "The database stopped this request's query: it ran longer than allowed. "
+                        "Narrow the search (fewer or more selective parameters) and try again")
+
+
 def classify(exc: BaseException) -> FhirError | None:
     """The client-facing answer for a database failure, or None if `exc` is not one."""
     if isinstance(exc, FhirError):
         return exc
     err = _driver_error(exc)
     state = _sqlstate(err)
+    if state == _QUERY_CANCELED:
+        return query_cancelled()
     if state in _CONFLICT_STATES:
         return FhirError.of(409, "conflict", "The request conflicted with a concurrent change; nothing was written. Retry the request")
     if state.startswith("23") or _is_integrity(exc):
