@@ -202,7 +202,7 @@ def _refresh_statistics(db: Database) -> None:
     server plans its first search on them (storage.planner_statistics)."""
     from .storage.planner_statistics import analyze_grown_tables, wait_idle
 
-    wait_idle(db.engine)
+    wait_idle(db.engine)  # this process's own looks, before their connections close
     db.dispose()  # each connection's counts of changed rows reach PostgreSQL's statistics as it closes
     if db.dialect != "postgresql":
         return

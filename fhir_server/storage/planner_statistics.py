@@ -56,25 +56,24 @@ _trackers: "weakref.WeakKeyDictionary[Engine, _Tracker]" = weakref.WeakKeyDictio
 _trackers_lock = threading.Lock()
 
 
-_PENDING = "fhir_inserted_rows"  # conn.info: table -> rows inserted by the open transaction
+_PENDING = "fhir_inserted_rows"  # storage.database.transaction_memo: table -> rows inserted
 
 
 def count_inserted(conn, rows_by_table) -> None:
     """Count rows the transaction open on `conn` inserts: (table name, rows) pairs, reported
     when it commits (`transaction_ended`)."""
-    info = conn.info
-    pending = info.get(_PENDING)
-    if pending is None:
-        pending = info[_PENDING] = {}
+    from .database import transaction_memo
+
+    pending = transaction_memo(conn, _PENDING)
     for table, rows in rows_by_table:
         pending[table] = pending.get(table, 0) + rows
 
 
 def transaction_ended(conn, committed: bool) -> None:
     """The transaction on `conn` ended: its counts go to `note_inserted` if it committed."""
-    pending = conn.info.pop(_PENDING, None)
-    if pending and committed:
-        note_inserted(conn.engine, pending)
+    held = conn.info.pop(_PENDING, None)  # (transaction, counts): transaction_memo's entry
+    if held and held[1] and committed:
+        note_inserted(conn.engine, held[1])
 
 
 def note_inserted(engine: Engine, rows_by_table: dict[str, int]) -> None:
@@ -145,7 +144,7 @@ def analyze_grown_tables(engine: Engine) -> list[str]:
     tables analyzed; nothing on other databases."""
     if engine.dialect.name != "postgresql":
         return []
-    wait_idle(engine)
+    wait_idle(engine)  # this process's own looks first
     with engine.connect() as conn:
         tables = list(conn.execute(_GROWN, {"min_rows": MIN_ROWS, "growth": GROWTH}).scalars())
         for table in tables:

@@ -317,6 +317,15 @@ def _allocate_pk(conn: Connection) -> int:
 COPY_THRESHOLD = 200
 
 
+def copy_rows(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """PostgreSQL: `rows` (tuples of `columns`) into `table` by COPY, inside `conn`'s transaction."""
+    with conn.connection.dbapi_connection.cursor() as cur:
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            write = copy.write_row
+            for row in rows:
+                write(row)
+
+
 def _flush_postgres(conn: Connection, work: list[tuple]) -> None:
     """PostgreSQL: every buffered table's rows in one statement, so the whole
     flush costs a single network round trip; large flushes (a transaction
@@ -324,15 +333,12 @@ def _flush_postgres(conn: Connection, work: list[tuple]) -> None:
     raw = conn.connection.dbapi_connection
     count_inserted(conn, [(table.name, len(rows)) for table, rows in work])
     if sum(len(rows) for _t, rows in work) >= COPY_THRESHOLD:
-        with raw.cursor() as cur:
-            for table, rows in work:
-                by_keys: dict[tuple, list[dict]] = {}
-                for r in rows:
-                    by_keys.setdefault(tuple(r), []).append(r)
-                for keys, group in by_keys.items():
-                    with cur.copy(f"COPY {table.name} ({', '.join(keys)}) FROM STDIN") as copy:
-                        for r in group:
-                            copy.write_row(tuple(r.values()))
+        for table, rows in work:
+            by_keys: dict[tuple, list[tuple]] = {}
+            for r in rows:
+                by_keys.setdefault(tuple(r), []).append(tuple(r.values()))
+            for keys, group in by_keys.items():
+                copy_rows(conn, table.name, keys, group)
         return
     # One multi-row INSERT per table and column set, chained as data-modifying
     # CTEs into a single statement. Measured against the alternatives on a
