@@ -340,8 +340,10 @@ def main() -> None:
     print(f"\nqueued AuditEvents from the runs: {len(queued)}")
     from fhir_server.audit.writer import AuditWriter
 
-    reads_q = [p for p in queued if b'"subtype":"read"' in p]
-    searches_q = [p for p in queued if b'"subtype":"search-type"' in p]
+    from fhir_server.audit.log import decode_row
+
+    reads_q = [p for p in queued if decode_row(p)[0]["subtype"] == "read"]
+    searches_q = [p for p in queued if decode_row(p)[0]["subtype"] == "search-type"]
     if args.event_kind == "read":
         sample = reads_q[: args.events]
     elif args.event_kind == "search":

@@ -92,6 +92,18 @@ class AuditFacts:
         return "4" if self.status < 500 else "8"
 
 
+# The order of a facts row (`facts_row`). Rows are stored (the access log's documents, audit.log):
+# a new field goes at the end, with a default, and rows stored before it render without it.
+FACT_FIELDS = tuple(AuditFacts.__dataclass_fields__)
+
+
+def facts_row(f: AuditFacts) -> tuple:
+    """`f` as a row: its values in FACT_FIELDS order. The access log's edge queues rows (a
+    tuple serialises in a seventh of the time a dataclass does, audit.log.encode_row) and
+    the writer makes the facts again (`dict(zip(FACT_FIELDS, row))`)."""
+    return tuple(getattr(f, name) for name in FACT_FIELDS)
+
+
 def _coding(system: str, code: str, display: str | None = None) -> dict:
     return {"system": system, "code": code, **({"display": display} if display else {})}
 

@@ -13,25 +13,27 @@ Everything here is cheap: a request that nothing notes pays one `ContextVar.get`
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any
 
 _current: ContextVar["AuditRecord | None"] = ContextVar("fhir_audit_record", default=None)
 
 
-@dataclass
 class AuditRecord:
     """One audited request. `state` is the ASGI scope's state dict: the principal and
-    request id land there (auth and request-id middleware) after the record opens."""
+    request id land there (auth and request-id middleware) after the record opens.
+    A plain slotted class: one is made per request, and a dataclass with default
+    factories cost several times as much to create."""
 
-    state: dict
-    client_address: str = ""
-    acting_for: str | None = None  # X-Acting-For: Patient/ID as the client sent it
-    returned: list[tuple[str, str]] = field(default_factory=list)  # (type, id) of each resource returned
-    patients: list[str] = field(default_factory=list)  # Patient ids of AuditEvents returned (the log read)
-    known: dict | None = None  # (type, id) -> its Patient ids, where the request worked them out already
-    writes_audited: int = 0  # AuditEvents already written inside the request's write transaction(s)
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the OAuth client id of a token request
+    __slots__ = ("state", "client_address", "acting_for", "server_base", "returned", "patients", "known", "writes_audited")
+
+    def __init__(self, state: dict, client_address: str = "", acting_for: str | None = None, server_base: str = ""):
+        self.state = state
+        self.client_address = client_address
+        self.acting_for = acting_for  # X-Acting-For: Patient/ID as the client sent it
+        self.server_base = server_base  # the base URL the request was sent to (the Destination agent's network)
+        self.returned: list[tuple[str, str]] = []  # (type, id) of each resource returned
+        self.patients: list[str] = []  # Patient ids of AuditEvents returned (the log read)
+        self.known: dict | None = None  # (type, id) -> its Patient ids, where the request worked them out already
+        self.writes_audited = 0  # AuditEvents already written inside the request's write transaction(s)
 
     @property
     def principal(self):

@@ -1,10 +1,11 @@
 """The access log's store: one compact row per AuditEvent, rendered as the AuditEvent when read.
 
 A row of `audit_log` holds what searches filter on (recorded, type, subtype, action, outcome)
-and a compact document: for an event this server logged, its facts (`{"f": AuditFacts}`,
-about 400 bytes), from which `render` builds the BALP AuditEvent (`balp.to_resource`) each
-time it is read; for an event an audit source sent (`POST [base]/AuditEvent`), the resource
-as received (`{"r": ...}`). The references and identifiers of its agents and entities are
+and a compact document: for an event this server logged, its facts as a row (`[[values in
+balp.FACT_FIELDS order], []]`, about 250 bytes; events stored by earlier versions hold
+`{"f": {field: value}}` and still render), from which `render` builds the BALP AuditEvent (`balp.to_resource`)
+each time it is read; for an event an audit source sent (`POST [base]/AuditEvent`), the
+resource as received (`{"r": ...}`). The references and identifiers of its agents and entities are
 rows of `audit_log_refs`, one per value, with bits saying where the value occurs (ROLE_*).
 
 Why not ordinary resources: a stored resource is a resource row, a version row and ~25
@@ -16,7 +17,6 @@ is searchable as soon as it is written: there is no second, indexing step.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
 from datetime import datetime, timezone
 
 import orjson
@@ -26,7 +26,8 @@ from ..errors import FhirError
 from ..ids import new_time_ordered_id
 from ..storage.planner_statistics import count_inserted
 from ..storage.schema import audit_log, audit_log_refs
-from .balp import _KIND_TYPE, DCM, INTERACTION, AuditFacts, clean_json, to_resource
+from ..model.jsonguard import scrub
+from .balp import _KIND_TYPE, DCM, FACT_FIELDS, INTERACTION, AuditFacts, clean_json, facts_row, to_resource
 
 AUDIT_TYPE = "AuditEvent"
 
@@ -79,30 +80,35 @@ def _versionless(ref: str) -> str:
     return head
 
 
-def encode(facts: AuditFacts, lookup=()) -> bytes:
-    """One event as the writers queue and hand it on: `{"f": facts, "l": [[type, id], ...]}`
-    (the stored resources whose patients the event names) as JSON bytes. Bytes, not objects:
-    a second of queued events is not walked by the garbage collector, and the process writer
-    sends them without pickling each (orjson writes the dataclass itself; dataclasses.asdict
-    deep-copies and cost seven times the rest of the event)."""
-    raw = clean_json({"f": facts, "l": lookup})
+def encode_row(row, lookup=()) -> bytes:
+    """One event as the writers queue and hand it on: `[row, [[type, id], ...]]` as JSON
+    bytes, `row` the facts' values in balp.FACT_FIELDS order and the pairs the stored
+    resources whose patients the event names (`decode_row` reads it back). Bytes, not
+    objects: a second of queued events is not walked by the garbage collector, and the
+    process writer sends them without pickling each; a row, not the dataclass: the edge
+    encodes one per request, in 0.25 us instead of 1.7."""
+    raw = clean_json((row, lookup))
     if raw is None:  # a refused request may carry a NUL or a lone surrogate: kept as U+FFFD
-        from ..model.jsonguard import scrub
-
-        raw = orjson.dumps(scrub({"f": asdict(facts), "l": [list(p) for p in lookup]}))
+        raw = orjson.dumps(scrub([list(row), [list(p) for p in lookup]]))
     return raw
 
 
+def decode_row(raw: bytes) -> tuple[dict, list]:
+    """(the facts as a dict of FACT_FIELDS, the lookup pairs) of an `encode_row`d event."""
+    row, lookup = orjson.loads(raw)
+    return dict(zip(FACT_FIELDS, row)), lookup
+
+
 def entry_of_facts(facts: AuditFacts, event_id: str | None = None) -> Entry:
-    """The row of an event this server logged (`facts.patients` already resolved); its
-    encoded form is the stored document as it is (a write's event: serialised once)."""
-    raw = encode(facts)
-    return entry_of_fields(orjson.loads(raw)["f"], event_id, doc=raw)
+    """The row of an event this server logged (`facts.patients` already resolved)."""
+    raw = encode_row(facts_row(facts))
+    return entry_of_fields(decode_row(raw)[0], event_id, doc=raw)
 
 
 def entry_of_fields(f: dict, event_id: str | None = None, doc: bytes | None = None) -> Entry:
-    """The row of an event from its facts as decoded JSON (`encode`; `patients` resolved).
-    `doc`: the stored document when the caller has it already (`{"f": f, ...}` as JSON)."""
+    """The row of an event from its facts as decoded JSON (`decode_row`; `patients` resolved).
+    `doc`: the stored document when the caller has it already (the event's `encode_row` bytes
+    with nothing left to look up: a read's event is stored as it was queued)."""
     system, code, _ = _KIND_TYPE[f["kind"]]
     subtype = f["subtype"]
     if f["kind"] == "login":
@@ -127,7 +133,7 @@ def entry_of_fields(f: dict, event_id: str | None = None, doc: bytes | None = No
     status = f["status"]
     outcome = "0" if status < 400 else "4" if status < 500 else "8"
     main = (event_id or new_time_ordered_id(), recorded, recorded, system, code, sub_system, sub_code, f["action"],
-            outcome, doc if doc is not None else orjson.dumps({"f": f}))
+            outcome, doc if doc is not None else encode_row([f[k] for k in FACT_FIELDS]))
     return Entry(main, refs)
 
 
@@ -226,9 +232,12 @@ def _new_keys(conn: Connection, n: int) -> list[int]:
 def render(event_id: str, doc: bytes) -> bytes:
     """The AuditEvent (R4 JSON bytes) of a stored row."""
     data = orjson.loads(doc)
-    if "r" in data:
+    if isinstance(data, list):  # [facts row, []]: the queued form (rows stored before a field was added are shorter)
+        f = dict(zip(FACT_FIELDS, data[0]))
+    elif "r" in data:
         return orjson.dumps(data["r"])
-    f = data["f"]
+    else:
+        f = data["f"]  # {"f": facts}: events stored by earlier versions
     f["recorded"] = datetime.fromisoformat(f["recorded"])
     f["data"] = [tuple(pair) for pair in f.get("data") or ()]
     event = to_resource(AuditFacts(**f), event_id=event_id)

@@ -3,7 +3,7 @@
 Writing a read's event (the patients' lookup, its log rows: audit.log) costs a fraction of
 serving the read, but in the server's process that work holds the GIL the event loop needs,
 and it adds up under load. Here the server
-process only appends the facts, encoded as JSON bytes (audit.log.encode), to a deque; a sender
+process only appends the facts, encoded as JSON bytes (audit.log.encode_row), to a deque; a sender
 thread sends what has gathered (one message per batch) into a pipe, and a child process (spawned, not forked: the server has
 threads and an event loop) runs the same `AuditWriter` on its own core.
 
@@ -24,7 +24,7 @@ import threading
 from collections import deque
 
 from . import log as audit_log
-from .balp import AuditFacts
+from .balp import AuditFacts, facts_row
 
 log = logging.getLogger("fhir_server.audit")
 
@@ -37,7 +37,7 @@ class ProcessAuditWriter:
         self.database_url = database_url
         self.flush_seconds = flush_seconds
         self.max_pending = max_pending
-        self._queue: deque[bytes] = deque()  # audit.log.encode: facts and lookups as JSON
+        self._queue: deque[bytes] = deque()  # audit.log.encode_row: facts rows and lookups as JSON
         self._lock = threading.Lock()  # one sender at a time on the pipe (sender thread, flush, close)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -50,7 +50,11 @@ class ProcessAuditWriter:
 
     def submit(self, facts: AuditFacts, lookup: list[tuple[str, str]] | None = None) -> None:
         """Queue one event (thread-safe, never blocks on I/O)."""
-        self._queue.append(audit_log.encode(facts, lookup or ()))
+        self.submit_row(facts_row(facts), lookup or ())
+
+    def submit_row(self, row: tuple, lookup=()) -> None:
+        """Queue one event given as a facts row (balp.facts_row; the audit middleware's)."""
+        self._queue.append(audit_log.encode_row(row, lookup))
         if self._sender is None:
             self._start()
         if len(self._queue) > self.max_pending:

@@ -25,7 +25,7 @@ import orjson
 
 from ..errors import FhirError
 from . import log as audit_log
-from .balp import AuditFacts
+from .balp import AuditFacts, facts_row
 from .store import patients_of_stored
 
 log = logging.getLogger("fhir_server.audit")
@@ -40,7 +40,7 @@ class AuditWriter:
         self.max_batch = max_batch or (500 if sqlite else 1000)
         self.pause_between_batches = 0.002 if sqlite else 0.0
         self.max_pending = max_pending
-        self._queue: deque[bytes] = deque()  # audit.log.encode: facts and lookups as JSON
+        self._queue: deque[bytes] = deque()  # audit.log.encode_row: facts rows and lookups as JSON
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
@@ -54,10 +54,14 @@ class AuditWriter:
     def submit(self, facts: AuditFacts, lookup: list[tuple[str, str]] | None = None) -> None:
         """Queue one event (thread-safe, never blocks on I/O). `lookup`: stored (type, id)
         whose patients the event names, looked up when it is written."""
-        self.submit_encoded(audit_log.encode(facts, lookup or ()))
+        self.submit_encoded(audit_log.encode_row(facts_row(facts), lookup or ()))
+
+    def submit_row(self, row: tuple, lookup=()) -> None:
+        """Queue one event given as a facts row (balp.facts_row; the audit middleware's)."""
+        self.submit_encoded(audit_log.encode_row(row, lookup))
 
     def submit_encoded(self, raw: bytes) -> None:
-        """Queue one event encoded by `audit.log.encode` (the process writer's child)."""
+        """Queue one event encoded by `audit.log.encode_row` (the process writer's child)."""
         self._queue.append(raw)
         if self._thread is None:
             self._start()
@@ -145,19 +149,18 @@ class AuditWriter:
 
 
 def entries(conn, batch: list[bytes]) -> list[audit_log.Entry]:
-    """The log rows of `batch` (`audit.log.encode`d events), each naming the patients its
+    """The log rows of `batch` (`audit.log.encode_row`d events), each naming the patients its
     looked-up resources belong to (one indexed query for the whole batch)."""
-    docs = [orjson.loads(raw) for raw in batch]
-    lookups = [tuple(p) for doc in docs for p in doc["l"]]
+    decoded = [audit_log.decode_row(raw) for raw in batch]
+    lookups = [tuple(p) for _, lookup in decoded for p in lookup]
     found = patients_of_stored(conn, lookups) if lookups else {}
     out = []
-    for raw, doc in zip(batch, docs):
-        f = doc["f"]
+    for raw, (f, lookup) in zip(batch, decoded):
         names = f["patients"]
-        for pair in doc["l"]:
+        for pair in lookup:
             for pid in found.get(tuple(pair), ()):
                 if pid not in names:
                     names.append(pid)
         # nothing looked up (a read whose patients the request found): the queued bytes are the document
-        out.append(audit_log.entry_of_fields(f, doc=None if doc["l"] else raw))
+        out.append(audit_log.entry_of_fields(f, doc=None if lookup else raw))
     return out

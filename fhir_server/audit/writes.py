@@ -60,7 +60,7 @@ def log_write(conn: Connection, res_type: str, res_id: str, version_id: int, met
         recorded=datetime.now(timezone.utc),
         client_address=record.client_address,
         acting_for=record.acting_for,
-        server_base=record.extra.get("server_base", ""),
+        server_base=record.server_base,
         request_id=record.request_id,
         data=[(res_type, f"{res_id}/_history/{version_id}")],
         patients=patients_of_resource(res_type, resource),

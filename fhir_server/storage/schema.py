@@ -325,7 +325,7 @@ audit_log = Table(
     Column("subtype_code", String(64), nullable=True),
     Column("action", String(1), nullable=True),
     Column("outcome", String(2), nullable=True),
-    Column("doc", LargeBinary, nullable=False),  # JSON: {"f": AuditFacts} or {"r": AuditEvent}
+    Column("doc", LargeBinary, nullable=False),  # JSON: [facts row, []], {"f": AuditFacts} (older) or {"r": AuditEvent}
     UniqueConstraint("id", name="uq_audit_log_id"),
 )
 Index("ix_audit_log_recorded", audit_log.c.recorded, audit_log.c.pk)

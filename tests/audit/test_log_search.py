@@ -192,6 +192,32 @@ def test_a_batch_stores_what_single_events_store(client):
     assert any("\ufffd" in v for v in values)  # NUL and the lone surrogate, as U+FFFD
 
 
+def test_documents_of_earlier_versions_render_as_rows_do():
+    """Events are stored as facts rows ([values in FACT_FIELDS order], []); those stored by
+    earlier versions hold {"f": {field: value}}, and rows stored before a field was added are
+    shorter. All three render the same AuditEvent."""
+    import dataclasses
+
+    import orjson
+
+    from fhir_server.audit import log
+    from fhir_server.audit.balp import FACT_FIELDS
+
+    for facts in _variants(uuid.uuid4().hex[:8]):
+        entry = log.entry_of_facts(facts, event_id="e1")
+        row_doc = entry.main[-1]
+        assert orjson.loads(row_doc)[0][FACT_FIELDS.index("request_id")] == facts.request_id
+        old_doc = orjson.dumps({"f": dataclasses.asdict(facts), "l": []})
+        assert len(row_doc) < len(old_doc)
+        rendered = orjson.loads(log.render("e1", row_doc))
+        assert rendered == orjson.loads(log.render("e1", old_doc))
+        assert rendered["entity"] and rendered["agent"] and rendered["id"] == "e1"
+        last = FACT_FIELDS[-1]  # a row from before the last field existed: that field's default
+        short = orjson.dumps([orjson.loads(row_doc)[0][:-1], []])
+        older = dataclasses.replace(facts, **{last: dataclasses.fields(facts)[-1].default_factory()})
+        assert orjson.loads(log.render("e1", short)) == orjson.loads(log.render("e1", log.entry_of_facts(older).main[-1]))
+
+
 def test_paging_sorting_and_totals(client):
     tag = uuid.uuid4().hex[:8]
     base = datetime(2025, 3, 1, tzinfo=timezone.utc)

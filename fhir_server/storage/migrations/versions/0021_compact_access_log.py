@@ -83,7 +83,8 @@ def _move_stored_events(conn) -> None:
 
 def _move_staged_rows(conn) -> None:
     """Read events staged by the previous version (facts and lookups, one JSON row each)."""
-    from fhir_server.audit.log import insert
+    from fhir_server.audit.balp import FACT_FIELDS
+    from fhir_server.audit.log import encode_row, insert
     from fhir_server.audit.writer import entries
 
     staged = sa.table("audit_staged", sa.column("pk"), sa.column("facts"))
@@ -96,11 +97,12 @@ def _move_staged_rows(conn) -> None:
         batch = []
         for pk, raw in rows:
             last = pk
-            try:  # the staged form is the queued one (audit.log.encode)
+            try:  # the staged form: {"f": the facts as a dict, "l": lookup pairs}
                 doc = orjson.loads(bytes(raw))
-                datetime.fromisoformat(doc["f"]["recorded"])
-                doc.setdefault("l", [])
-                batch.append(orjson.dumps(doc))
+                facts = doc["f"]
+                datetime.fromisoformat(facts["recorded"])
+                row = [facts.get(k, [] if k in ("data", "patients") else None) for k in FACT_FIELDS]
+                batch.append(encode_row(row, doc.get("l") or []))
             except (ValueError, TypeError, KeyError):
                 continue  # a row no version can read: it never became an event either
         insert(conn, entries(conn, batch))
