@@ -317,13 +317,29 @@ def _allocate_pk(conn: Connection) -> int:
 COPY_THRESHOLD = 200
 
 
-def copy_rows(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
-    """PostgreSQL: `rows` (tuples of `columns`) into `table` by COPY, inside `conn`'s transaction."""
+def copy_rows(conn: Connection, table: str, columns: tuple[str, ...], rows: list[tuple], binary_types: list[str] | None = None) -> None:
+    """PostgreSQL: `rows` (tuples of `columns`) into `table` by COPY, inside `conn`'s transaction.
+    `binary_types` (`binary_copy_types`): COPY's binary format, for rows whose every value is
+    already of its column's Python type (str for text, int, aware datetime, bytes): nothing
+    is formatted as text and parsed back (the access log's rows, bench/bench_audit_copy.py:
+    the client's CPU for COPY about halved, PostgreSQL's a few per cent less)."""
+    fmt = " (FORMAT BINARY)" if binary_types else ""
     with conn.connection.dbapi_connection.cursor() as cur:
-        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN{fmt}") as copy:
+            if binary_types:
+                copy.set_types(binary_types)
             write = copy.write_row
             for row in rows:
                 write(row)
+
+
+_BINARY_TYPE = {"String": "text", "Text": "text", "BigInteger": "int8", "Integer": "int4", "DateTime": "timestamptz",
+                "LargeBinary": "bytea", "Float": "float8", "Boolean": "bool"}
+
+
+def binary_copy_types(table, columns: tuple[str, ...]) -> list[str]:
+    """The PostgreSQL type names of `columns` of the SQLAlchemy `table`, for `copy_rows`'s binary format."""
+    return [_BINARY_TYPE[type(table.c[c].type).__name__] for c in columns]
 
 
 def _flush_postgres(conn: Connection, work: list[tuple]) -> None:
